@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 from torch.distributions import kl_divergence
 
-from .model import Trace
+from .model import VAE, Trace
 
-__all__ = ["ELBO", "elbo", "kl_term", "iwae", "log_mean_exp", "KLMethod"]
+__all__ = ["ELBO", "Objective", "elbo", "kl_term", "iwae", "log_mean_exp", "KLMethod"]
 
 KLMethod = Literal["auto", "analytic", "mc"]
 
@@ -84,3 +84,29 @@ def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
 def iwae(trace: Trace) -> Tensor:
     """The importance-weighted bound L_K per example ``[B]`` (K = samples in the trace)."""
     return log_mean_exp(trace.log_weights, dim=0)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What training maximises, as one object the training loop calls.
+
+    ``loss(model, x, progress)`` returns the scalar loss (mean over the batch, nats per
+    example) and the true ELBO terms of the batch for logging; ``progress`` is the fraction
+    of training done (epochs, fractional), for schedules.
+
+    Args:
+        kind: ``"elbo"`` maximises the ELBO; ``"iwae"`` the IWAE bound with ``k`` samples.
+        k: posterior samples per example.
+        kl: how the ELBO's KL term is computed (see :func:`kl_term`).
+    """
+
+    kind: Literal["elbo", "iwae"] = "elbo"
+    k: int = 1
+    kl: KLMethod = "auto"
+
+    def loss(self, model: VAE, x: Tensor, progress: float = 0.0) -> tuple[Tensor, ELBO]:
+        trace = model.trace(x, self.k)
+        terms = elbo(trace, self.kl)
+        if self.kind == "iwae":
+            return -iwae(trace).mean(), terms
+        return -terms.elbo.mean(), terms

@@ -1,0 +1,343 @@
+"""Data as the rest of vaelab sees it: checked float32 tensors split into train, val and test.
+
+Every source (a built-in set, a file, an array) ends in :func:`make_splits`, which checks the
+arrays, holds out a test part (when the source has none) and a validation part with seeded,
+label-stratified permutations, and infers what kind of values the data has:
+
+* ``"binary"``: every value is 0 or 1 (``discrete_levels`` 2);
+* ``"unit"``: every value is in [0, 1], e.g. 8-bit pixels divided by 255;
+* ``"real"``: anything finite.
+
+>>> import numpy as np
+>>> x = np.random.default_rng(0).random((100, 5)).astype(np.float32)
+>>> s = make_splits("array", x, val_fraction=0.1, test_fraction=0.2, seed=0)
+>>> (len(s.train), len(s.val), len(s.test), s.shape, s.kind)
+(72, 8, 20, (5,), 'unit')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vaelab.errors import VaelabError
+
+__all__ = [
+    "DataSplits",
+    "KINDS",
+    "binarize",
+    "validate_data",
+    "validate_labels",
+    "prepare_arrays",
+    "holdout",
+    "make_splits",
+]
+
+KINDS = ("binary", "unit", "real")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class DataSplits:
+    """A data set split three ways, as float32 tensors on the CPU.
+
+    ``train`` is what the model is fitted to; ``val`` was held out of it (early stopping,
+    model choice); ``test`` is only for the final numbers. Tensors are ``[N, *shape]``; labels,
+    when the source has them, are int64 ``[N]``.
+    """
+
+    name: str
+    train: torch.Tensor  # [N, *shape]
+    val: torch.Tensor  # [Nv, *shape]
+    test: torch.Tensor  # [Nt, *shape]
+    train_labels: torch.Tensor | None  # [N] int64
+    val_labels: torch.Tensor | None  # [Nv] int64
+    test_labels: torch.Tensor | None  # [Nt] int64
+    shape: tuple[int, ...]  # per example: (C, H, W) for images, (D,) for vectors
+    kind: str  # "binary", "unit" or "real"
+    discrete_levels: int | None  # 256 for 8-bit pixels, 2 for binary, 17 for digits, else None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise VaelabError(f"DataSplits '{self.name}': kind={self.kind!r} must be one of {KINDS}")
+        parts = (("train", self.train, self.train_labels), ("val", self.val, self.val_labels),
+                 ("test", self.test, self.test_labels))
+        for part, x, y in parts:
+            if x.dtype != torch.float32 or tuple(x.shape[1:]) != tuple(self.shape):
+                raise VaelabError(
+                    f"DataSplits '{self.name}': {part} is {x.dtype} of shape {tuple(x.shape)}; "
+                    f"expected float32 [N, {', '.join(map(str, self.shape))}]"
+                )
+            if y is not None and (y.dtype != torch.int64 or tuple(y.shape) != (len(x),)):
+                raise VaelabError(
+                    f"DataSplits '{self.name}': {part}_labels is {y.dtype} of shape "
+                    f"{tuple(y.shape)}; expected int64 [{len(x)}]"
+                )
+
+    @property
+    def is_image(self) -> bool:
+        """Whether examples are images ``(C, H, W)`` rather than vectors ``(D,)``."""
+        return len(self.shape) == 3
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether class labels came with the data."""
+        return self.train_labels is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"DataSplits(name={self.name!r}, train={len(self.train)}, val={len(self.val)}, "
+            f"test={len(self.test)}, shape={self.shape}, kind={self.kind!r}, "
+            f"discrete_levels={self.discrete_levels}, labels={self.has_labels})"
+        )
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``Bernoulli(x)`` element-wise: the usual dynamic binarization of [0, 1] data.
+
+    Returns 0/1 values of ``x``'s floating dtype (float32 for float32 data, the usual case; float32
+    for non-float input) on ``x``'s device. ``x`` is taken to lie in [0, 1]; values outside act as
+    clamped. The draw is one ``torch.rand`` call, so a seeded ``generator`` (on ``x``'s device)
+    makes it reproducible.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> binarize(torch.tensor([0.0, 1.0, 1.0]), g)
+    tensor([0., 1., 1.])
+    """
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=dtype)
+    return (u < x).to(dtype)
+
+
+def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def validate_data(x: np.ndarray | torch.Tensor, what: str, *, min_examples: int = 2) -> None:
+    """Check that ``x`` can be a data array, raising a one-line :class:`VaelabError` if not.
+
+    ``what`` names the array in messages, e.g. ``"data file 'x.npy'"``. Checks: a numeric
+    dtype, shape ``[N, D]``, ``[N, H, W]`` or ``[N, C, H, W]`` with no empty dimension, at least
+    ``min_examples`` examples, and no NaN or infinite values.
+    """
+    x = _to_numpy(x)
+    if x.dtype.kind not in "biuf":
+        raise VaelabError(
+            f"{what} has dtype {x.dtype}; data must be numbers (bool, integer or float)"
+        )
+    if not 2 <= x.ndim <= 4:
+        hint = "; add a feature axis, e.g. x[:, None]" if x.ndim == 1 else ""
+        raise VaelabError(
+            f"{what} has shape {x.shape}; expected [N, D] vectors, [N, H, W] grayscale images or "
+            f"[N, C, H, W] images{hint}"
+        )
+    if 0 in x.shape[1:]:
+        raise VaelabError(f"{what} has shape {x.shape} with an empty dimension; each example needs values")
+    if len(x) < min_examples:
+        raise VaelabError(
+            f"{what} has {len(x)} example(s) (shape {x.shape}); need at least {min_examples}"
+        )
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if bad.any():
+            count = int((~np.isfinite(x)).sum())
+            first = int(np.argmax(bad))
+            raise VaelabError(
+                f"{what}: {count} NaN/inf values (first at row {first}, counting from 0); "
+                f"remove or impute them"
+            )
+
+
+def validate_labels(y: np.ndarray | torch.Tensor, n: int, what: str) -> np.ndarray:
+    """Check class labels for ``n`` examples and return them as int64 ``[n]``."""
+    y = _to_numpy(y)
+    if y.ndim != 1 or len(y) != n:
+        raise VaelabError(f"{what} has shape {y.shape}; expected one label per example: ({n},)")
+    if y.dtype.kind in "biu":
+        return y.astype(np.int64)
+    if y.dtype.kind != "f":
+        raise VaelabError(f"{what} has dtype {y.dtype}; labels must be integers")
+    bad = ~np.isfinite(y) | (y != np.round(y))
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise VaelabError(
+            f"{what}: label {y[first].item()!r} at row {first} is not a whole number; labels must be "
+            f"integer class ids"
+        )
+    return y.astype(np.int64)
+
+
+def _example_shape(x: np.ndarray) -> np.ndarray:
+    """[N, D] stays; [N, H, W] -> [N, 1, H, W]; [N, C, H, W] stays."""
+    return x[:, None] if x.ndim == 3 else x
+
+
+def prepare_arrays(
+    arrays: list[np.ndarray | torch.Tensor], what: list[str]
+) -> tuple[list[np.ndarray], int | None]:
+    """Validate raw arrays of one data set and turn them into float32 with per-example shape.
+
+    The arrays (e.g. a file's train and test parts) must agree on per-example shape. Integer
+    data with values in 0..255 and a maximum above 1 is read as 8-bit and divided by 255
+    (``discrete_levels`` 256); the decision is taken for all arrays together. Other integers
+    and floats keep their values. Returns the arrays and ``discrete_levels`` (or None).
+    """
+    checked = []
+    for x, name in zip(arrays, what, strict=True):
+        x = _to_numpy(x)
+        validate_data(x, name, min_examples=1)
+        if x.dtype.kind == "f" and x.dtype.itemsize > 4 and np.abs(x).max() > np.finfo(np.float32).max:
+            raise VaelabError(
+                f"{name} has values up to {np.abs(x).max():.3g}, too large for float32; rescale it"
+            )
+        checked.append(_example_shape(x.astype(np.uint8) if x.dtype.kind == "b" else x))
+    shapes = {x.shape[1:] for x in checked}
+    if len(shapes) > 1:
+        listed = ", ".join(f"{name} {x.shape}" for x, name in zip(checked, what, strict=True))
+        raise VaelabError(f"parts of one data set disagree on the example shape: {listed}; make them match")
+    if all(x.dtype.kind in "iu" for x in checked):
+        lo = min(int(x.min()) for x in checked)
+        hi = max(int(x.max()) for x in checked)
+        if lo >= 0 and 1 < hi <= 255:
+            return [np.divide(x, np.float32(255), dtype=np.float32) for x in checked], 256
+    return [x.astype(np.float32) for x in checked], None
+
+
+def _check_fraction(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise VaelabError(f"{name}={value} must be in [0, 1); e.g. 0.1 holds out 10% of the examples")
+    return value
+
+
+def holdout(
+    n: int, fraction: float, rng: np.random.Generator, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n)`` into (kept, held) index arrays, each in increasing order.
+
+    ``round(fraction * n)`` examples are held (at least one when ``fraction > 0``), drawn by a
+    permutation from ``rng``. With labels the draw is stratified: each class gives its share
+    ``fraction * n_class``, rounded so the total is exact (largest remainders first).
+    """
+    target = round(fraction * n)
+    if fraction > 0 and target == 0:
+        target = 1
+    if labels is None:
+        held = rng.permutation(n)[:target]
+    else:
+        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        quota = fraction * counts
+        take = np.floor(quota).astype(np.int64)
+        extra = target - int(take.sum())
+        if extra > 0:  # largest remainders first; stable sort keeps class order on ties
+            order = np.argsort(-(quota - take), kind="stable")
+            take[order[:extra]] += 1
+        held_parts = []
+        for c in range(len(classes)):
+            members = np.flatnonzero(inverse == c)
+            held_parts.append(members[rng.permutation(len(members))[: take[c]]])
+        held = np.concatenate(held_parts) if held_parts else np.empty(0, dtype=np.int64)
+    mask = np.zeros(n, dtype=bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _is_binary(x: np.ndarray) -> bool:
+    head = x.reshape(-1)[:4096]  # most non-binary data shows it at once: skip the full pass
+    return bool(np.all((head == 0) | (head == 1)) and np.all((x == 0) | (x == 1)))
+
+
+def _infer_kind(arrays: list[np.ndarray]) -> str:
+    nonempty = [x for x in arrays if x.size]
+    if all(_is_binary(x) for x in nonempty):
+        return "binary"
+    if all(x.min() >= 0 and x.max() <= 1 for x in nonempty):
+        return "unit"
+    return "real"
+
+
+def make_splits(
+    name: str,
+    x: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    x_test: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    discrete_levels: int | None = None,
+) -> DataSplits:
+    """Assemble :class:`DataSplits` from prepared float arrays (see :func:`prepare_arrays`).
+
+    ``x`` is ``[N, *shape]``. Without ``x_test``, a seeded ``test_fraction`` of ``x`` becomes
+    the test part; then ``val_fraction`` of what is left becomes the validation part. Both
+    draws are stratified by label when labels exist, and independent streams of ``seed`` so
+    the same seed always gives the same split. ``discrete_levels`` is replaced by 2 when the
+    data turns out to be binary.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise VaelabError(f"seed={seed!r} must be a non-negative integer")
+    val_fraction = _check_fraction("val_fraction", val_fraction)
+    test_fraction = _check_fraction("test_fraction", test_fraction)
+    validate_data(x, f"data '{name}'")
+    if labels is not None:
+        labels = validate_labels(labels, len(x), f"labels of '{name}'")
+    if x_test is None:
+        keep, held = holdout(len(x), test_fraction, np.random.default_rng([seed, 1]), labels)
+        x, x_test = x[keep], x[held]
+        if labels is not None:
+            labels, test_labels = labels[keep], labels[held]
+    else:
+        validate_data(x_test, f"test data of '{name}'", min_examples=1)
+        if x_test.shape[1:] != x.shape[1:]:
+            raise VaelabError(
+                f"data '{name}': test examples have shape {x_test.shape[1:]} but training "
+                f"examples {x.shape[1:]}; make them match"
+            )
+        if test_labels is not None:
+            test_labels = validate_labels(test_labels, len(x_test), f"test labels of '{name}'")
+        if (labels is None) != (test_labels is None):
+            raise VaelabError(
+                f"data '{name}' has labels for only one of train and test; give both or neither"
+            )
+    keep, held = holdout(len(x), val_fraction, np.random.default_rng([seed, 2]), labels)
+    if len(keep) < 2:
+        raise VaelabError(
+            f"data '{name}' leaves {len(keep)} training example(s) after holding out "
+            f"val_fraction={val_fraction} and test_fraction={test_fraction}; use more data or "
+            f"smaller fractions"
+        )
+    x_train, x_val = x[keep], x[held]
+    y_train = y_val = None
+    if labels is not None:
+        y_train, y_val = labels[keep], labels[held]
+
+    kind = _infer_kind([x_train, x_val, x_test])
+    if kind == "binary":
+        discrete_levels = 2
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    def label_tensor(a: np.ndarray | None) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+
+    return DataSplits(
+        name=name,
+        train=tensor(x_train),
+        val=tensor(x_val),
+        test=tensor(x_test),
+        train_labels=label_tensor(y_train),
+        val_labels=label_tensor(y_val),
+        test_labels=label_tensor(test_labels),
+        shape=tuple(int(d) for d in x.shape[1:]),
+        kind=kind,
+        discrete_levels=discrete_levels,
+    )
