@@ -48,7 +48,7 @@ class VAE(nn.Module):
 
     Args:
         encoder: ``encoder(x)`` returns q(z|x) with batch ``[B]`` and event ``[D]``, and
-            supports ``rsample``.
+            supports ``rsample`` (or ``rsample_and_log_prob``, as flows do).
         decoder: ``decoder(z)`` returns p(x|z) with batch ``z.shape[:-1]`` and event
             ``x_shape``; it has a ``check(x, what)`` method for its support.
         prior: ``prior()`` returns p(z) with event ``[D]``.
@@ -79,14 +79,18 @@ class VAE(nn.Module):
             k: samples per example.
         """
         q = self.encoder(x)  # batch [B], event [D]
-        z = q.rsample((k,))  # [K, B, D]
+        if hasattr(q, "rsample_and_log_prob"):  # flows: the density comes with the sample
+            z, log_q = q.rsample_and_log_prob((k,))  # [K, B, D], [K, B]
+        else:
+            z = q.rsample((k,))  # [K, B, D]
+            log_q = q.log_prob(z)  # [K, B]
         p_z = self.prior()
         p_x = self.decoder(z)  # batch [K, B], event x_shape
         return Trace(
             z=z,
             log_likelihood=p_x.log_prob(x),  # [K, B]
             log_prior=p_z.log_prob(z),  # [K, B]
-            log_posterior=q.log_prob(z),  # [K, B]
+            log_posterior=log_q,  # [K, B]
             posterior=q,
             prior=p_z,
             likelihood=p_x,
