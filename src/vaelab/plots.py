@@ -218,7 +218,7 @@ def _vector_grid(
         [y0 + float(y_of(np.array(v))) for y0 in rows_y0 for v in nice],
         [f"{v:g}" for _ in rows_y0 for v in nice],
     )
-    last_row = origins[(nrow - 1) * ncol :] if n > (nrow - 1) * ncol else []
+    last_row = origins[(nrow - 1) * ncol :]
     xticks = [x0 + xs[j] for x0, _ in last_row for j in sorted({0, d - 1})]
     ax.set_xticks(xticks, [str(j) for _ in last_row for j in sorted({0, d - 1})])
     ax.set_xlabel(f"dimension (0 to {d - 1})", fontsize=9)
@@ -285,7 +285,8 @@ def image_grid(
     if ncol < 1:
         raise VaelabError(f"nrow must be a positive integer, got {nrow}")
     default = f"{n} example{'s' if n > 1 else ''}"
-    if _kind(data.shape[1:], "x") == "image":
+    is_image = _kind(data.shape[1:], "x") == "image"
+    if is_image:
         canvas, _, _ = _tile(list(_display(data)), ncol)
         fig = _image_figure(canvas, ncol, tile_width=data.shape[-1])
         ax = fig.add_subplot()
@@ -294,7 +295,7 @@ def image_grid(
     else:
         fig = _vector_grid([(data, {"color": "C0"})], ncol)
     _title(fig, title, default)
-    return _save(fig, path)
+    return _save(fig, path, crop=is_image)
 
 
 def reconstruction_grid(
@@ -303,8 +304,9 @@ def reconstruction_grid(
     """The first ``n`` inputs beside their reconstructions.
 
     Images: rows alternate "input" / "reconstruction" (labelled on the left), each
-    reconstruction directly below its input, up to 8 pairs per row. Vectors: one panel per
-    example with the input (grey) and its reconstruction (orange) overlaid.
+    reconstruction directly below its input, 8 pairs per row (more when n > 32, to keep the
+    picture about square). Vectors: one panel per example with the input (grey) and its
+    reconstruction (orange) overlaid.
 
     Args:
         x: inputs ``[N, *shape]``.
@@ -325,8 +327,9 @@ def reconstruction_grid(
     a, b = a[:n], b[:n]
     n = a.shape[0]
     default = "Inputs and their reconstructions"
-    if _kind(a.shape[1:], "x") == "image":
-        ncol = min(n, 8)
+    is_image = _kind(a.shape[1:], "x") == "image"
+    if is_image:
+        ncol = min(n, max(8, math.ceil(math.sqrt(2 * n))))  # 8 pairs a row, more for large n
         da, db = _display(a), _display(b)
         cells: list[np.ndarray | None] = []
         for start in range(0, n, ncol):
@@ -348,7 +351,7 @@ def reconstruction_grid(
         ]
         fig = _vector_grid(layers, ncol, legend=True)
     _title(fig, title, default)
-    return _save(fig, path)
+    return _save(fig, path, crop=is_image)
 
 
 _CURVES = (
@@ -450,8 +453,7 @@ def latent_manifold(
     if _kind(tuple(model.x_shape), "the model's data") != "image":
         raise VaelabError(
             f"latent_manifold draws images, but the model's data have shape "
-            f"{tuple(model.x_shape)}; "
-            "plot model.sample(n) with image_grid instead"
+            f"{tuple(model.x_shape)}; plot model.sample(n) with image_grid instead"
         )
     if n < 2:
         raise VaelabError(f"n must be at least 2 tiles per side, got {n}")
@@ -488,7 +490,7 @@ def latent_manifold(
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")
     ax.set_title(f"Decoder means E[x|z] on a {n}x{n} grid of z ({how})", fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, crop=True)
 
 
 def latent_scatter(
@@ -582,7 +584,8 @@ def interpolation_strip(x_path: ArrayLike, path: PathLike, *, title: str | None 
     rows, steps = data.shape[:2]
     ts = np.linspace(0.0, 1.0, steps) if steps > 1 else np.zeros(1)
     default = "Interpolation in latent space"
-    if _kind(data.shape[2:], "x_path") == "image":
+    is_image = _kind(data.shape[2:], "x_path") == "image"
+    if is_image:
         images = _display(data.reshape(rows * steps, *data.shape[2:]))
         canvas, row_centres, cols = _tile(list(images), steps)
         fig = _image_figure(canvas, steps, tile_width=data.shape[-1], extra=0.3)
@@ -625,4 +628,4 @@ def interpolation_strip(x_path: ArrayLike, path: PathLike, *, title: str | None 
         fig.supxlabel("dimension", fontsize=9)
         fig.supylabel("value", fontsize=9)
     _title(fig, title, default)
-    return _save(fig, path)
+    return _save(fig, path, crop=is_image)
