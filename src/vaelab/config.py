@@ -21,10 +21,15 @@ __all__ = ["TrainConfig", "load_config_file", "CHOICES"]
 CHOICES: dict[str, tuple[str, ...]] = {
     "binarize": ("auto", "dynamic", "none"),
     "net": ("mlp", "conv"),
-    "likelihood": ("bernoulli", "gaussian"),
+    "likelihood": ("bernoulli", "continuous-bernoulli", "gaussian", "laplace", "logistic-mixture"),
+    "posterior": ("gaussian", "full-gaussian", "planar", "iaf"),
+    "prior": ("normal", "mog", "vamp"),
     "learn_scale": ("fixed", "global", "feature"),
     "kl": ("auto", "analytic", "mc"),
+    "objective": ("elbo", "iwae"),
+    "estimator": ("standard", "stl", "dreg"),
     "device": ("auto", "cpu", "cuda", "mps"),
+    "precision": ("float32", "bfloat16"),
 }
 
 
@@ -47,19 +52,33 @@ class TrainConfig:
     latent_dim: int = _f(20, "number of latent dimensions D")
     net: str = _f("mlp", "encoder/decoder networks: mlp (any data) or conv (28x28 images)")
     hidden: list[int] = _f([400], "hidden layer widths, comma-separated (mirrored in the decoder)")
-    likelihood: str = _f("bernoulli", "p(x|z): bernoulli (data in [0,1]) or gaussian (real data)")
-    gaussian_scale: float = _f(1.0, "Gaussian likelihood: the fixed scale, or the initial learned one")
-    learn_scale: str = _f("fixed", "Gaussian likelihood scale: fixed, global (one learned) or feature (one per dimension)")
+    likelihood: str = _f("bernoulli", "p(x|z): bernoulli (data in [0,1]), continuous-bernoulli (grey values in [0,1]), gaussian or laplace (real data), logistic-mixture (8-bit data k/255; reports bits per dimension)")
+    gaussian_scale: float = _f(1.0, "Gaussian or Laplace likelihood: the fixed scale, or the initial learned one")
+    learn_scale: str = _f("fixed", "Gaussian or Laplace likelihood scale: fixed, global (one learned) or feature (one per dimension)")
+    mixtures: int = _f(5, "logistic-mixture likelihood: logistics per value")
+    posterior: str = _f("gaussian", "q(z|x): gaussian (diagonal), full-gaussian (full covariance), planar or iaf (normalizing flows of --flow-steps steps)")
+    flow_steps: int = _f(4, "planar or iaf posterior: number of flow steps")
+    prior: str = _f("normal", "p(z): normal (N(0, I)), mog (learned mixture of Gaussians) or vamp (VampPrior, learned pseudo-inputs)")
+    prior_components: int = _f(10, "mog or vamp prior: number of components (Gaussians or pseudo-inputs)")
     # training
     epochs: int = _f(100, "maximum number of epochs (early stopping may end sooner)")
     batch_size: int = _f(128, "mini-batch size")
     lr: float = _f(1e-3, "Adam learning rate")
-    k: int = _f(1, "posterior samples per example in the training ELBO")
+    k: int = _f(1, "posterior samples per example in the training objective (the IWAE bound's K)")
     kl: str = _f("auto", "KL term: analytic (closed form), mc (Monte Carlo) or auto (closed form when one exists)")
+    objective: str = _f("elbo", "what training maximises: elbo, or iwae (the importance-weighted bound with --k samples)")
+    beta: float = _f(1.0, "weight of the ELBO's KL term (beta-VAE); the logged ELBO stays unweighted")
+    warmup: float = _f(0.0, "epochs over which the KL weight rises linearly from 0 to beta (0: no warm-up)")
+    free_bits: float = _f(0.0, "free bits: nats per latent dimension (batch-averaged KL) below which the KL is not penalised (0: off)")
+    estimator: str = _f("standard", "gradient estimator: standard, stl (sticking the landing) or dreg (doubly reparameterized; objective iwae)")
     patience: int = _f(10, "stop when the validation ELBO has not improved for this many epochs (0: never)")
     seed: int = _f(0, "random seed: same seed, same machine, same numbers")
     eval_k: int = _f(1000, "importance samples per test example for log p(x) after training (0: skip)")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or mps")
+    # speed (none changes the model or the objective)
+    threads: int = _f(0, "CPU threads of PyTorch's kernels (0: PyTorch's default, one per core; 1 is often faster on a busy machine)")
+    compile: bool = _f(False, "run the training forward pass through torch.compile (true/false; pays a compilation first)")
+    precision: str = _f("float32", "float32, or bfloat16: CUDA autocast of the networks' matrix products (densities, KL and sums stay float32)")
     # output
     out: str = _f("runs", "folder in which the run folder is made")
     name: str = _f("", "run folder name (default: <data>-<date>-<time>)")
@@ -75,15 +94,23 @@ class TrainConfig:
                 raise VaelabError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if not self.lr > 0:
             raise VaelabError(f"lr must be > 0, got {self.lr}")
+        if self.threads < 0:
+            raise VaelabError(f"threads must be >= 0 (0: PyTorch's default), got {self.threads}")
         if self.eval_k < 0 or self.patience < 0:
             raise VaelabError("eval_k and patience must be >= 0")
         for key in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, key) < 1:
                 raise VaelabError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        for key in ("beta", "warmup", "free_bits"):
+            if not 0 <= getattr(self, key) < float("inf"):
+                raise VaelabError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
         if not self.gaussian_scale > 0:
             raise VaelabError(f"gaussian_scale must be > 0, got {self.gaussian_scale}")
         if any(int(h) < 1 for h in self.hidden):
             raise VaelabError(f"hidden widths must be positive integers, got {self.hidden}")
+        for key in ("mixtures", "flow_steps", "prior_components"):
+            if int(getattr(self, key)) < 1:
+                raise VaelabError(f"{key} must be a positive integer, got {getattr(self, key)}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
@@ -113,7 +140,15 @@ class TrainConfig:
             "likelihood": self.likelihood,
             "gaussian_scale": self.gaussian_scale,
             "learn_scale": self.learn_scale,
+            "mixtures": self.mixtures,
+            "posterior": self.posterior,
+            "flow_steps": self.flow_steps,
+            "prior": self.prior,
+            "prior_components": self.prior_components,
         }
+
+
+_BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
 
 
 def _convert(key: str, value: Any, type_name: Any, source: str) -> Any:
@@ -127,6 +162,12 @@ def _convert(key: str, value: Any, type_name: Any, source: str) -> Any:
             return [int(v) for v in value]
         if isinstance(value, bool) and t in ("int", "float"):
             raise TypeError
+        if t == "bool":
+            if isinstance(value, str) and value.lower() in _BOOLS:
+                return _BOOLS[value.lower()]
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
         if t == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise TypeError

@@ -1,4 +1,4 @@
-"""Objectives as functions of a :class:`~vaelab.model.Trace` (log weights ``[K, B]``).
+"""Objectives and gradient estimators as functions of a :class:`~vaelab.model.Trace`.
 
 ELBO (per example, in nats):
 
@@ -16,6 +16,36 @@ IWAE bound (Burda et al. 2016), and with large K the importance-sampled estimate
 
 Every quantity is a sum over the dimensions of x and z (never a mean) and is returned per
 example, shape ``[B]``; a training loss is the negative mean over the batch.
+
+Training objectives, gathered in :class:`Objective` (a loss whose *gradient* is the named
+estimator; the ELBO it logs is always the true, unweighted one):
+
+    beta-ELBO      loss = -(rec - beta_t KL),  beta_t = beta min(1, t / warmup)  (t in epochs)
+                   (Higgins et al. 2017; linear KL warm-up: Bowman et al. 2016, Sønderby et al. 2016)
+    free bits      KL replaced by sum_d max(lambda, mean_batch KL_d)            (Kingma et al. 2016)
+    IWAE           loss = -L_K                                                  (Burda et al. 2016)
+    STL            log q(z|x) scored with the posterior's parameters detached   (Roeder et al. 2017)
+    DReG           the doubly reparameterized IWAE gradient                     (Tucker et al. 2019)
+
+Gradient estimators. With z = z_phi(eps) reparameterized, the ELBO's gradient in the encoder
+parameters phi has two parts,
+
+    d/dphi [log p(x, z) - log q_phi(z|x)]
+        = (d_z log p(x, z) - d_z log q_phi(z|x)) dz/dphi     the path term
+          - d_phi log q_phi(z|x) |_(z fixed)                the score term, E_q[.] = 0
+
+*Sticking the landing* (STL) drops the score term by scoring z with a copy of q whose
+parameters are detached (:func:`frozen_log_posterior`); it stays unbiased, and when q is the
+exact posterior the path term is zero for every eps, so the estimate is exactly zero.
+
+For the IWAE bound the score term no longer has mean zero (it is weighted by the normalised
+weights w~_k = w_k / sum_j w_j), so STL-IWAE (:func:`iwae_stl`) is *biased* for K > 1 (Tucker
+et al. 2019). DReG rewrites that term by a second reparameterization and gets the unbiased
+
+    d/dphi L_K = E[ sum_k w~_k^2 d_z log w_k dz_k/dphi ],
+
+while the decoder and prior parameters theta keep the ordinary IWAE gradient
+``sum_k w~_k d_theta log w_k`` (:func:`iwae_dreg`).
 """
 
 from __future__ import annotations
@@ -26,13 +56,48 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.distributions import kl_divergence
+from torch.distributions import (
+    Distribution,
+    Independent,
+    LowRankMultivariateNormal,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+)
 
+from .errors import VaelabError
 from .model import VAE, Trace
 
-__all__ = ["ELBO", "Objective", "elbo", "kl_term", "iwae", "log_mean_exp", "KLMethod"]
+__all__ = [
+    "ELBO",
+    "Objective",
+    "elbo",
+    "kl_term",
+    "kl_per_dim",
+    "free_bits_kl",
+    "kl_weight",
+    "iwae",
+    "log_mean_exp",
+    "detach_parameters",
+    "frozen_log_posterior",
+    "elbo_stl",
+    "iwae_stl",
+    "iwae_dreg",
+    "KLMethod",
+    "Kind",
+    "Estimator",
+    "KINDS",
+    "ESTIMATORS",
+]
 
 KLMethod = Literal["auto", "analytic", "mc"]
+Kind = Literal["elbo", "iwae"]
+Estimator = Literal["standard", "stl", "dreg"]
+KINDS: tuple[str, ...] = ("elbo", "iwae")
+ESTIMATORS: tuple[str, ...] = ("standard", "stl", "dreg")
+
+
+# --- the ELBO and its KL term -------------------------------------------------------------
 
 
 @dataclass
@@ -52,14 +117,18 @@ class ELBO:
         }
 
 
+def _check_kl_method(method: str) -> None:
+    if method not in ("auto", "analytic", "mc"):
+        raise ValueError(f"KL method must be 'auto', 'analytic' or 'mc', got {method!r}")
+
+
 def kl_term(trace: Trace, method: KLMethod = "auto") -> Tensor:
     """KL(q(z|x) || p(z)) per example ``[B]``: closed form when known, else Monte Carlo.
 
     ``method="analytic"`` raises ``NotImplementedError`` when no closed form is registered;
     ``"mc"`` always uses the samples in the trace.
     """
-    if method not in ("auto", "analytic", "mc"):
-        raise ValueError(f"KL method must be 'auto', 'analytic' or 'mc', got {method!r}")
+    _check_kl_method(method)
     if method != "mc":
         try:
             return kl_divergence(trace.posterior, trace.prior)  # [B]
@@ -76,6 +145,69 @@ def elbo(trace: Trace, kl: KLMethod = "auto") -> ELBO:
     return ELBO(elbo=reconstruction - kl_value, reconstruction=reconstruction, kl=kl_value)
 
 
+def kl_per_dim(trace: Trace, method: KLMethod = "auto") -> Tensor:
+    """KL(q(z_d|x) || p(z_d)) for every example and latent dimension, ``[B, D]``.
+
+    Defined when q and p both factorise over the dimensions of z (``Independent`` over a
+    one-dimensional family, such as the diagonal Gaussian and N(0, I)); then it sums to
+    :func:`kl_term` over ``d``. Closed form per dimension when ``kl_divergence`` knows the
+    pair (``method="auto"`` or ``"analytic"``), else the Monte-Carlo average over the trace's
+    samples of ``log q(z_kd|x) - log p(z_kd)``. A full-covariance posterior, a flow or a
+    mixture prior has no per-dimension KL: :class:`~vaelab.errors.VaelabError`.
+
+    Example:
+        >>> kl_per_dim(model.trace(x, 1)).sum(-1)     # == kl_term(trace), [B]
+    """
+    _check_kl_method(method)
+    q, p = trace.posterior, trace.prior
+    for name, dist in (("posterior", q), ("prior", p)):
+        if not (isinstance(dist, Independent) and dist.reinterpreted_batch_ndims == 1
+                and dist.base_dist.event_shape == ()):
+            raise VaelabError(
+                f"free bits needs the KL per latent dimension, so a factorised posterior and "
+                f"prior (e.g. the diagonal Gaussian and N(0, I)); the {name} is "
+                f"{type(dist).__name__}, which does not factorise; use free_bits 0"
+            )
+    q_d, p_d = q.base_dist, p.base_dist  # batch [B, D] and [D], event []
+    if method != "mc":
+        try:
+            return kl_divergence(q_d, p_d).expand(q.batch_shape + q.event_shape)  # [B, D]
+        except NotImplementedError:
+            if method == "analytic":
+                raise
+    return (q_d.log_prob(trace.z) - p_d.log_prob(trace.z)).mean(0)  # [K, B, D] -> [B, D]
+
+
+def free_bits_kl(kl_d: Tensor, free_bits: float) -> Tensor:
+    """The free-bits KL term of a batch (Kingma et al. 2016), a scalar:
+
+        sum_d max(lambda, (1/B) sum_b KL_bd)
+
+    Each latent dimension's KL, averaged over the minibatch, counts at least ``lambda`` nats;
+    a dimension below the floor contributes the constant ``lambda`` and so no gradient, so
+    the optimiser need not push it towards the prior. ``kl_d`` is ``[B, D]``
+    (:func:`kl_per_dim`); ``free_bits=0`` gives the mean KL of the batch.
+    """
+    return torch.clamp(kl_d.mean(0), min=free_bits).sum()  # [D] -> []
+
+
+def kl_weight(progress: float, beta: float = 1.0, warmup: float = 0.0) -> float:
+    """The weight of the KL term after ``progress`` epochs: a linear warm-up from 0 to beta.
+
+        beta_t = beta * min(1, t / warmup)      (beta when warmup = 0)
+
+    Bowman et al. (2016) and Sønderby et al. (2016): starting the KL weight at 0 lets the
+    decoder learn to use z before the KL pulls q(z|x) to the prior. ``progress`` is in
+    (fractional) epochs, as the training loop passes it.
+    """
+    if warmup <= 0:
+        return float(beta)
+    return float(beta) * min(1.0, max(0.0, float(progress)) / float(warmup))
+
+
+# --- the IWAE bound -----------------------------------------------------------------------
+
+
 def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
     """``log(mean(exp(x)))`` along ``dim``, computed stably with logsumexp."""
     return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
@@ -86,27 +218,208 @@ def iwae(trace: Trace) -> Tensor:
     return log_mean_exp(trace.log_weights, dim=0)
 
 
+# --- gradient estimators ------------------------------------------------------------------
+
+
+def detach_parameters(q: Distribution) -> Distribution:
+    """The same distribution with its parameters cut from the autograd graph.
+
+    ``detach_parameters(q).log_prob(z)`` has the value of ``q.log_prob(z)`` and still
+    differentiates in ``z``, never in q's parameters: what STL and DReG need. Known:
+    ``Normal``, ``Independent`` of a known one (the diagonal Gaussian), ``MultivariateNormal``
+    and ``LowRankMultivariateNormal``; a distribution of another type may define a method
+    ``detach_parameters()`` that returns its frozen copy. Anything else, flows included (their
+    density at a given z needs the inverse of the flow), is a VaelabError.
+    """
+    if hasattr(q, "detach_parameters"):
+        return q.detach_parameters()
+    if isinstance(q, Independent):
+        return Independent(detach_parameters(q.base_dist), q.reinterpreted_batch_ndims, validate_args=False)
+    if isinstance(q, Normal):
+        return Normal(q.loc.detach(), q.scale.detach(), validate_args=False)
+    if isinstance(q, MultivariateNormal):
+        return MultivariateNormal(q.loc.detach(), scale_tril=q.scale_tril.detach(), validate_args=False)
+    if isinstance(q, LowRankMultivariateNormal):
+        return LowRankMultivariateNormal(q.loc.detach(), q.cov_factor.detach(), q.cov_diag.detach(),
+                                         validate_args=False)
+    raise VaelabError(
+        f"STL/DReG need a posterior whose log-density can be evaluated with frozen parameters: "
+        f"gaussian or full-gaussian; this posterior is {type(q).__name__}; use estimator 'standard'"
+    )
+
+
+def frozen_log_posterior(trace: Trace) -> Tensor:
+    """log q(z_k|x) scored with q's parameters detached, ``[K, B]``.
+
+    Same value as ``trace.log_posterior``; its gradient reaches the encoder only through the
+    samples z_k (the path term), never through the density's parameters (the score term).
+    """
+    return detach_parameters(trace.posterior).log_prob(trace.z)  # [K, B]
+
+
+def _frozen_log_weights(trace: Trace) -> Tensor:
+    return trace.log_likelihood + trace.log_prior - frozen_log_posterior(trace)  # [K, B]
+
+
+def elbo_stl(trace: Trace, kl_weight: float = 1.0) -> Tensor:
+    """The Monte-Carlo ELBO per example ``[B]`` whose gradient is STL (Roeder et al. 2017).
+
+        mean_k [log p(x|z_k) - kl_weight * (log q(z_k|x) - log p(z_k))],  q's parameters detached
+
+    Unbiased for the gradient of the (weighted) ELBO, and exactly zero at q = p(z|x) with
+    ``kl_weight = 1``. The KL is the Monte-Carlo one: dropping the score term only makes
+    sense there (a closed-form KL has no score term).
+    """
+    kl_path = (frozen_log_posterior(trace) - trace.log_prior).mean(0)  # [B]
+    return trace.log_likelihood.mean(0) - kl_weight * kl_path
+
+
+def iwae_stl(trace: Trace) -> Tensor:
+    """The IWAE bound per example ``[B]``, its gradient the STL one: q's parameters detached.
+
+    Its value is :func:`iwae`'s. The gradient is *biased* for K > 1 (Tucker et al. 2019): the
+    dropped score term ``-sum_k w~_k d_phi log q(z_k|x)`` has mean zero only when K = 1. Use
+    :func:`iwae_dreg` for an unbiased low-variance gradient.
+    """
+    return log_mean_exp(_frozen_log_weights(trace), dim=0)
+
+
+def iwae_dreg(trace: Trace) -> Tensor:
+    """The IWAE bound per example ``[B]``, its gradient the doubly reparameterized one (DReG).
+
+    Value: :func:`iwae`'s. Gradient (Tucker et al. 2019, eq. 5 and the decoder's usual one):
+
+        encoder phi:           sum_k w~_k^2 d_z log w_k dz_k/dphi
+        decoder, prior theta:  sum_k w~_k   d_theta log w_k
+
+    How: the bound is computed from log weights scored with q's parameters detached, so
+    ``d L_K / d log w_k = w~_k`` and the encoder is reached only through z_k; a gradient hook
+    on ``trace.z`` multiplies what flows into each z_k by another w~_k. Parameters reached
+    directly (decoder, prior) keep the weight w~_k; those reached through z get w~_k^2. Each
+    group gets its own estimator from one backward pass, whatever the networks share (a
+    VampPrior's encoder parameters reached through the prior keep the IWAE weight).
+
+    Because of the hook, backpropagate from one such bound per trace: calling this twice on
+    the same trace is an error.
+    """
+    log_w = _frozen_log_weights(trace)  # [K, B]
+    z = trace.z
+    if z.requires_grad:
+        if getattr(z, "_vaelab_dreg_hook", False):
+            raise ValueError("iwae_dreg was already applied to this trace (it hooks trace.z); draw a new trace")
+        w = torch.softmax(log_w.detach(), dim=0)  # [K, B], normalised weights w~
+        w = w.reshape(w.shape + (1,) * (z.ndim - w.ndim))  # [K, B, 1]
+        z.register_hook(lambda grad: grad * w)
+        z._vaelab_dreg_hook = True  # type: ignore[attr-defined]
+    return log_mean_exp(log_w, dim=0)
+
+
+# --- the training objective ---------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Objective:
     """What training maximises, as one object the training loop calls.
 
     ``loss(model, x, progress)`` returns the scalar loss (mean over the batch, nats per
-    example) and the true ELBO terms of the batch for logging; ``progress`` is the fraction
-    of training done (epochs, fractional), for schedules.
+    example) and the true ELBO terms of the batch for logging (reconstruction and KL,
+    unweighted, whatever beta, warm-up or free bits the loss uses); ``progress`` is the
+    fraction of training done (epochs, fractional), for the warm-up.
 
     Args:
         kind: ``"elbo"`` maximises the ELBO; ``"iwae"`` the IWAE bound with ``k`` samples.
         k: posterior samples per example.
-        kl: how the ELBO's KL term is computed (see :func:`kl_term`).
+        kl: how the ELBO's KL term is computed (see :func:`kl_term`); also for the logged KL.
+        beta: the weight of the KL term (beta-VAE; ``"elbo"`` only).
+        warmup: epochs over which the KL weight rises linearly from 0 to ``beta`` (0: none).
+        free_bits: lambda, nats per latent dimension below which the KL is not penalised
+            (0: off). Needs a factorised posterior and prior (see :func:`kl_per_dim`).
+        estimator: the gradient: ``"standard"`` (reparameterization), ``"stl"`` (sticking
+            the landing; for the ELBO it uses the Monte-Carlo KL) or ``"dreg"`` (``"iwae"``
+            only). STL and DReG need a Gaussian posterior (:func:`detach_parameters`).
+
+    Example:
+        >>> objective = Objective(kind="iwae", k=5, estimator="dreg")
+        >>> loss, terms = objective.loss(model, x)
+        >>> loss.backward()
     """
 
-    kind: Literal["elbo", "iwae"] = "elbo"
+    kind: Kind = "elbo"
     k: int = 1
     kl: KLMethod = "auto"
+    beta: float = 1.0
+    warmup: float = 0.0
+    free_bits: float = 0.0
+    estimator: Estimator = "standard"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise VaelabError(f"unknown objective {self.kind!r}; choose one of: {', '.join(KINDS)}")
+        if self.estimator not in ESTIMATORS:
+            raise VaelabError(f"unknown estimator {self.estimator!r}; choose one of: {', '.join(ESTIMATORS)}")
+        if self.kl not in ("auto", "analytic", "mc"):
+            raise VaelabError(f"unknown KL method {self.kl!r}; choose one of: auto, analytic, mc")
+        if isinstance(self.k, bool) or int(self.k) != self.k or self.k < 1:
+            raise VaelabError(f"k must be a positive integer, got {self.k!r}")
+        for name in ("beta", "warmup", "free_bits"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise VaelabError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.estimator == "dreg" and self.kind != "iwae":
+            raise VaelabError(
+                f"estimator 'dreg' is the doubly reparameterized gradient of the IWAE bound; it "
+                f"needs objective 'iwae', got objective {self.kind!r} (for the ELBO use estimator 'stl')"
+            )
+        if self.kind == "iwae":
+            weighted = [f"{n} {getattr(self, n):g}" for n, off in (("beta", 1.0), ("warmup", 0.0), ("free_bits", 0.0))
+                        if getattr(self, n) != off]
+            if weighted:
+                raise VaelabError(
+                    f"{', '.join(weighted)} reshape the ELBO's KL term, which objective 'iwae' does not "
+                    "have; use objective 'elbo', or leave beta 1, warmup 0 and free_bits 0"
+                )
+        if self.kind == "elbo" and self.estimator == "stl":
+            if self.kl == "analytic":
+                raise VaelabError(
+                    "estimator 'stl' computes the KL by Monte Carlo along the samples (a closed-form "
+                    "KL has no score term to drop); kl 'analytic' contradicts it: use kl 'auto' or 'mc'"
+                )
+            if self.free_bits > 0:
+                raise VaelabError(
+                    "free_bits takes the KL per dimension (closed form when known) and estimator "
+                    "'stl' a Monte-Carlo KL: they do not combine; use estimator 'standard' with free bits"
+                )
+
+    def kl_weight(self, progress: float) -> float:
+        """The KL weight after ``progress`` epochs (see :func:`kl_weight`)."""
+        return kl_weight(progress, self.beta, self.warmup)
+
+    def check(self, model: VAE, x: Tensor) -> None:
+        """Raise now if ``model`` cannot be trained with this objective (STL with a flow
+        posterior, free bits with a mixture prior): one pass on a few examples ``x``, in eval
+        mode and without gradients, so nothing in the model changes."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                self.loss(model, x)
+        finally:
+            model.train(was_training)
 
     def loss(self, model: VAE, x: Tensor, progress: float = 0.0) -> tuple[Tensor, ELBO]:
-        trace = model.trace(x, self.k)
+        """Draw ``k`` samples per example of ``x`` and score them: :meth:`trace_loss`."""
+        return self.trace_loss(model.trace(x, self.k), progress)
+
+    def trace_loss(self, trace: Trace, progress: float = 0.0) -> tuple[Tensor, ELBO]:
+        """The loss of a trace (a scalar to minimise) and its true ELBO terms (for logging)."""
         terms = elbo(trace, self.kl)
         if self.kind == "iwae":
-            return -iwae(trace).mean(), terms
-        return -terms.elbo.mean(), terms
+            bound = {"standard": iwae, "stl": iwae_stl, "dreg": iwae_dreg}[self.estimator](trace)
+            return -bound.mean(), terms
+        weight = self.kl_weight(progress)
+        if self.estimator == "stl":
+            return -elbo_stl(trace, weight).mean(), terms
+        if self.free_bits > 0:
+            kl = free_bits_kl(kl_per_dim(trace, self.kl), self.free_bits)
+            return -(terms.reconstruction.mean() - weight * kl), terms
+        return -(terms.reconstruction - weight * terms.kl).mean(), terms

@@ -31,13 +31,15 @@ from .build import build_vae
 from .config import TrainConfig
 from .data import DataSplits, binarize, load_data
 from .errors import VaelabError
-from .evaluation import LogLikelihood, dataset_elbo, log_likelihood
+from .evaluation import LogLikelihood, evaluate, log_likelihood
 from .model import VAE
 from .objectives import ELBO, Objective, elbo
-from .training.checkpoint import atomic_write_text, load_weights
+from .training.checkpoint import atomic_write_text, load_weights, read_metadata
+from .training import distributed
 from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, FitResult, fit
 
-__all__ = ["train", "load", "TrainedModel", "TrainingStopped", "resolve_device", "read_metrics", "write_eval", "objective_from"]
+__all__ = ["train", "load", "TrainedModel", "TrainingStopped", "resolve_device", "read_metrics", "write_eval", "objective_from",
+           "interpolate_latents"]
 
 CONFIG = "config.json"
 EVAL = "eval.json"
@@ -60,8 +62,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def objective_from(config: TrainConfig) -> Objective:
-    """The training objective a config asks for."""
-    return Objective(kind="elbo", k=config.k, kl=config.kl)
+    """The training objective a config asks for (a VaelabError for a bad combination)."""
+    return Objective(kind=config.objective, k=config.k, kl=config.kl, beta=config.beta, warmup=config.warmup,
+                     free_bits=config.free_bits, estimator=config.estimator)
 
 
 def _uses_binarization(config: TrainConfig, data_kind: str) -> bool:
@@ -157,18 +160,7 @@ class TrainedModel:
             raise VaelabError(f"interpolation needs at least 2 steps, got {steps}")
         z0 = self.vae.encode(self.as_batch(x_from, "first input")).mean[0]
         z1 = self.vae.encode(self.as_batch(x_to, "second input")).mean[0]
-        t = torch.linspace(0, 1, steps, device=z0.device)[:, None]  # [S, 1]
-        if method == "linear":
-            z = (1 - t) * z0 + t * z1
-        elif method == "spherical":
-            omega = torch.arccos(torch.clamp(torch.dot(z0, z1) / (z0.norm() * z1.norm()), -1, 1))
-            if omega.abs() < 1e-6:
-                z = (1 - t) * z0 + t * z1
-            else:
-                z = (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
-        else:
-            raise VaelabError(f"unknown interpolation {method!r}; choose linear or spherical")
-        return self.vae.decode(z).mean.cpu()
+        return self.vae.decode(interpolate_latents(z0, z1, steps, method)).mean.cpu()
 
     @torch.no_grad()
     def elbo(self, x: Any, k: int = 1) -> ELBO:
@@ -194,29 +186,51 @@ class TrainedModel:
             x = binarize(x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
         return x, data.test_labels
 
-    def evaluate(self, k: int = 1000, x: Any = None, *, k_chunk: int = 100) -> dict[str, Any]:
-        """Test ELBO and its terms, and -log p(x) with ``k`` importance samples (nats/example).
+    def evaluate(
+        self, k: int = 1000, x: Any = None, *, k_chunk: int = 100, batch_size: int = 100,
+        elbo_samples: int = 10, mi_samples: int = 1000, gap_examples: int = 100, gap_steps: int = 300,
+        gap_samples: int = 16, gap_lr: float = 0.05, gap_eval_samples: int = 1000, seed: int = 0,
+        per_example: bool = False,
+    ) -> dict[str, Any]:
+        """Test ELBO and its terms, -log p(x) with ``k`` importance samples, latent health and
+        the inference gap split, as a JSON-ready dict (nats per example).
 
-        Uses the run's test set unless ``x`` is given. Bits per dimension are added when the
-        data are binary (after binarization).
+        Uses the run's test set unless ``x`` is given. See :func:`vaelab.evaluation.evaluate`
+        for the arguments and :meth:`vaelab.evaluation.Evaluation.to_dict` for the keys.
         """
         x = self.test_set()[0] if x is None else x
-        xb = self.as_batch(x)
-        torch.manual_seed(0)
-        e = dataset_elbo(self.vae, xb, kl=self.config.kl)
-        out: dict[str, Any] = {
-            "n": e.n,
-            "elbo": e.elbo,
-            "reconstruction": e.reconstruction,
-            "kl": e.kl,
-            "units": "nats per example",
-        }
-        if k > 0:
-            ll = log_likelihood(self.vae, xb, k, k_chunk=k_chunk)
-            out.update({"k": k, "log_px": ll.mean, "log_px_stderr": ll.stderr, "nll": -ll.mean})
-            if bool(((xb == 0) | (xb == 1)).all()):
-                out["bits_per_dim"] = -ll.mean / (math.log(2) * math.prod(self.x_shape))
-        return out
+        ev = evaluate(
+            self.vae, self.as_batch(x), k=k, k_chunk=k_chunk, batch_size=batch_size,
+            elbo_samples=elbo_samples, kl=self.config.kl, mi_samples=mi_samples,
+            gap_examples=gap_examples, gap_steps=gap_steps, gap_samples=gap_samples, gap_lr=gap_lr,
+            gap_eval_samples=gap_eval_samples, seed=seed,
+        )
+        return ev.to_dict(per_example=per_example)
+
+
+def interpolate_latents(
+    z0: Tensor, z1: Tensor, steps: int = 10, method: Literal["linear", "spherical"] = "linear"
+) -> Tensor:
+    """``steps`` latents ``[steps, D]`` on the path from ``z0`` to ``z1`` (both ``[D]``), ends included.
+
+    ``linear``: z(t) = (1 - t) z0 + t z1. ``spherical`` (slerp): with omega the angle between
+    z0 and z1, z(t) = (sin((1 - t) omega) z0 + sin(t omega) z1) / sin(omega), which follows the
+    great circle and keeps the path at the typical radius of a Gaussian prior instead of
+    cutting through its low-density centre (straight line when z0 and z1 are parallel).
+    """
+    if steps < 2:
+        raise VaelabError(f"interpolation needs at least 2 steps, got {steps}")
+    if z0.shape != z1.shape or z0.ndim != 1:
+        raise VaelabError(f"interpolation needs two latents of the same shape [D], got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    t = torch.linspace(0, 1, steps, device=z0.device, dtype=z0.dtype)[:, None]  # [S, 1]
+    if method == "linear":
+        return (1 - t) * z0 + t * z1
+    if method == "spherical":
+        omega = torch.arccos(torch.clamp(torch.dot(z0, z1) / (z0.norm() * z1.norm()), -1, 1))
+        if omega.abs() < 1e-6 or not torch.isfinite(omega):  # parallel, or a zero vector
+            return (1 - t) * z0 + t * z1
+        return (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
+    raise VaelabError(f"unknown interpolation {method!r}; choose linear or spherical")
 
 
 def _run_name(config: TrainConfig) -> str:
@@ -238,36 +252,53 @@ def train(
     ``vaelab.train(epochs=5, latent_dim=2)`` trains the classic VAE on ``mnist5k`` with
     those two settings changed. Returns the trained model (best validation epoch) and what
     the loop did. Raises :class:`TrainingStopped` if the loss became NaN.
+
+    Under ``torchrun`` every process calls this; they train one model data-parallel
+    (:mod:`vaelab.training.distributed`), rank 0 writes the run folder and logs.
     """
     if resume is not None:
         run_dir = _check_run(resume)
         config = _read_config(run_dir).replace(**overrides) if overrides else _read_config(run_dir)
         if not (run_dir / CHECKPOINT).exists():
             raise VaelabError(f"run '{run_dir}' has no checkpoint to resume from; train it anew")
+        read_metadata(run_dir / CHECKPOINT)  # a corrupt checkpoint fails before anything is written
     else:
         config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
         run_dir = Path(config.out) / (config.name or _run_name(config))
-        if (run_dir / CONFIG).exists():
+        if (run_dir / CONFIG).exists() and (run_dir / CHECKPOINT).exists():
             raise VaelabError(f"run folder '{run_dir}' already holds a run; choose another --name or use --resume")
-    device = resolve_device(config.device)
+    world, device = distributed.setup(resolve_device(config.device))
+    run_dir = world.from_main(run_dir)  # one folder for all processes (the default name holds the time)
+    log = log if world.is_main else (lambda *args: None)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    objective = objective_from(config)  # a bad combination of settings fails before anything is written
+    if not world.is_main:
+        world.barrier()  # rank 0 loads (and downloads) first
     data = load_data(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    if world.is_main:
+        world.barrier()
     torch.manual_seed(config.seed)
     vae = build_vae(data.shape, **config.model_kwargs()).to(device)
     vae.decoder.check(data.train, f"training data '{config.data}'")
+    objective.check(vae, data.train[:2].to(device))  # e.g. STL with a flow posterior: fails here too
     binarized = _uses_binarization(config, data.kind)
     data_info = {"shape": list(data.shape), "kind": data.kind, "binarized": binarized,
                  "n_train": int(data.train.shape[0]), "n_val": int(data.val.shape[0]),
                  "n_test": int(data.test.shape[0]), "discrete_levels": data.discrete_levels}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is None:
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main and (resume is None or overrides):  # a resumed run records a raised --epochs
         atomic_write_text(run_dir / CONFIG, json.dumps({"config": config.to_dict(), "data": data_info}, indent=2))
     log(f"run folder: {run_dir}")
     result = fit(
         vae, data, run_dir,
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-        patience=config.patience, binarize=binarized, objective=objective_from(config),
-        resume=resume is not None, progress=progress,
+        patience=config.patience, binarize=binarized, objective=objective,
+        resume=resume is not None, progress=progress, compile=config.compile, precision=config.precision,
     )
+    if result.stopped != "completed" and result.stopped != "early-stopping":
+        distributed.teardown()
     if result.stopped == "nan":
         raise TrainingStopped(result.message)
     if result.message:
@@ -275,7 +306,8 @@ def train(
     if result.stopped == "interrupted":
         raise KeyboardInterrupt(result.message)
     model = load(run_dir, device=device)
-    if figures:
+    distributed.teardown()
+    if figures and world.is_main:
         from .plots import latent_manifold, reconstruction_grid, image_grid, training_curves
 
         x_test, _ = model.test_set(data)

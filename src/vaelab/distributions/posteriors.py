@@ -1,5 +1,9 @@
 """Approximate posteriors q_phi(z|x): modules whose ``forward(x)`` returns a distribution.
 
+Gaussian posteriors live here: the diagonal Gaussian and the full-covariance Gaussian. Flow
+posteriors (planar, IAF) are in :mod:`vaelab.distributions.flows`. Every encoder wraps a
+network ``net(x) -> [B, n]`` and states the ``n`` it needs with ``outputs(latent_dim, ...)``.
+
 The diagonal Gaussian of the seeds,
 
     q_phi(z|x) = N(z; mu_phi(x), diag(sigma_phi(x)^2)),
@@ -18,9 +22,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, register_kl
 
-__all__ = ["GaussianEncoder", "diagonal_gaussian"]
+__all__ = ["GaussianEncoder", "FullCovarianceEncoder", "diagonal_gaussian"]
 
 
 def diagonal_gaussian(loc: Tensor, scale: Tensor) -> Distribution:
@@ -52,6 +56,11 @@ class GaussianEncoder(nn.Module):
         self.latent_dim = latent_dim
         self.min_scale = min_scale
 
+    @staticmethod
+    def outputs(latent_dim: int) -> int:
+        """The number of outputs ``net`` must have: 2 D."""
+        return 2 * latent_dim
+
     def forward(self, x: Tensor) -> Distribution:
         h = self.net(x)  # [B, 2D]
         if h.shape[-1] != 2 * self.latent_dim:
@@ -67,3 +76,75 @@ class GaussianEncoder(nn.Module):
         return f"latent_dim={self.latent_dim}, min_scale={self.min_scale}"
 
 
+class FullCovarianceEncoder(nn.Module):
+    """q(z|x) = N(mu(x), L(x) L(x)^T) with a lower-triangular Cholesky factor L.
+
+    The network's ``D + D + D(D-1)/2`` outputs are the mean, the raw diagonal ``s`` of L and
+    its strictly-lower entries (row by row, in ``torch.tril_indices(D, D, -1)`` order). The
+    diagonal is ``softplus(s) + min_scale`` > 0, so L is a valid Cholesky factor of a positive
+    definite covariance, and log det(L L^T) = 2 sum_i log L_ii. Samples z = mu + L eps,
+    eps ~ N(0, I), are differentiable (``torch.distributions.MultivariateNormal``).
+
+    Against a diagonal Gaussian prior (such as N(0, I)) the KL divergence has a closed form,
+    registered with ``torch.distributions.kl.register_kl``: with p = N(m, diag(s^2)),
+
+        KL(q || p) = 1/2 [sum_ij L_ij^2 / s_i^2 + sum_i (mu_i - m_i)^2 / s_i^2 - D
+                          + 2 sum_i log s_i - 2 sum_i log L_ii].
+
+    Args:
+        net: maps ``[B, *x_shape]`` to ``[B, D + D(D+1)/2]``.
+        latent_dim: D.
+        min_scale: floor added to the diagonal of L.
+
+    Example:
+        >>> enc = FullCovarianceEncoder(MLP(784, [400], FullCovarianceEncoder.outputs(20)), 20)
+        >>> q = enc(torch.rand(8, 784))          # batch [8], event [20]
+        >>> q.rsample((5,)).shape                # [5, 8, 20]
+    """
+
+    def __init__(self, net: nn.Module, latent_dim: int, min_scale: float = 1e-4) -> None:
+        super().__init__()
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        self.net = net
+        self.latent_dim = latent_dim
+        self.min_scale = min_scale
+        rows, cols = torch.tril_indices(latent_dim, latent_dim, offset=-1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    @staticmethod
+    def outputs(latent_dim: int) -> int:
+        """The number of outputs ``net`` must have: D + D(D+1)/2."""
+        return latent_dim + latent_dim * (latent_dim + 1) // 2
+
+    def forward(self, x: Tensor) -> Distribution:
+        d = self.latent_dim
+        h = self.net(x)  # [B, D + D(D+1)/2]
+        if h.shape[-1] != self.outputs(d):
+            raise ValueError(
+                f"encoder network returned {h.shape[-1]} features; FullCovarianceEncoder needs "
+                f"D + D(D+1)/2 = {self.outputs(d)} for latent_dim = {d}"
+            )
+        loc, raw, off = h[..., :d], h[..., d : 2 * d], h[..., 2 * d :]
+        diagonal = nn.functional.softplus(raw) + self.min_scale  # [B, D]
+        lower = off.new_zeros(*off.shape[:-1], d, d)  # [B, D, D]
+        lower[..., self.rows, self.cols] = off  # the strictly lower part
+        tril = lower + torch.diag_embed(diagonal)
+        return MultivariateNormal(loc, scale_tril=tril, validate_args=False)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, min_scale={self.min_scale}"
+
+
+@register_kl(MultivariateNormal, Independent)
+def _kl_full_to_diagonal(q: MultivariateNormal, p: Independent) -> Tensor:
+    """KL(N(mu, L L^T) || N(m, diag(s^2))) in closed form (see :class:`FullCovarianceEncoder`)."""
+    if not isinstance(p.base_dist, Normal) or p.reinterpreted_batch_ndims != 1:
+        raise NotImplementedError
+    m, s = p.base_dist.loc, p.base_dist.scale  # [..., D]
+    tril = q.scale_tril  # [..., D, D]
+    trace = (tril.pow(2) / s.unsqueeze(-1).pow(2)).sum((-2, -1))
+    mahalanobis = ((q.loc - m) / s).pow(2).sum(-1)
+    log_det = 2 * torch.log(s).sum(-1) - 2 * torch.log(torch.diagonal(tril, dim1=-2, dim2=-1)).sum(-1)
+    return 0.5 * (trace + mahalanobis - q.loc.shape[-1] + log_det)

@@ -5,14 +5,27 @@ a fresh shuffle, then one optimizer step per mini-batch on
 
     loss = -(1/B) sum_b ELBO(x_b)          (nats per example; reconstruction - KL, no hidden weights)
 
-After each epoch the validation ELBO is computed, the metrics are appended, and the checkpoint
-is replaced atomically. Every random draw of epoch ``e`` comes from a seed derived from
-``(seed, e)``, so a run resumed from the checkpoint of epoch ``e - 1`` continues exactly as the
-uninterrupted run would have: same seed, same machine, same numbers.
+(or whatever the :class:`~vaelab.objectives.Objective` says). After each epoch the validation
+ELBO is computed, the metrics are appended, and the checkpoint is replaced atomically. Every
+random draw of epoch ``e`` comes from a seed derived from ``(seed, e)``, so a run resumed from
+the checkpoint of epoch ``e - 1`` continues exactly as the uninterrupted run would have: same
+seed, same machine, same numbers.
+
+Speed (see ``benchmarks/speed.py``): the data live on the model's device as one tensor; each
+epoch is binarized and permuted there in one go and the batches are slices of it; Adam is the
+fused kernel where PyTorch has one; the host reads the device only every ``SYNC_EVERY``
+steps (on CUDA one period late, so the GPU never drains), which is where a non-finite loss is
+noticed; its step is known exactly from a per-step record, and the end-of-epoch check comes
+before any file is written, so a NaN never reaches a checkpoint. Optional: ``compile``
+(``torch.compile`` of the forward pass) and ``precision="bfloat16"`` (CUDA autocast).
+
+Several processes (``torchrun``, see :mod:`vaelab.training.distributed`): the gradients of each
+global batch are averaged by DistributedDataParallel; only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data import DataSplits, binarize as draw_binary
@@ -28,19 +42,23 @@ from ..evaluation import dataset_elbo
 from ..model import VAE
 from ..objectives import Objective
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, save_weights
+from .distributed import World, world as current_world
 
-__all__ = ["fit", "FitResult", "CHECKPOINT", "BEST_WEIGHTS", "METRICS", "epoch_seed"]
+__all__ = ["fit", "FitResult", "CHECKPOINT", "BEST_WEIGHTS", "METRICS", "PRECISIONS", "SYNC_EVERY",
+           "epoch_seed", "noise_seed", "epoch_data", "make_optimizer"]
 
 CHECKPOINT = "checkpoint.safetensors"  # last epoch: weights + optimizer + state (for --resume)
 BEST_WEIGHTS = "model.safetensors"  # weights of the epoch with the best validation ELBO
 METRICS = "metrics.jsonl"  # one JSON record per epoch
+PRECISIONS = ("float32", "bfloat16")
+SYNC_EVERY = 10  # steps between two reads of the device by the host (progress, NaN check)
 
 
 @dataclass
 class FitResult:
     """What :func:`fit` did. ``stopped`` is one of ``"completed"``, ``"early-stopping"``,
-    ``"nan"`` (the loss became NaN/inf; the last good checkpoint is kept) or
-    ``"interrupted"`` (Ctrl-C; resume from the last checkpoint)."""
+    ``"nan"`` (the loss became NaN/inf; the run folder keeps the last good checkpoint, the model
+    in memory may not) or ``"interrupted"`` (Ctrl-C; resume from the last checkpoint)."""
 
     stopped: str
     epochs_done: int
@@ -55,6 +73,100 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
 
 
+def noise_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of the reparameterization noise of process ``rank`` in ``epoch``.
+
+    Rank 0 (and a single process) uses :func:`epoch_seed`; the others draw other noise.
+    """
+    s = epoch_seed(seed, epoch)
+    return s if rank == 0 else (s + rank * 2_654_435_761) % (2**63 - 1)
+
+
+def epoch_data(train: Tensor, seed: int, epoch: int, binarize: bool) -> Tensor:
+    """The training examples of ``epoch`` in the order the loop visits them ``[N, *x_shape]``.
+
+    On ``train``'s device, from one generator seeded by :func:`epoch_seed`: a Bernoulli draw of
+    every pixel (when ``binarize``), then a permutation. Batch ``i`` is rows
+    ``[i * B, (i + 1) * B)``; every process of a distributed run holds the same tensor.
+    """
+    gen = torch.Generator(device=train.device).manual_seed(epoch_seed(seed, epoch))
+    x = draw_binary(train, gen) if binarize else train
+    perm = torch.randperm(train.shape[0], generator=gen, device=train.device)
+    return x[perm]
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam, as the fused kernel (one pass over all parameters) where PyTorch has one for the
+    model's device, else PyTorch's default implementation. The same algorithm either way."""
+    params = list(model.parameters())
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.Adam(params, lr=lr)
+
+
+class _TrainStep(nn.Module):
+    """The forward pass of one step as a module, for DistributedDataParallel and torch.compile.
+
+    Returns the loss and ``[loss, sum ELBO, sum reconstruction, sum KL]`` over the batch
+    (detached, float32). With ``precision="bfloat16"`` the objective runs under CUDA autocast:
+    the matrix products of the networks run in bfloat16, while autocast keeps the ops that
+    make up the log-densities and the KL (softplus, log, exp, pow, sum,
+    binary_cross_entropy_with_logits) in float32, so z, log q(z|x), log p(x|z), the KL and
+    every sum over dimensions and examples are float32.
+    """
+
+    def __init__(self, model: VAE, objective: Objective, precision: str) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+        self.precision = precision
+
+    def forward(self, x: Tensor, progress: float) -> tuple[Tensor, Tensor]:
+        autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if self.precision == "bfloat16"
+                    else contextlib.nullcontext())
+        with autocast:
+            loss, terms = self.objective.loss(self.model, x, progress)
+        loss = loss.float()
+        stats = torch.stack([loss, terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()])
+        return loss, stats.detach().float()
+
+
+class _Lagged:
+    """Small device tensors read by the host without draining the device.
+
+    On CUDA a snapshot is copied to pinned memory asynchronously and read one call later
+    (waiting, if at all, only for that copy, while the next steps are already queued); on
+    other devices at once. Every process reads the same snapshots, so they decide alike.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.lag = device.type == "cuda"
+        self.pending: tuple[Tensor, Any] | None = None
+
+    def push_and_read(self, t: Tensor) -> list[float] | None:
+        if not self.lag:
+            return t.tolist()
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        previous, self.pending = self.pending, (host, event)
+        if previous is None:
+            return None
+        previous[1].synchronize()
+        return previous[0].tolist()
+
+
+def _first_bad_step(log: Tensor, done: int, w: World) -> tuple[int, str]:
+    """The first step (1-based, over all processes) whose record is not finite, and its loss."""
+    bad = (~torch.isfinite(log[:done])).any(1)  # [done]
+    first = torch.where(bad.any(), bad.int().argmax(), torch.tensor(done, device=log.device))
+    step = int(w.all_min(first.reshape(1).long())[0])
+    value = float(log[step, 0]) if step < done else math.nan
+    return step + 1, (f"{value}" if not math.isfinite(value) else "non-finite")
+
+
 def _write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
     import json
 
@@ -66,6 +178,21 @@ def _stopped(run_dir: Path, epoch: int) -> str:
     if epoch > 1:
         return f"stopped and kept the last good checkpoint (epoch {epoch - 1}) in '{run_dir}'"
     return f"stopped before the first epoch finished, so '{run_dir}' holds no checkpoint"
+
+
+def _validation(model: VAE, val: Tensor, objective: Objective, w: World) -> tuple[float, float, float]:
+    """The validation ELBO and its terms; each process scores its shard and the sums are shared."""
+    model.eval()
+    if w.size == 1:
+        v = dataset_elbo(model, val, kl=objective.kl)
+        return v.elbo, v.reconstruction, v.kl
+    lo, hi = w.shard(val.shape[0])
+    sums = torch.zeros(3, dtype=torch.float64, device=val.device)
+    if hi > lo:
+        v = dataset_elbo(model, val[lo:hi], kl=objective.kl)
+        sums += torch.tensor([v.elbo, v.reconstruction, v.kl], dtype=torch.float64, device=val.device) * (hi - lo)
+    e, r, k = (w.all_sum(sums) / val.shape[0]).tolist()
+    return e, r, k
 
 
 def fit(
@@ -83,12 +210,15 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    compile: bool = False,
+    precision: str = "float32",
 ) -> FitResult:
     """Train ``model`` on ``data.train`` and keep its checkpoints in ``run_dir``.
 
     Args:
         epochs: the total number of epochs (a resumed run continues up to it).
-        batch_size, lr: mini-batch size and Adam's learning rate.
+        batch_size, lr: mini-batch size and Adam's learning rate. In a distributed run the
+            batch is global: each of the ``W`` processes takes about ``batch_size / W`` of it.
         seed: the run's seed; every epoch's draws derive from it (see :func:`epoch_seed`).
         patience: stop when the validation ELBO has not improved for this many epochs
             (0: never stop early).
@@ -98,13 +228,29 @@ def fit(
             KL when one exists); the logged terms are always the true ELBO's.
         resume: continue from ``run_dir/checkpoint.safetensors``.
         progress: show a progress bar with the running ELBO.
-        on_epoch: called with each epoch's metrics record.
+        on_epoch: called with each epoch's metrics record (on rank 0 only).
+        compile: run the forward pass through ``torch.compile`` (the first steps pay for the
+            compilation).
+        precision: ``"float32"``, or ``"bfloat16"`` for CUDA autocast (see ``_TrainStep``).
+
+    A process group set up beforehand (:func:`vaelab.training.distributed.setup`) makes this
+    one replica of a data-parallel run: the model is wrapped in DistributedDataParallel and
+    only rank 0 writes to ``run_dir``.
     """
     objective = objective or Objective()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if precision not in PRECISIONS:
+        raise VaelabError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "bfloat16" and device.type != "cuda":
+        raise VaelabError(
+            f"precision 'bfloat16' is CUDA autocast; on {device.type} autocast would compute the "
+            "posterior samples and log-densities in bfloat16 too; use precision float32"
+        )
+    w = current_world()
+    if w.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    optimizer = make_optimizer(model, lr)
 
     metrics: list[dict[str, Any]] = []
     start_epoch, best_val, best_epoch, bad_epochs = 1, -math.inf, 0, 0
@@ -116,7 +262,8 @@ def fit(
         if state.get("stopped") == "early-stopping":
             return FitResult("early-stopping", state["epoch"], best_epoch, best_val, metrics,
                              "the run had already stopped early")
-        _write_metrics(run_dir / METRICS, metrics)  # drop records newer than the checkpoint
+        if w.is_main:
+            _write_metrics(run_dir / METRICS, metrics)  # drop records newer than the checkpoint
 
     if start_epoch > epochs:
         raise VaelabError(
@@ -130,38 +277,47 @@ def fit(
     n = train.shape[0]
     steps = math.ceil(n / batch_size)
 
+    step: nn.Module = _TrainStep(model, objective, precision)
+    if w.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step = DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
+    if compile:
+        step = torch.compile(step)  # type: ignore[assignment]
+    progress = progress and w.is_main
+    reader = _Lagged(device)
+
     result = FitResult("completed", start_epoch - 1, best_epoch, best_val, metrics)
     for epoch in range(start_epoch, epochs + 1):
-        s = epoch_seed(seed, epoch)
-        gen = torch.Generator(device=device).manual_seed(s)
-        torch.manual_seed(s)  # the reparameterization noise eps
-        x_epoch = draw_binary(train, gen) if binarize else train
-        perm = torch.randperm(n, generator=gen, device=device)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        x_epoch = epoch_data(train, seed, epoch, binarize)  # [N, *x_shape], visiting order
+        torch.manual_seed(noise_seed(seed, epoch, w.rank))  # the reparameterization noise eps
+        log = torch.zeros(steps, 4, device=device)  # per step: loss, sums of ELBO, rec., KL
         t0 = time.perf_counter()
         model.train()
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=not progress,
                    leave=False, unit="batch", dynamic_ncols=True)
+        done = 0
         try:
             for i in range(steps):
-                xb = x_epoch[perm[i * batch_size : (i + 1) * batch_size]]
-                loss, terms = objective.loss(model, xb, epoch - 1 + i / steps)
-                if not torch.isfinite(loss):
-                    result.stopped = "nan"
-                    result.message = (
-                        f"training loss became {float(loss.detach())} at epoch {epoch}, step {i + 1}; "
-                        f"{_stopped(run_dir, epoch)}; try a lower --lr"
-                    )
-                    return result
+                a, b = i * batch_size, min((i + 1) * batch_size, n)
+                lo, hi = w.shard(b - a)
+                weight = w.size * (hi - lo) / (b - a)  # 1 in a single process
+                xb = x_epoch[a + lo : a + max(hi, lo + 1)]  # a rank with no rows scores one, weighted 0
+                loss, stats = step(xb, epoch - 1 + i / steps)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if weight == 1 else loss * weight).backward()
                 optimizer.step()
-                with torch.no_grad():
-                    sums += torch.stack([terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()]).double()
-                if progress and (i % 10 == 0 or i == steps - 1):
-                    seen = min((i + 1) * batch_size, n)
-                    bar.set_postfix_str(f"ELBO {float(sums[0]) / seen:.2f} nats")
-                bar.update(1)
+                log[i] = stats if weight > 0 else 0.0
+                done = i + 1
+                if done % SYNC_EVERY == 0 or done == steps:
+                    seen = log[:done]
+                    snap = torch.stack([seen[:, 1].double().sum(), (~torch.isfinite(seen)).sum().double()])
+                    values = reader.push_and_read(w.all_sum(snap))
+                    if values is not None and values[1] > 0:
+                        break
+                    if values is not None and progress:
+                        bar.set_postfix_str(f"ELBO {values[0] / min(done * batch_size, n):.2f} nats")
+                    bar.update(done - bar.n)
         except KeyboardInterrupt:
             result.stopped = "interrupted"
             result.message = (
@@ -169,14 +325,31 @@ def fit(
                 f"resume with 'vaelab train --resume {run_dir}'"
             )
             return result
+        except Exception:
+            if done and not bool(torch.isfinite(log[:done]).all()):  # a consequence of a NaN
+                at, value = _first_bad_step(log, done, w)
+                result.stopped, result.message = "nan", (
+                    f"training loss became {value} at epoch {epoch}, step {at}; "
+                    f"{_stopped(run_dir, epoch)}; try a lower --lr")
+                return result
+            raise
         finally:
             bar.close()
+        totals = torch.cat([log.double().sum(0), (~torch.isfinite(log)).sum().double().reshape(1)])
+        totals_host = w.all_sum(totals).tolist()  # the host waits for the epoch here
         seconds = time.perf_counter() - t0
+        if totals_host[4] > 0:
+            at, value = _first_bad_step(log, done, w)
+            result.stopped = "nan"
+            result.message = (
+                f"training loss became {value} at epoch {epoch}, step {at}; "
+                f"{_stopped(run_dir, epoch)}; try a lower --lr"
+            )
+            return result
 
-        model.eval()
-        v = dataset_elbo(model, val, kl=objective.kl)
-        tr = (sums / n).tolist()
-        if not all(math.isfinite(t) for t in tr) or not math.isfinite(v.elbo):
+        v_elbo, v_rec, v_kl = _validation(model, val, objective, w)
+        tr = [t / n for t in totals_host[1:4]]
+        if not math.isfinite(v_elbo):
             result.stopped = "nan"
             result.message = (
                 f"the ELBO became non-finite in epoch {epoch}; {_stopped(run_dir, epoch)}; "
@@ -188,37 +361,40 @@ def fit(
             "train_elbo": tr[0],
             "train_reconstruction": tr[1],
             "train_kl": tr[2],
-            "val_elbo": v.elbo,
-            "val_reconstruction": v.reconstruction,
-            "val_kl": v.kl,
+            "val_elbo": v_elbo,
+            "val_reconstruction": v_rec,
+            "val_kl": v_kl,
             "seconds": seconds,
             "examples_per_second": n / seconds,
         }
         metrics.append(record)
-        improved = v.elbo > best_val
+        improved = v_elbo > best_val
         if improved:
-            best_val, best_epoch, bad_epochs = v.elbo, epoch, 0
-            save_weights(run_dir / BEST_WEIGHTS, model, {"epoch": epoch, "val_elbo": v.elbo})
+            best_val, best_epoch, bad_epochs = v_elbo, epoch, 0
         else:
             bad_epochs += 1
         stop_early = patience > 0 and bad_epochs >= patience
-        state = {
-            "epoch": epoch,
-            "best_val_elbo": best_val,
-            "best_epoch": best_epoch,
-            "bad_epochs": bad_epochs,
-            "stopped": "early-stopping" if stop_early else None,
-            "metrics": metrics,
-        }
-        save_checkpoint(run_dir / CHECKPOINT, model, optimizer, state)
-        _write_metrics(run_dir / METRICS, metrics)
-        if progress:
-            tqdm.write(
-                f"epoch {epoch}: train ELBO {tr[0]:.2f}, val ELBO {v.elbo:.2f} nats "
-                f"(reconstruction {v.reconstruction:.2f}, KL {v.kl:.2f}){' *' if improved else ''}"
-            )
-        if on_epoch is not None:
-            on_epoch(record)
+        if w.is_main:
+            if improved:
+                save_weights(run_dir / BEST_WEIGHTS, model, {"epoch": epoch, "val_elbo": v_elbo})
+            state = {
+                "epoch": epoch,
+                "best_val_elbo": best_val,
+                "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs,
+                "stopped": "early-stopping" if stop_early else None,
+                "metrics": metrics,
+            }
+            save_checkpoint(run_dir / CHECKPOINT, model, optimizer, state)
+            _write_metrics(run_dir / METRICS, metrics)
+            if progress:
+                tqdm.write(
+                    f"epoch {epoch}: train ELBO {tr[0]:.2f}, val ELBO {v_elbo:.2f} nats "
+                    f"(reconstruction {v_rec:.2f}, KL {v_kl:.2f}){' *' if improved else ''}"
+                )
+            if on_epoch is not None:
+                on_epoch(record)
+        w.barrier()  # the files of this epoch exist before any process goes on
         result = FitResult("completed", epoch, best_epoch, best_val, metrics)
         if stop_early:
             result.stopped = "early-stopping"
