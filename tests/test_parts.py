@@ -244,7 +244,7 @@ def reference_posterior_log_prob(name: str, encoder: nn.Module, x: Tensor, z: Te
     for i in range(d):
         tril[:, i, i] = scale[:, i]
         for j in range(i):
-            tril[:, i, j] = h[:, entry]
+            tril[:, i, j] = scale[:, i] * h[:, entry]  # L = diag(l) (I + M)
             entry += 1
     return MultivariateNormal(loc, covariance_matrix=tril @ tril.transpose(-1, -2)).log_prob(z)
 

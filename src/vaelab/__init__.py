@@ -19,13 +19,14 @@ from .data import DataSplits, load_data
 from .errors import VaelabError
 from .evaluation import dataset_elbo, log_likelihood
 from .model import VAE, Trace
-from .objectives import ELBO, elbo, iwae, kl_term
+from .objectives import ELBO, Objective, elbo, iwae, kl_term
 from .runs import TrainedModel, load, train
 
 __all__ = [
     "VAE",
     "Trace",
     "ELBO",
+    "Objective",
     "elbo",
     "iwae",
     "kl_term",

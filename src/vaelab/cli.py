@@ -1,11 +1,13 @@
 """The ``vaelab`` command line: a thin face over the Python API, one command per method.
 
     vaelab train [--data NAME|PATH] [--config FILE] [--key value ...]   -> vaelab.train
-    vaelab eval RUN [--k 1000]                                          -> TrainedModel.evaluate
+    vaelab eval RUN [--k 1000] [--gap-examples 100] [--no-gap] [--json]  -> TrainedModel.evaluate
+    vaelab report RUN [-o FILE]                                         -> vaelab.report.write_report
     vaelab sample RUN -n 64 -o FILE                                     -> TrainedModel.sample
     vaelab encode RUN DATA -o FILE                                      -> TrainedModel.encode
     vaelab reconstruct RUN DATA -o FILE                                 -> TrainedModel.reconstruct
     vaelab interpolate RUN                                              -> TrainedModel.interpolate
+    vaelab serve RUN [--port 8765] [--host 127.0.0.1]                   -> vaelab.serve (web explorer)
 
 Bad input gives one line on stderr naming the culprit and the fix, and exit status 2.
 """
@@ -43,6 +45,8 @@ def _train_options(f: Any) -> Any:
             kind = click.INT
         elif fld.type == "float":
             kind = click.FLOAT
+        elif fld.type == "bool":
+            kind = click.BOOL
         else:
             kind = click.STRING
         f = click.option(name, fld.name, type=kind, default=None, help=help_text)(f)
@@ -77,14 +81,19 @@ def train(config_file: str | None, resume: str | None, quiet: bool, **options: A
     given = {k: v for k, v in options.items() if v is not None}
     log = (lambda *a: None) if quiet else (lambda msg: click.echo(msg, err=True))
     if resume is not None:
-        if config_file is not None or set(given) - {"epochs", "device"}:
-            raise VaelabError("--resume continues a run with its saved settings; only --epochs and --device may be given with it")
+        if config_file is not None or set(given) - {"epochs", "device", "threads", "compile", "precision"}:
+            raise VaelabError("--resume continues a run with its saved settings; only --epochs, --device and the "
+                              "speed settings (--threads, --compile, --precision) may be given with it")
         model, result = run_train(resume=resume, progress=not quiet, log=log, **given)
     else:
         values = load_config_file(config_file) if config_file else {}
         config = TrainConfig.from_mapping(values, source=config_file or "options")
         config = config.replace(**given) if given else config
         model, result = run_train(config, progress=not quiet, log=log)
+    from .training.distributed import is_main_process
+
+    if not is_main_process():  # torchrun: rank 0 reports and evaluates
+        return
     summary = f"trained {result.epochs_done} epochs ({result.stopped}); best validation ELBO {result.best_val_elbo:.2f} nats at epoch {result.best_epoch}"
     click.echo(summary)
     if model.config.eval_k > 0:
@@ -95,40 +104,83 @@ def train(config_file: str | None, resume: str | None, quiet: bool, **options: A
 
 
 def _eval_table(ev: dict[str, Any]) -> str:
-    rows = [
-        ("test examples", f"{ev['n']}"),
-        ("ELBO", f"{ev['elbo']:.2f} nats"),
-        ("  reconstruction E_q[log p(x|z)]", f"{ev['reconstruction']:.2f} nats"),
-        ("  KL(q(z|x) || p(z))", f"{ev['kl']:.2f} nats"),
-    ]
-    if "log_px" in ev:
-        rows.append((f"-log p(x), K={ev['k']}", f"{ev['nll']:.2f} ± {ev['log_px_stderr']:.2f} nats"))
-    if "bits_per_dim" in ev:
-        rows.append(("bits per dimension", f"{ev['bits_per_dim']:.4f}"))
-    width = max(len(r[0]) for r in rows)
-    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
+    from .evaluation import format_table
+
+    return format_table(ev)
 
 
 @cli.command("eval")
 @click.argument("run", type=click.Path())
 @click.option("--k", "k", type=click.IntRange(0), default=1000, show_default=True,
               help="importance samples per example for log p(x) (0: ELBO only)")
+@click.option("--k-chunk", type=click.IntRange(1), default=100, show_default=True,
+              help="importance samples per forward pass (memory grows with batch size x k-chunk, not with K)")
+@click.option("--batch-size", type=click.IntRange(1), default=100, show_default=True, help="examples per forward pass")
+@click.option("--elbo-samples", type=click.IntRange(1), default=10, show_default=True,
+              help="posterior samples per example for the ELBO's reconstruction term")
+@click.option("--mi-samples", type=click.IntRange(0), default=1000, show_default=True,
+              help="Monte-Carlo draws for I(x;z) and KL(q(z)||p(z)) (0: skip latent health)")
+@click.option("--gap-examples", type=click.IntRange(0), default=100, show_default=True,
+              help="examples for the approximation/amortization gap split (0: skip it)")
+@click.option("--no-gap", is_flag=True, help="skip the gap split (same as --gap-examples 0)")
+@click.option("--gap-steps", type=click.IntRange(0), default=300, show_default=True,
+              help="Adam steps of the per-example posterior optimisation")
+@click.option("--gap-samples", type=click.IntRange(1), default=16, show_default=True,
+              help="samples per optimisation step")
+@click.option("--gap-lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+              help="initial learning rate of the optimisation (cosine-decayed to 0)")
+@click.option("--gap-eval-samples", type=click.IntRange(1), default=1000, show_default=True,
+              help="samples for each ELBO of the gap split")
+@click.option("--seed", type=int, default=0, show_default=True, help="random seed of every draw")
+@click.option("--per-example", is_flag=True, help="add per-example ELBO, terms, log p(x) and ESS to the JSON")
 @click.option("--data", default=None, help="data to evaluate instead of the run's test set (name or file)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def eval_cmd(run: str, k: int, data: str | None, as_json: bool) -> None:
-    """Test ELBO, its reconstruction and KL terms, and the importance-sampled -log p(x).
+def eval_cmd(run: str, k: int, k_chunk: int, batch_size: int, elbo_samples: int, mi_samples: int,
+             gap_examples: int, no_gap: bool, gap_steps: int, gap_samples: int, gap_lr: float,
+             gap_eval_samples: int, seed: int, per_example: bool, data: str | None, as_json: bool) -> None:
+    """Test ELBO and its terms, -log p(x) with its error and ESS, latent health and the gap split.
 
+    Latent health: KL per dimension, active units, I(x;z), KL(q(z)||p(z)), collapse warning.
+    Gap split: log p(x) - ELBO = approximation gap + amortization gap (needs K > 0).
     The result is also written to RUN/eval.json (when evaluating the run's own test set).
     """
     from .runs import load, write_eval
 
     model = load(run)
     x = None if data is None else _read_inputs(model, data)[0]
-    ev = model.evaluate(k=k, x=x)
+    ev = model.evaluate(k=k, x=x, k_chunk=k_chunk, batch_size=batch_size, elbo_samples=elbo_samples,
+                        mi_samples=mi_samples, gap_examples=0 if no_gap else gap_examples, gap_steps=gap_steps,
+                        gap_samples=gap_samples, gap_lr=gap_lr, gap_eval_samples=gap_eval_samples, seed=seed,
+                        per_example=per_example)
     ev["data"] = data or f"{model.config.data} (test split)"
     if data is None:
         write_eval(model.run_dir, ev)
     click.echo(json.dumps(ev, indent=2) if as_json else _eval_table(ev))
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.option("-o", "--output", default=None, help="the HTML file to write [default: RUN/report.html]")
+@click.option("--reevaluate", is_flag=True,
+              help="evaluate anew even when RUN/eval.json holds a complete evaluation (it is rewritten)")
+@click.option("--k", "k", type=click.IntRange(0), default=1000, show_default=True,
+              help="importance samples per example, when the report evaluates")
+@click.option("--gap-examples", type=click.IntRange(0), default=100, show_default=True,
+              help="examples for the gap split, when the report evaluates (0: skip it)")
+@click.option("--gap-steps", type=click.IntRange(0), default=300, show_default=True,
+              help="Adam steps of the per-example posterior optimisation, when the report evaluates")
+@click.option("--seed", type=int, default=0, show_default=True, help="random seed of the evaluation and the figures")
+def report(run: str, output: str | None, reevaluate: bool, k: int, gap_examples: int, gap_steps: int, seed: int) -> None:
+    """Write one self-contained HTML page about a run: configuration, curves, evaluation, figures.
+
+    The evaluation comes from RUN/eval.json when it is complete (as 'vaelab eval' writes it),
+    else it is computed with the options below and saved there.
+    """
+    from .report import write_report
+
+    path = write_report(run, output, reevaluate=reevaluate, k=k, gap_examples=gap_examples,
+                        gap_steps=gap_steps, seed=seed)
+    click.echo(f"wrote {path}")
 
 
 def _read_inputs(model: Any, source: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -270,6 +322,22 @@ def interpolate(run: str, data: str | None, i: int, j: int, steps: int, method: 
     click.echo(f"wrote {png} and {npy}")
 
 
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="TCP port to listen on (0: any free port; the address is printed)")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on; anything but 127.0.0.1/localhost lets other computers in (a warning is printed)")
+def serve(run: str, port: int, host: str) -> None:
+    """Explore a trained model in the browser: latent map, dimensions, interpolation, samples, your own inputs.
+
+    Starts a local web server (reading RUN, never writing to it) and prints the address to open.
+    """
+    from .serve import serve as run_server
+
+    run_server(run, host=host, port=port)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit status 2."""
     try:
@@ -285,7 +353,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
     except (KeyboardInterrupt, click.Abort) as err:
-        msg = str(err) if isinstance(err, KeyboardInterrupt) and str(err) else "interrupted"
+        cause = err.__cause__ if isinstance(err, click.Abort) else err  # click wraps Ctrl-C in Abort
+        msg = str(cause) if isinstance(cause, KeyboardInterrupt) and str(cause) else "interrupted"
         click.echo(f"{msg}", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

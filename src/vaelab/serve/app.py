@@ -1,0 +1,254 @@
+"""The explorer's web app: a JSON API over :class:`~vaelab.serve.explorer.Explorer` and the
+static page that uses it.
+
+    GET  /                      the page (static/index.html, app.js, style.css; no CDN)
+    GET  /api/info              the model's summary and its latent dimensions ordered by KL
+    GET  /api/map               the test set's posterior means on the plane, with labels
+    GET  /api/example/{i}       test example i: input, reconstruction, posterior
+    POST /api/decode            {"z": [D numbers]} or {"point": [x, y]} -> E[x|z]
+    GET  /api/sample?n=16       fresh z ~ p(z), decoded (optional &seed=)
+    POST /api/interpolate       {"from": END, "to": END, "steps": 10, "method": "linear"|"spherical"},
+                                END = {"z": [...]} or {"index": i} or {"point": [x, y]}
+    POST /api/upload?name=F     the file's raw bytes (PNG/JPEG/.npy, at most 5 MB) -> posterior,
+                                reconstruction, ELBO and log p(x) with its standard error
+
+Bad input is a 4xx answer ``{"error": "..."}`` (400 malformed, 413 too large, 422 invalid
+values or files, 503 busy) and the server keeps serving. All torch work runs one call at a
+time in a worker thread under ``torch.no_grad()``; a :class:`Gate` admits a few calls at
+once and answers 503 beyond that, so quick slider moves cannot queue unbounded work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..errors import VaelabError
+from .explorer import Explorer
+from .uploads import MAX_UPLOAD_BYTES, prepare_upload
+
+__all__ = ["create_app", "Gate", "ApiError"]
+
+MAX_JSON_BYTES = 64 * 1024
+MAX_SAMPLES = 64
+MAX_STEPS = 50
+STATIC = Path(str(resources.files("vaelab.serve") / "static"))
+# The page loads nothing from elsewhere; the browser enforces it.
+CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+
+
+class ApiError(Exception):
+    """An answer with a 4xx/5xx status and a one-line message for the page."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = " ".join(message.split())
+
+
+class Gate:
+    """Admit at most ``capacity`` model calls at once; they run one at a time, the rest get 503.
+
+    Waiting happens in worker threads (one lock), not in the event loop, so the gate works
+    with any loop; the admitted count bounds those threads and the queued work.
+    """
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self._admitted = 0
+        self._count = threading.Lock()
+        self._work = threading.Lock()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._count:
+            if self._admitted >= self.capacity:
+                raise ApiError(503, "the server is busy with earlier requests; try again in a moment")
+            self._admitted += 1
+        try:
+            return await run_in_threadpool(self._one_at_a_time, fn, *args)
+        finally:
+            with self._count:
+                self._admitted -= 1
+
+    def _one_at_a_time(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._work, torch.no_grad():
+            return fn(*args)
+
+
+# --- reading and checking requests -------------------------------------------------------------
+async def _body(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    too_big = ApiError(413, f"{what} is larger than {limit / 1024 / 1024:.3g} MB; send a smaller one")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    raw = await _body(request, MAX_JSON_BYTES, "the request")
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ApiError(400, f"the request body is not valid JSON ({err})") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _vector(value: Any, n: int, what: str) -> torch.Tensor:
+    """A list of ``n`` finite numbers as a tensor, or a 422."""
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ApiError(422, f"{what} must be a list of {n} numbers")
+    if len(value) != n:
+        raise ApiError(422, f"{what} has {len(value)} numbers; this model needs {n}")
+    if not all(math.isfinite(v) for v in value):
+        raise ApiError(422, f"{what} holds NaN or infinite values; send finite numbers")
+    if any(abs(v) > 1e6 for v in value):
+        raise ApiError(422, f"{what} holds values beyond ±1e6; send latents of a sensible size")
+    return torch.tensor(value, dtype=torch.float32)
+
+
+def _int(value: Any, lo: int, hi: int, what: str) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ApiError(422, f"{what} must be a whole number, got {value!r}") from None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ApiError(422, f"{what} must be a whole number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ApiError(422, f"{what} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def create_app(
+    run_dir: str | Path, *, capacity: int = 4, explorer: Explorer | None = None, allowed_hosts: list[str] | None = None
+) -> Starlette:
+    """The explorer's Starlette app for a run folder; the model is loaded once, here.
+
+    Args:
+        run_dir: a run folder written by ``vaelab train`` (only read, never written).
+        capacity: model calls admitted at once (one runs, the others wait); more get 503.
+        explorer: an already loaded explorer (tests), instead of loading ``run_dir``.
+        allowed_hosts: answer only requests whose Host header is one of these (guards a
+            loopback server against DNS rebinding); None: any.
+
+    Raises:
+        VaelabError: ``run_dir`` is not a loadable run.
+    """
+    ex = explorer or Explorer.from_run(run_dir)
+    gate = Gate(capacity)
+    d = ex.model.latent_dim
+    info = ex.info()
+    the_map = ex.map()
+
+    def end(value: Any, what: str) -> torch.Tensor:
+        """An interpolation end: {"z": [...]}, {"index": i} or {"point": [x, y]}."""
+        if not isinstance(value, dict) or len(value.keys() & {"z", "index", "point"}) != 1:
+            raise ApiError(422, f"'{what}' must be an object with one of 'z', 'index' or 'point'")
+        if "z" in value:
+            return _vector(value["z"], d, f"'{what}.z'")
+        if "point" in value:
+            return ex.projection.lift(_vector(value["point"], 2, f"'{what}.point'")[None])[0]
+        return ex.latent_of(_int(value["index"], 0, max(0, len(ex.x) - 1), f"'{what}.index'"))
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
+
+    async def api_info(request: Request) -> Response:
+        return JSONResponse(info)
+
+    async def api_map(request: Request) -> Response:
+        return JSONResponse(the_map)
+
+    async def api_example(request: Request) -> Response:
+        if not len(ex.x):
+            raise ApiError(404, ex.note or "there is no test set")
+        i = _int(request.path_params["i"], 0, len(ex.x) - 1, "the example index")
+        return JSONResponse(await gate.run(ex.example, i))
+
+    async def api_decode(request: Request) -> Response:
+        doc = await _json(request)
+        if ("z" in doc) == ("point" in doc):
+            raise ApiError(422, "send either {\"z\": [" + f"{d} numbers]}} or {{\"point\": [x, y]}}")
+        if "z" in doc:
+            return JSONResponse(await gate.run(ex.decode, _vector(doc["z"], d, "'z'")))
+        return JSONResponse(await gate.run(ex.decode_point, _vector(doc["point"], 2, "'point'")))
+
+    async def api_sample(request: Request) -> Response:
+        n = _int(request.query_params.get("n", "16"), 1, MAX_SAMPLES, "'n'")
+        seed = request.query_params.get("seed")
+        seed_value = None if seed is None else _int(seed, 0, 2**63 - 1, "'seed'")
+        return JSONResponse(await gate.run(ex.sample, n, seed_value))
+
+    async def api_interpolate(request: Request) -> Response:
+        doc = await _json(request)
+        z0, z1 = end(doc.get("from"), "from"), end(doc.get("to"), "to")
+        steps = _int(doc.get("steps", 10), 2, MAX_STEPS, "'steps'")
+        method = doc.get("method", "linear")
+        if method not in ("linear", "spherical"):
+            raise ApiError(422, f"'method' must be 'linear' or 'spherical', got {method!r}")
+        return JSONResponse(await gate.run(ex.interpolate, z0, z1, steps, method))
+
+    async def api_upload(request: Request) -> Response:
+        name = (request.query_params.get("name") or request.headers.get("x-filename") or "the upload")[:200]
+        data = await _body(request, MAX_UPLOAD_BYTES, f"'{name}'")
+        prepared = await run_in_threadpool(prepare_upload, data, name, ex.shape, ex.background)  # off the event loop
+        out = await gate.run(ex.score, prepared.x)
+        return JSONResponse({"name": name, "notes": prepared.notes, **out})
+
+    async def api_missing(request: Request) -> Response:
+        raise ApiError(404, f"no API endpoint {request.url.path}; see GET /api/info")
+
+    async def on_api_error(request: Request, err: Exception) -> Response:
+        assert isinstance(err, ApiError)
+        return JSONResponse({"error": err.message}, status_code=err.status)
+
+    async def on_vaelab_error(request: Request, err: Exception) -> Response:
+        return JSONResponse({"error": str(err)}, status_code=422)
+
+    async def on_http_error(request: Request, err: Exception) -> Response:
+        assert isinstance(err, HTTPException)
+        return JSONResponse({"error": err.detail}, status_code=err.status_code)
+
+    routes = [
+        Route("/", index),
+        Route("/api/info", api_info),
+        Route("/api/map", api_map),
+        Route("/api/example/{i}", api_example),
+        Route("/api/decode", api_decode, methods=["POST"]),
+        Route("/api/sample", api_sample),
+        Route("/api/interpolate", api_interpolate, methods=["POST"]),
+        Route("/api/upload", api_upload, methods=["POST"]),
+        Route("/api/{rest:path}", api_missing, methods=["GET", "POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    handlers = {ApiError: on_api_error, VaelabError: on_vaelab_error, HTTPException: on_http_error}
+    middleware = [] if allowed_hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)]
+    app = Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)  # type: ignore[arg-type]
+    app.state.explorer = ex
+    app.state.gate = gate
+    return app

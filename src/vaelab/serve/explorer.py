@@ -1,0 +1,333 @@
+"""What the latent space explorer computes: a trained model and its test set, no HTTP.
+
+An :class:`Explorer` loads a run once and precomputes what every page needs:
+
+* the **map**: the posterior means E_q[z|x] of the test set in 2-D, the latents themselves
+  when D = 2, else their first two principal components. A point c of the plane lifts back
+  to the latent space as ``z = center + c @ components`` (the other directions stay at the
+  data mean), so decoding an empty spot of the map is well defined;
+* the **dimensions**, ordered by their KL to the prior averaged over the test set. For the
+  diagonal Gaussian posterior and the N(0, I) prior, per dimension d,
+
+      KL_d = 0.5 * (mu_d^2 + sigma_d^2 - 1 - log sigma_d^2)
+
+  (:func:`vaelab.evaluation.kl_per_dimension`, closed form for any factorised pair). A
+  dimension is *inactive* (collapsed onto the prior) when its mean KL is below 0.01 nats or
+  its activity Var_x(E_q[z_d|x]) is below 0.01. When the posterior or prior does not
+  factorise (full covariance, flows, mixture priors) a per-dimension KL is not defined: the
+  dimensions are then ordered by activity alone.
+
+Everything the web pages show comes out of the methods here as plain JSON-ready values;
+images are rendered once, as PNG data URLs (see :func:`render`). Methods do torch work and
+are not thread-safe: the app calls them one at a time, under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..errors import VaelabError
+from ..evaluation import kl_per_dimension
+from ..objectives import elbo
+from ..runs import TrainedModel, interpolate_latents, load, read_metrics
+
+__all__ = ["Explorer", "Projection", "render", "is_image", "INACTIVE_KL", "INACTIVE_ACTIVITY"]
+
+INACTIVE_KL = 0.01  # nats: a dimension whose mean KL is below this carries no information
+INACTIVE_ACTIVITY = 0.01  # Var_x(E_q[z_d|x]) below this: the posterior mean ignores x
+MAP_POINTS = 2000  # test examples drawn on the map at most (the first ones of the test split)
+LOG_PX_K = 1000  # importance samples for log p(x) of an upload
+LOG_PX_GROUPS = 10  # ... drawn as this many independent groups, for the standard error
+ELBO_K = 100  # samples of E_q[log p(x|z)] in an upload's ELBO
+
+
+def is_image(shape: tuple[int, ...]) -> bool:
+    """Images are (C, H, W) with C = 1 (grey) or 3 (RGB); anything else is shown as a vector."""
+    return len(shape) == 3 and shape[0] in (1, 3)
+
+
+def render(x: Tensor, shape: tuple[int, ...]) -> dict[str, Any]:
+    """One example as the page draws it: ``{"png": data URL}`` for an image (values clipped
+    to [0, 1]), ``{"values": [...]}`` (flattened) for anything else."""
+    a = x.detach().to("cpu", torch.float32).numpy()
+    if not is_image(shape):
+        return {"values": [round(float(v), 5) for v in a.reshape(-1)]}
+    pixels = (np.clip(a.reshape(shape), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)  # [C, H, W]
+    img = Image.fromarray(pixels[0], "L") if shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0), "RGB")
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    return {"png": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")}
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The map's plane: ``coords = (z - center) @ components.T`` and back ``z = center + coords @ components``.
+
+    ``components`` is ``[2, D]`` with orthonormal rows (the identity when D = 2; for D = 1 the
+    second row is zero and the map's vertical axis carries nothing).
+    """
+
+    kind: Literal["latent", "pca"]
+    center: Tensor  # [D]
+    components: Tensor  # [2, D]
+    explained: list[float]  # fraction of the variance of the means along each axis
+
+    @classmethod
+    def fit(cls, means: Tensor) -> Projection:
+        """The identity for 2-D latents, else PCA (an SVD of the centred posterior means ``[N, D]``)."""
+        d = means.shape[1]
+        if d == 2:
+            var = means.var(0) if means.shape[0] > 1 else torch.ones(2)
+            return cls("latent", torch.zeros(2), torch.eye(2), (var / var.sum().clamp_min(1e-12)).tolist())
+        center = means.mean(0) if len(means) else torch.zeros(d)  # [D]
+        if d == 1 or means.shape[0] < 2:
+            comps = torch.zeros(2, d)
+            comps[0, 0] = 1.0
+            if d > 1:
+                comps[1, 1] = 1.0
+            return cls("pca" if d > 1 else "latent", center if d > 1 else torch.zeros(d), comps, [1.0, 0.0])
+        _, s, vh = torch.linalg.svd(means - center, full_matrices=False)  # vh [min(N,D), D]
+        comps = vh[:2]
+        signs = torch.where(comps.sum(1, keepdim=True) < 0, -1.0, 1.0)  # a fixed orientation
+        var = s**2
+        return cls("pca", center, comps * signs, (var[:2] / var.sum().clamp_min(1e-12)).tolist())
+
+    def to_plane(self, z: Tensor) -> Tensor:
+        """``[N, D]`` latents to ``[N, 2]`` map coordinates."""
+        return (z - self.center) @ self.components.T
+
+    def lift(self, coords: Tensor) -> Tensor:
+        """``[N, 2]`` map coordinates to ``[N, D]`` latents on the plane."""
+        return self.center + coords @ self.components
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "center": _floats(self.center), "components": _floats(self.components),
+                "explained": [round(float(e), 4) for e in self.explained]}
+
+
+def _floats(t: Tensor, digits: int = 5) -> Any:
+    """A tensor as nested lists of rounded floats (JSON)."""
+    return np.round(t.detach().to("cpu", torch.float64).numpy(), digits).tolist()
+
+
+class Explorer:
+    """A trained model, its test set and everything precomputed for the explorer's pages.
+
+    Args:
+        model: the loaded run.
+        map_points: test examples drawn on the map at most.
+    """
+
+    def __init__(self, model: TrainedModel, map_points: int = MAP_POINTS) -> None:
+        self.model = model
+        self.shape = tuple(model.x_shape)
+        self.image = is_image(self.shape)
+        self.note: str | None = None  # why there is no map, when there is none
+        try:
+            x, labels = model.test_set()
+        except VaelabError as err:  # the data moved or needs a download: the rest still works
+            x, labels = torch.zeros(0, *self.shape), None
+            self.note = f"the run's test set could not be loaded ({err}); the map is empty"
+        kl = None
+        with torch.no_grad():
+            if len(x):
+                q = model.encode(x)
+                means, stds = q.mean.cpu().double(), q.stddev.cpu().double()  # [Nt, D], the whole test set
+                kl = kl_per_dimension(q, model.vae.prior())  # [Nt, D], or None if q or p does not factorise
+            else:
+                means = stds = torch.zeros(0, model.latent_dim, dtype=torch.float64)
+        self.dims = self._dimensions(means, None if kl is None else kl.cpu().double().mean(0))
+        self.x = x[:map_points]  # [N, *x_shape] on the CPU: the examples on the map
+        self.labels = None if labels is None else labels[:map_points]
+        self.means, self.stds = means[:map_points], stds[:map_points]  # [N, D]
+        self.projection = Projection.fit(self.means.float())
+        self.coords = self.projection.to_plane(self.means.float())  # [N, 2]
+        self.background = self._background()
+
+    @classmethod
+    def from_run(cls, run: str | Path) -> Explorer:
+        """Load a run folder on the CPU (reads only; nothing is ever written into it)."""
+        return cls(load(run, device="cpu"))
+
+    # --- precomputed summaries ----------------------------------------------------------
+    def _dimensions(self, mu: Tensor, kl: Tensor | None) -> list[dict[str, Any]]:
+        """Latent dimensions, most informative first: the test set's posterior means ``mu``
+        ``[N, D]`` give the activity, ``kl`` ``[D]`` is the mean KL per dimension (None: not
+        defined for this posterior and prior, then the order is by activity)."""
+        d = self.model.latent_dim
+        if len(mu) == 0:
+            return [{"dim": i, "kl": None, "activity": None, "active": None} for i in range(d)]
+        activity = mu.var(0) if len(mu) > 1 else torch.zeros(d, dtype=torch.float64)  # [D]
+        key = activity if kl is None else kl
+        out = []
+        for i in sorted(range(d), key=lambda i: -float(key[i])):
+            active = activity[i] >= INACTIVE_ACTIVITY and (kl is None or kl[i] >= INACTIVE_KL)
+            out.append({"dim": i, "kl": None if kl is None else round(float(kl[i]), 4),
+                        "activity": round(float(activity[i]), 4), "active": bool(active)})
+        return out
+
+    def _background(self) -> float | None:
+        """Mean value of the test images' border pixels (to spot uploads with inverted colours)."""
+        if not self.image or len(self.x) == 0:
+            return None
+        x = self.x
+        border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], -1)
+        return float(border.mean())
+
+    def info(self) -> dict[str, Any]:
+        """The model's summary for the page's header."""
+        m, c = self.model, self.model.config
+        metrics = read_metrics(m.run_dir)
+        best = max((r for r in metrics if "val_elbo" in r), key=lambda r: r["val_elbo"], default=None)
+        values = self.x.reshape(len(self.x), -1) if len(self.x) else torch.zeros(1, 1)
+        return {
+            "run": m.run_dir.name,
+            "data": c.data,
+            "data_kind": m.data_info.get("kind"),
+            "x_shape": list(self.shape),
+            "x_kind": "image" if self.image else "vector",
+            "x_range": [round(float(values.min()), 4), round(float(values.max()), 4)],
+            "latent_dim": m.latent_dim,
+            "net": c.net,
+            "hidden": list(c.hidden),
+            "likelihood": c.likelihood,
+            "posterior": c.posterior,
+            "prior": c.prior,
+            "dims_by": None if self.dims[0]["activity"] is None else ("activity" if self.dims[0]["kl"] is None else "kl"),
+            "epochs": len(metrics),
+            "best_val_elbo": None if best is None else round(float(best["val_elbo"]), 3),
+            "n_map": len(self.x),
+            "labelled": self.labels is not None,
+            "note": self.note,
+            "dims": self.dims,
+            "projection": self.projection.to_json(),
+            "log_px_k": LOG_PX_K,
+        }
+
+    def map(self) -> dict[str, Any]:
+        """The test set's posterior means on the plane, with labels when known."""
+        labels = None if self.labels is None else [int(v) for v in self.labels]
+        return {
+            "coords": _floats(self.coords, 4),
+            "labels": labels,
+            "classes": None if labels is None else sorted(set(labels)),
+            "projection": self.projection.to_json(),
+            "note": self.note,
+        }
+
+    # --- decoding -------------------------------------------------------------------------
+    @torch.no_grad()
+    def _decoded(self, z: Tensor) -> dict[str, Any]:
+        """Latents ``[N, D]`` with their map coordinates and decoded means."""
+        z = z.float()
+        x = self.model.decode(z).mean.cpu()  # [N, *x_shape]
+        return {"z": _floats(z), "coords": _floats(self.projection.to_plane(z), 4),
+                "images": [render(xi, self.shape) for xi in x]}
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> dict[str, Any]:
+        """The decoder's mean E[x|z] at one latent ``[D]``."""
+        out = self._decoded(z.reshape(1, -1))
+        return {"z": out["z"][0], "coords": out["coords"][0], "image": out["images"][0]}
+
+    def decode_point(self, point: Tensor) -> dict[str, Any]:
+        """Decode a point ``[2]`` of the map, lifted back into the latent space."""
+        return self.decode(self.projection.lift(point.reshape(1, 2).float())[0])
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int | None = None) -> dict[str, Any]:
+        """``n`` fresh latents z ~ p(z) and their decodings; a ``seed`` gives the same ones each
+        time (without resetting the global RNG)."""
+        if seed is None:
+            return self._decoded(self.model.vae.prior().sample((n,)))  # [n, D]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            z = self.model.vae.prior().sample((n,))  # [n, D]
+        return self._decoded(z)
+
+    def latent_of(self, index: int) -> Tensor:
+        """The posterior mean of test example ``index`` ``[D]``."""
+        if not 0 <= index < len(self.x):
+            raise VaelabError(f"test example {index} does not exist: the map has {len(self.x)} examples (0 to {len(self.x) - 1})")
+        return self.means[index].float()
+
+    @torch.no_grad()
+    def example(self, index: int) -> dict[str, Any]:
+        """Test example ``index``: input, reconstruction, posterior and place on the map."""
+        z = self.latent_of(index)
+        rec = self.model.decode(z[None]).mean.cpu()[0]
+        return {
+            "index": index,
+            "label": None if self.labels is None else int(self.labels[index]),
+            "input": render(self.x[index], self.shape),
+            "reconstruction": render(rec, self.shape),
+            "z": _floats(z),
+            "std": _floats(self.stds[index]),
+            "coords": _floats(self.coords[index], 4),
+        }
+
+    @torch.no_grad()
+    def interpolate(self, z0: Tensor, z1: Tensor, steps: int, method: Literal["linear", "spherical"]) -> dict[str, Any]:
+        """Decoded means along the linear or spherical path from ``z0`` to ``z1``."""
+        return self._decoded(interpolate_latents(z0.float(), z1.float(), steps, method))
+
+    # --- scoring an input of the user's own -----------------------------------------------
+    @torch.no_grad()
+    def score(self, x: np.ndarray, seed: int = 0) -> dict[str, Any]:
+        """Encode one example ``x_shape`` and score it: posterior, reconstruction, place on the
+        map, ELBO and importance-sampled log p(x) with its standard error.
+
+        log p(x) uses K = 1000 samples drawn as 10 independent groups of 100. The estimate is
+        log of the mean of all 1000 weights; its standard error is the delta-method one from
+        the spread of the 10 group means of the weights, se(log p^) ~= sd(p^_g) / (sqrt(10) mean(p^_g)).
+        The effective sample size of the 1000 normalised weights is reported too.
+        """
+        m = self.model
+        xb = m.as_batch(x, "the uploaded example")  # [1, *x_shape], checked against the likelihood's support
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            q = m.vae.encode(xb)
+            trace = m.vae.trace(xb, ELBO_K)
+            terms = elbo(trace, m.config.kl)
+            rec_se = float(trace.log_likelihood[:, 0].double().std() / math.sqrt(ELBO_K))
+            groups = [m.log_likelihood(xb, k=LOG_PX_K // LOG_PX_GROUPS) for _ in range(LOG_PX_GROUPS)]
+        k_g = LOG_PX_K // LOG_PX_GROUPS
+        log_g = torch.cat([g.per_example for g in groups]).double()  # [G] log mean of each group's weights
+        ess_g = torch.cat([g.ess for g in groups]).double()  # [G]
+        log_px = float(torch.logsumexp(log_g, 0) - math.log(len(groups)))
+        w = torch.exp(log_g - log_g.max())  # group means of the weights, relative to the largest
+        se = float(w.std() / (w.mean() * math.sqrt(len(groups))))
+        sum_w = k_g * w  # each group's sum of weights (same common factor)
+        ess = float(sum_w.sum() ** 2 / (sum_w**2 / ess_g).sum())  # (sum w)^2 / sum w^2 over all K
+        mean = q.mean[0].float()
+        rec = m.vae.decode(mean[None]).mean.cpu()[0]
+        values = xb.reshape(-1)
+        return {
+            "input": render(xb[0].cpu(), self.shape),
+            "reconstruction": render(rec, self.shape),
+            "z": _floats(mean),
+            "std": _floats(q.stddev[0]),
+            "coords": _floats(self.projection.to_plane(mean[None])[0], 4),
+            "elbo": round(float(terms.elbo[0]), 3),
+            "elbo_se": round(rec_se, 3),
+            "reconstruction_term": round(float(terms.reconstruction[0]), 3),
+            "kl": round(float(terms.kl[0]), 3),
+            "elbo_k": ELBO_K,
+            "log_px": round(log_px, 3),
+            "log_px_se": round(se, 3),
+            "log_px_k": LOG_PX_K,
+            "log_px_groups": len(groups),
+            "ess": round(ess, 1),
+            "binary": bool(((values == 0) | (values == 1)).all()),
+            "likelihood": m.config.likelihood,
+        }

@@ -1,0 +1,127 @@
+"""Turning an uploaded file into one example of the model's shape, or a clear refusal.
+
+Accepted: an image (PNG, JPEG, or another format Pillow reads) for image models, and a
+``.npy`` array of exactly ``prod(x_shape)`` numbers for any model. The format is told by the
+file's first bytes, not its name. An image is converted to the model's channels (grey or
+RGB; transparency is laid over white), resized with Pillow to H x W and scaled to [0, 1];
+when its border is light but the model's data have a dark background (MNIST: white digits
+on black) its values are inverted, and the result says so.
+
+Every refusal is an :class:`UploadError` whose message the page shows as it is.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import VaelabError
+from .explorer import is_image
+
+__all__ = ["UploadError", "Prepared", "prepare_upload", "MAX_UPLOAD_BYTES"]
+
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+MAX_PIXELS = 25_000_000  # width * height of an uploaded image (a decompression bomb guard)
+MAX_ASPECT = 8.0  # a 1 x 500 strip cannot be resized into a square picture sensibly
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class UploadError(VaelabError):
+    """An uploaded file that cannot become an example for this model (HTTP 4xx)."""
+
+
+@dataclass
+class Prepared:
+    """An upload as the model sees it: ``x`` of shape ``x_shape`` (float32), and notes on
+    what was done to it on the way (resizing, inversion)."""
+
+    x: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_upload(data: bytes, name: str, shape: tuple[int, ...], background: float | None = None) -> Prepared:
+    """Read an uploaded file as one example of ``shape``.
+
+    Args:
+        data: the file's bytes.
+        name: its name, only for messages.
+        shape: the model's example shape ``x_shape``.
+        background: mean border value of the model's images (None: never invert).
+    """
+    if not data:
+        raise UploadError(f"'{name}' is empty")
+    if data.startswith(NPY_MAGIC):
+        return _from_npy(data, name, shape)
+    if not is_image(shape):
+        raise UploadError(
+            f"'{name}' is not a .npy file; this model's data are vectors of shape {shape}, "
+            f"so upload a .npy array of {int(np.prod(shape))} numbers"
+        )
+    return _from_image(data, name, shape, background)
+
+
+def _from_npy(data: bytes, name: str, shape: tuple[int, ...]) -> Prepared:
+    try:
+        a = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UploadError(f"'{name}' is not a readable .npy array ({err})") from None
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
+        raise UploadError(f"'{name}' holds {a.dtype} values; upload a .npy array of numbers")
+    size = int(np.prod(shape))
+    if a.size != size:
+        raise UploadError(
+            f"'{name}' has shape {a.shape} ({a.size} numbers) but this model's examples have shape "
+            f"{shape} ({size} numbers); upload one example, e.g. an array of shape {shape} or ({size},)"
+        )
+    x = a.astype(np.float32).reshape(shape)
+    if not np.isfinite(x).all():
+        raise UploadError(f"'{name}' holds {int((~np.isfinite(x)).sum())} NaN/inf values; upload finite numbers")
+    notes = [] if a.shape == shape else [f"reshaped from {a.shape} to {shape}"]
+    return Prepared(x, notes)
+
+
+def _from_image(data: bytes, name: str, shape: tuple[int, ...], background: float | None) -> Prepared:
+    c, h, w = shape
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise UploadError(f"'{name}' is {width} x {height} pixels; upload an image of at most {MAX_PIXELS:,} pixels")
+            img.load()
+    except UploadError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        start = data[:12].decode("ascii", "replace")
+        raise UploadError(
+            f"'{name}' is not an image Pillow can read (it starts with {start!r}); "
+            "upload a PNG or JPEG image or a .npy array"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UploadError(f"'{name}' is a damaged or truncated image ({err})") from None
+    if max(width, height) / max(1, min(width, height)) > MAX_ASPECT:
+        raise UploadError(
+            f"'{name}' is {width} x {height} pixels; an image that long and thin cannot be resized "
+            f"to {w} x {h} sensibly (crop it nearer to the model's aspect ratio)"
+        )
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    img = img.convert("L" if c == 1 else "RGB")
+    notes = []
+    if (width, height) != (w, h):
+        img = img.resize((w, h), Image.Resampling.LANCZOS)
+        notes.append(f"resized from {width} x {height} to {w} x {h} pixels")
+    a = np.asarray(img, dtype=np.float32) / 255.0  # [H, W] or [H, W, 3]
+    x = a[None] if c == 1 else a.transpose(2, 0, 1)  # [C, H, W]
+    border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], -1).mean()
+    if background is not None and background < 0.5 and border > 0.5:
+        x = 1.0 - x
+        notes.append("colours inverted: the image has a light background, the model's data a dark one")
+    return Prepared(np.ascontiguousarray(x, dtype=np.float32), notes)

@@ -1,0 +1,454 @@
+"""The latent space explorer's API (``vaelab serve``) through Starlette's test client.
+
+Three tiny trained runs: 8x8 digits with a 2-D latent space (the map is the latents), the same
+with 3-D latents (the map is a PCA plane), and 16-D real vectors without labels (bar charts)
+under a mixture-of-Gaussians prior (no per-dimension KL).
+Every endpoint is called with good and bad input; bad input must be a 4xx with a one-line
+``{"error": ...}`` and the server must go on answering. The run folder is never written to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import pickle
+import re
+import shutil
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from starlette.testclient import TestClient
+
+import vaelab.runs
+from vaelab.cli import main
+from vaelab.runs import interpolate_latents
+from vaelab.serve import Explorer, create_app
+from vaelab.serve.app import ApiError, Gate
+from vaelab.serve.uploads import MAX_UPLOAD_BYTES
+
+QUIET: dict[str, Any] = {"epochs": 2, "eval_k": 0, "figures": False, "progress": False, "log": lambda m: None, "device": "cpu"}
+
+
+def train(out: Path, name: str, **kw: Any) -> Path:
+    model, _ = vaelab.runs.train(out=str(out), name=name, **{**QUIET, **kw})
+    return model.run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("runs")
+    vectors = np.random.default_rng(0).normal(size=(240, 16)).astype(np.float32)
+    np.save(out / "vectors.npy", vectors)
+    return {
+        "2d": train(out, "d2", data="digits", hidden=[32], latent_dim=2),
+        "3d": train(out, "d3", data="digits", hidden=[32], latent_dim=3),
+        # a mixture prior: no per-dimension KL, dimensions ordered by activity
+        "vec": train(out, "v", data=str(out / "vectors.npy"), hidden=[16], latent_dim=3, likelihood="gaussian",
+                     prior="mog", prior_components=3),
+    }
+
+
+@pytest.fixture(scope="module")
+def clients(runs: dict[str, Path]) -> dict[str, TestClient]:
+    return {k: TestClient(create_app(v)) for k, v in runs.items()}
+
+
+def png_array(data_url: str) -> np.ndarray:
+    """A PNG data URL as float pixels in [0, 1] ``[H, W]``."""
+    assert data_url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))), dtype=np.float64) / 255
+
+
+def png_bytes(size: tuple[int, int], mode: str = "L", fmt: str = "PNG", colour: Any = 0) -> bytes:
+    img = Image.new(mode, size, colour)
+    for i in range(min(size)):  # a diagonal stroke
+        img.putpixel((i, i), 255 if mode == "L" else (255,) * len(mode))
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def noise_png() -> bytes:
+    """A PNG of random pixels (it does not compress, so cutting it short truncates the pixels)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def error_of(response: Any, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and "\n" not in body["error"] and body["error"]
+    return body["error"]
+
+
+def folder_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        h.update(str(p.relative_to(folder)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+# --- info, map, dimensions -----------------------------------------------------------------------
+def test_info_summarises_the_model_and_orders_dimensions_by_kl(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
+    info = clients["3d"].get("/api/info").json()
+    assert info["latent_dim"] == 3 and info["x_shape"] == [1, 8, 8] and info["x_kind"] == "image"
+    assert info["dims_by"] == "kl" and info["posterior"] == "gaussian" and info["prior"] == "normal"
+    assert info["labelled"] and info["epochs"] == 2 and info["projection"]["kind"] == "pca"
+    kls = [d["kl"] for d in info["dims"]]
+    assert sorted(d["dim"] for d in info["dims"]) == [0, 1, 2] and kls == sorted(kls, reverse=True)
+    # the closed-form KL of each dimension, averaged over the test set, from the model itself
+    model = vaelab.load(runs["3d"], device="cpu")
+    q = model.encode(model.test_set()[0])
+    mu, var = q.mean.double(), q.stddev.double() ** 2
+    kl = (0.5 * (mu**2 + var - 1 - var.log())).mean(0)
+    for d in info["dims"]:
+        assert d["kl"] == pytest.approx(float(kl[d["dim"]]), abs=1e-3)
+        assert d["active"] == (d["kl"] >= 0.01 and d["activity"] >= 0.01)
+
+
+def test_map_of_2d_latents_is_the_posterior_means(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
+    m = clients["2d"].get("/api/map").json()
+    model = vaelab.load(runs["2d"], device="cpu")
+    x, labels = model.test_set()
+    assert m["projection"]["kind"] == "latent" and m["classes"] == list(range(10))
+    assert m["labels"] == labels.tolist()
+    np.testing.assert_allclose(m["coords"], model.encode(x).mean.numpy(), atol=1e-3)
+
+
+def test_pca_plane_projects_and_lifts_consistently(runs: dict[str, Path]) -> None:
+    ex = Explorer.from_run(runs["3d"])
+    p = ex.projection
+    torch.testing.assert_close(p.components @ p.components.T, torch.eye(2), atol=1e-5, rtol=0)
+    c = torch.tensor([[0.3, -1.2], [2.0, 0.5]])
+    torch.testing.assert_close(p.to_plane(p.lift(c)), c, atol=1e-5, rtol=0)
+    # the first axis carries the most variance of the posterior means, the two at most all of it
+    assert p.explained[0] >= p.explained[1] >= 0 and sum(p.explained) <= 1 + 1e-6
+    torch.testing.assert_close(p.center.double(), ex.means.mean(0), atol=1e-5, rtol=0)
+
+
+def test_vector_model_renders_values_and_has_no_labels(clients: dict[str, TestClient]) -> None:
+    c = clients["vec"]
+    info = c.get("/api/info").json()
+    assert info["x_kind"] == "vector" and not info["labelled"] and info["prior"] == "mog"
+    # the mixture prior does not factorise: no KL per dimension, ordered by activity instead
+    assert info["dims_by"] == "activity" and all(d["kl"] is None for d in info["dims"])
+    activity = [d["activity"] for d in info["dims"]]
+    assert activity == sorted(activity, reverse=True)
+    assert all(d["active"] == (d["activity"] >= 0.01) for d in info["dims"])
+    assert len(c.get("/api/sample?n=3").json()["images"][0]["values"]) == 16  # z ~ the mixture
+    assert c.get("/api/map").json()["labels"] is None
+    out = c.post("/api/decode", json={"z": [0.0, 0.0, 0.0]}).json()
+    assert set(out["image"]) == {"values"} and len(out["image"]["values"]) == 16
+
+
+def test_a_run_whose_data_moved_still_serves_without_a_map(runs: dict[str, Path], tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(runs["vec"], moved)
+    doc = json.loads((moved / "config.json").read_text())
+    doc["config"]["data"] = str(tmp_path / "gone.npy")
+    (moved / "config.json").write_text(json.dumps(doc))
+    c = TestClient(create_app(moved))
+    info = c.get("/api/info").json()
+    assert "could not be loaded" in info["note"] and info["n_map"] == 0 and info["dims"][0]["kl"] is None
+    assert c.get("/api/map").json()["coords"] == []
+    assert c.post("/api/decode", json={"z": [0, 0, 0]}).status_code == 200
+    assert "could not be loaded" in error_of(c.get("/api/example/0"), 404)
+    assert "does not exist" in error_of(c.post("/api/interpolate", json={"from": {"index": 0}, "to": {"z": [0, 0, 0]}}), 422)
+
+
+# --- decoding -----------------------------------------------------------------------------------
+def test_decode_z_returns_the_decoder_mean_as_png(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
+    z = [0.5, -1.0]
+    out = clients["2d"].post("/api/decode", json={"z": z}).json()
+    assert out["z"] == z and out["coords"] == pytest.approx(z)
+    expected = vaelab.load(runs["2d"], device="cpu").decode(torch.tensor([z])).mean[0, 0].numpy()
+    np.testing.assert_allclose(png_array(out["image"]["png"]), expected, atol=1 / 255 + 1e-6)
+
+
+def test_decode_point_lifts_through_the_projection(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
+    info = clients["3d"].get("/api/info").json()["projection"]
+    out = clients["3d"].post("/api/decode", json={"point": [1.0, -0.5]}).json()
+    lifted = np.array(info["center"]) + np.array([1.0, -0.5]) @ np.array(info["components"])
+    np.testing.assert_allclose(out["z"], lifted, atol=1e-4)
+    assert out["coords"] == pytest.approx([1.0, -0.5], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (b'{"z": [1, 2, 3]}', 422, "has 3 numbers; this model needs 2"),
+        (b'{"z": [NaN, 0]}', 422, "NaN"),
+        (b'{"z": [Infinity, 0]}', 422, "NaN or infinite"),
+        (b'{"z": ["a", 0]}', 422, "list of 2 numbers"),
+        (b'{"z": [true, 0]}', 422, "list of 2 numbers"),
+        (b'{"z": 3}', 422, "list of 2 numbers"),
+        (b'{"z": [1e300, 0]}', 422, "beyond"),
+        (b'{"point": [1]}', 422, "'point' has 1 numbers"),
+        (b"{}", 422, "either"),
+        (b'{"z": [0, 0], "point": [0, 0]}', 422, "either"),
+    ],
+)
+def test_decode_refuses_bad_requests(clients: dict[str, TestClient], body: bytes, status: int, says: str) -> None:
+    c = clients["2d"]
+    assert says in error_of(c.post("/api/decode", content=body), status)
+    assert c.post("/api/decode", json={"z": [0, 0]}).status_code == 200  # still serving
+
+
+def test_oversized_json_body_is_refused(clients: dict[str, TestClient]) -> None:
+    body = b'{"z": [' + b"0," * 40_000 + b"0]}"
+    assert "larger than" in error_of(clients["2d"].post("/api/decode", content=body), 413)
+
+
+# --- samples, examples, interpolation -----------------------------------------------------------
+def test_sample_draws_from_the_prior_and_is_seedable(clients: dict[str, TestClient]) -> None:
+    c = clients["2d"]
+    a, b = c.get("/api/sample?n=5&seed=3").json(), c.get("/api/sample?n=5&seed=3").json()
+    assert len(a["images"]) == len(a["z"]) == len(a["coords"]) == 5 and a["z"] == b["z"]
+    assert c.get("/api/sample?n=5").json()["z"] != c.get("/api/sample?n=5").json()["z"]
+    assert len(c.get("/api/sample").json()["images"]) == 16
+    for query, says in [("n=0", "between 1 and 64"), ("n=65", "between 1 and 64"), ("n=abc", "whole number"),
+                        ("n=2&seed=-1", "'seed'")]:
+        assert says in error_of(c.get(f"/api/sample?{query}"), 422)
+
+
+def test_example_shows_input_reconstruction_and_posterior(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
+    c = clients["2d"]
+    ex = c.get("/api/example/7").json()
+    model = vaelab.load(runs["2d"], device="cpu")
+    x, labels = model.test_set()
+    assert ex["index"] == 7 and ex["label"] == int(labels[7]) and len(ex["std"]) == 2
+    np.testing.assert_allclose(png_array(ex["input"]["png"]), x[7, 0].numpy(), atol=1 / 255 + 1e-6)
+    np.testing.assert_allclose(png_array(ex["reconstruction"]["png"]), model.reconstruct(x[7])[0, 0].numpy(), atol=1 / 255 + 1e-6)
+    n = len(x)
+    assert f"between 0 and {n - 1}" in error_of(c.get(f"/api/example/{n}"), 422)
+    assert "whole number" in error_of(c.get("/api/example/two"), 422)
+    assert "no API endpoint" in error_of(c.get("/api/nothing"), 404)
+
+
+def test_interpolate_between_examples_and_latents(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
+    c = clients["3d"]
+    model = vaelab.load(runs["3d"], device="cpu")
+    x, _ = model.test_set()
+    out = c.post("/api/interpolate", json={"from": {"index": 2}, "to": {"index": 5}, "steps": 6, "method": "spherical"}).json()
+    assert len(out["images"]) == len(out["z"]) == 6
+    # the same path as TrainedModel.interpolate, which shares interpolate_latents
+    expected = model.interpolate(x[2], x[5], steps=6, method="spherical")[:, 0].numpy()
+    for image, e in zip(out["images"], expected):
+        np.testing.assert_allclose(png_array(image["png"]), e, atol=1 / 255 + 1e-6)
+    z0 = model.encode(x[2]).mean[0].tolist()
+    lin = c.post("/api/interpolate", json={"from": {"z": z0}, "to": {"point": [0, 0]}, "steps": 3}).json()
+    assert lin["z"][0] == pytest.approx(z0, abs=1e-4) and lin["coords"][-1] == pytest.approx([0, 0], abs=1e-3)
+    for body, says in [
+        ({"from": {"index": 0}, "to": {"index": 1}, "method": "cubic"}, "'linear' or 'spherical'"),
+        ({"from": {"index": 0}, "to": {"index": 1}, "steps": 1}, "between 2 and 50"),
+        ({"from": {"index": 0}}, "'to' must be an object"),
+        ({"from": {"index": 0, "z": [0, 0, 0]}, "to": {"index": 1}}, "one of 'z', 'index' or 'point'"),
+        ({"from": {"z": [0, 0]}, "to": {"index": 1}}, "needs 3"),
+        ({"from": {"index": 10_000}, "to": {"index": 1}}, "between 0 and"),
+    ]:
+        assert says in error_of(c.post("/api/interpolate", json=body), 422)
+
+
+def test_interpolate_latents_linear_and_spherical() -> None:
+    z0, z1 = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])
+    lin = interpolate_latents(z0, z1, 5, "linear")
+    torch.testing.assert_close(lin[2], torch.tensor([1.0, 1.0]))
+    sph = interpolate_latents(z0, z1, 5, "spherical")
+    torch.testing.assert_close(sph.norm(dim=1), torch.full((5,), 2.0))  # stays on the circle
+    torch.testing.assert_close(sph[[0, -1]], torch.stack([z0, z1]))
+    torch.testing.assert_close(interpolate_latents(z0, 3 * z0, 3, "spherical"), interpolate_latents(z0, 3 * z0, 3, "linear"))
+    assert torch.isfinite(interpolate_latents(torch.zeros(2), z1, 4, "spherical")).all()
+    with pytest.raises(vaelab.VaelabError, match="at least 2 steps"):
+        interpolate_latents(z0, z1, 1)
+    with pytest.raises(vaelab.VaelabError, match="unknown interpolation"):
+        interpolate_latents(z0, z1, 3, "cubic")  # type: ignore[arg-type]
+
+
+# --- uploads ------------------------------------------------------------------------------------
+def test_upload_png_is_resized_encoded_and_scored(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
+    c = clients["2d"]
+    out = c.post("/api/upload?name=stroke.png", content=png_bytes((40, 40))).json()
+    assert out["name"] == "stroke.png" and any("resized from 40 x 40 to 8 x 8" in n for n in out["notes"])
+    assert len(out["z"]) == len(out["std"]) == 2 and all(s > 0 for s in out["std"]) and len(out["coords"]) == 2
+    assert out["log_px_k"] == 1000 and out["log_px_groups"] == 10 and 1 <= out["ess"] <= 1000
+    assert out["log_px_se"] > 0 and out["elbo"] <= out["log_px"] + 3 * out["log_px_se"] + 3 * out["elbo_se"]
+    assert out["elbo"] == pytest.approx(out["reconstruction_term"] - out["kl"], abs=2e-3)
+    # log p(x) agrees with TrainedModel.log_likelihood on the same input within the standard errors
+    x = png_array(out["input"]["png"])[None]
+    model = vaelab.load(runs["2d"], device="cpu")
+    torch.manual_seed(1)
+    ll = model.log_likelihood(x, k=1000)
+    assert abs(ll.mean - out["log_px"]) < 5 * out["log_px_se"] + 0.01
+    assert set(out["reconstruction"]) == {"png"}
+
+
+def test_upload_light_background_is_inverted_and_rgba_jpeg_read(clients: dict[str, TestClient]) -> None:
+    c = clients["2d"]
+    light = c.post("/api/upload?name=paper.png", content=png_bytes((16, 16), colour=255)).json()
+    assert any("inverted" in n for n in light["notes"])
+    assert png_array(light["input"]["png"]).max() < 0.1  # white paper with a white stroke: all dark now
+    rgba = c.post("/api/upload?name=a.png", content=png_bytes((8, 8), mode="RGBA", colour=(0, 0, 0, 0))).json()
+    assert rgba["notes"] == ["colours inverted: the image has a light background, the model's data a dark one"]
+    jpeg = c.post("/api/upload", content=png_bytes((30, 20), mode="RGB", fmt="JPEG"), headers={"x-filename": "p.jpg"})
+    assert jpeg.status_code == 200 and jpeg.json()["name"] == "p.jpg"
+
+
+def test_upload_npy_of_the_right_size(clients: dict[str, TestClient]) -> None:
+    flat = np.random.default_rng(1).random(64).astype(np.float32)
+    out = clients["2d"].post("/api/upload?name=row.npy", content=npy_bytes(flat)).json()
+    assert out["notes"] == ["reshaped from (64,) to (1, 8, 8)"]
+    np.testing.assert_allclose(png_array(out["input"]["png"]), flat.reshape(8, 8), atol=1 / 255 + 1e-6)
+    vec = clients["vec"].post("/api/upload?name=v.npy", content=npy_bytes(np.ones((1, 16)))).json()
+    assert len(vec["input"]["values"]) == 16 and len(vec["reconstruction"]["values"]) == 16 and len(vec["z"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("model", "content", "status", "says"),
+    [
+        ("2d", b"just some text\n", 422, "not an image"),
+        ("2d", b"", 422, "is empty"),
+        ("2d", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, 422, "not an image"),
+        ("2d", noise_png()[:400], 422, "damaged or truncated"),
+        ("2d", png_bytes((400, 10)), 422, "long and thin"),
+        ("2d", npy_bytes(np.zeros((3, 3))), 422, "has shape (3, 3) (9 numbers)"),
+        ("2d", npy_bytes(np.full(64, np.nan)), 422, "NaN"),
+        ("2d", npy_bytes(np.full(64, 3.0)), 422, "Bernoulli likelihood needs [0, 1]"),
+        ("2d", npy_bytes(np.array(["a"] * 64)), 422, "upload a .npy array of numbers"),
+        ("2d", b"\x93NUMPY" + pickle.dumps([1, 2]), 422, "not a readable .npy"),
+        ("vec", png_bytes((8, 8)), 422, "vectors of shape (16,)"),
+        ("2d", b"\0" * (MAX_UPLOAD_BYTES + 1), 413, "larger than 5 MB"),
+    ],
+)
+def test_upload_refuses_bad_files(clients: dict[str, TestClient], model: str, content: bytes, status: int, says: str) -> None:
+    c = clients[model]
+    assert says in error_of(c.post("/api/upload?name=f", content=content), status)
+    assert c.get("/api/sample?n=1").status_code == 200  # still serving
+
+
+def test_pickled_npy_is_never_unpickled(clients: dict[str, TestClient]) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert "not a readable .npy" in error_of(clients["2d"].post("/api/upload?name=o.npy", content=buf.getvalue()), 422)
+
+
+# --- the page, safety ---------------------------------------------------------------------------
+def test_page_and_its_files_load_nothing_from_elsewhere(clients: dict[str, TestClient]) -> None:
+    c = clients["2d"]
+    page = c.get("/")
+    assert page.status_code == 200 and "Latent space explorer" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for name in ("app.js", "style.css"):
+        r = c.get(f"/static/{name}")
+        assert r.status_code == 200
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", r.text), f"{name} links outside"
+    assert not re.search(r"(src|href)=\"(https?:)?//", page.text)
+
+
+def test_loopback_server_refuses_foreign_host_headers(runs: dict[str, Path]) -> None:
+    c = TestClient(create_app(runs["2d"], allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1:8765")
+    assert c.get("/api/info").status_code == 200
+    assert c.get("/api/info", headers={"host": "evil.example:8765"}).status_code == 400
+
+
+def test_a_session_never_writes_into_the_run_folder(runs: dict[str, Path]) -> None:
+    before = folder_digest(runs["3d"])
+    c = TestClient(create_app(runs["3d"]))
+    c.get("/"), c.get("/api/info"), c.get("/api/map"), c.get("/api/example/0"), c.get("/api/sample?n=3")
+    c.post("/api/decode", json={"z": [0, 1, 0]}), c.post("/api/decode", json={"point": [0.5, 0.5]})
+    c.post("/api/interpolate", json={"from": {"index": 0}, "to": {"index": 1}})
+    c.post("/api/upload?name=a.png", content=png_bytes((8, 8))), c.post("/api/upload?name=b.txt", content=b"text")
+    assert folder_digest(runs["3d"]) == before
+
+
+def test_gate_runs_one_call_at_a_time_and_answers_503_when_full() -> None:
+    gate, release, inside = Gate(capacity=2), threading.Event(), []
+
+    def slow(tag: str) -> str:
+        inside.append(tag)
+        assert len(inside) == 1, "two calls ran at once"
+        release.wait(5)
+        inside.remove(tag)
+        return tag
+
+    async def scenario() -> list[Any]:
+        first = asyncio.ensure_future(gate.run(slow, "a"))
+        second = asyncio.ensure_future(gate.run(slow, "b"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ApiError) as full:
+            await gate.run(slow, "c")
+        assert full.value.status == 503 and "busy" in full.value.message
+        release.set()
+        done = await asyncio.gather(first, second)
+        return [*done, await gate.run(slow, "d")]  # admitted again once the queue drained
+
+    assert asyncio.run(scenario()) == ["a", "b", "d"]
+
+
+# --- the command line ---------------------------------------------------------------------------
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return int(info.value.code or 0), out.out, out.err
+
+
+def test_cli_serve_help_and_errors(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["serve", "--help"], capsys)
+    assert code == 0 and "--port" in out and "--host" in out and "never writing" in " ".join(out.split())
+    code, _, err = run_cli(["serve", tmp_path / "missing"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "not found" in err
+    code, _, err = run_cli(["serve", tmp_path], capsys)
+    assert code == 2 and "not a vaelab run folder" in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, _, err = run_cli(["serve", runs["2d"], "--port", port], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"port {port}" in err and "in use" in err
+
+
+def test_bound_socket_is_tcp_so_answers_are_not_delayed() -> None:
+    # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; a socket made with
+    # proto 0 stalled every answer ~40 ms (Nagle's algorithm against delayed ACKs)
+    from vaelab.serve.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0
+    finally:
+        sock.close()
+
+
+def test_serve_prints_the_address_and_warns_off_loopback(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    from vaelab.serve import serve
+
+    served: list[Any] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append(sockets[0].getsockname()))
+    serve(runs["2d"], host="127.0.0.1", port=0)
+    out = capsys.readouterr()
+    assert f"http://127.0.0.1:{served[0][1]}/" in out.out and out.err == ""
+    serve(runs["2d"], host="0.0.0.0", port=0)
+    assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
