@@ -142,29 +142,31 @@ class _Lagged:
 
     def __init__(self, device: torch.device) -> None:
         self.lag = device.type == "cuda"
-        self.pending: tuple[Tensor, Any] | None = None
+        self.pending: tuple[Tensor, Any, Any] | None = None
 
-    def push_and_read(self, t: Tensor) -> list[float] | None:
+    def push_and_read(self, t: Tensor, tag: Any = None) -> tuple[list[float], Any] | None:
+        """Start reading ``t``; the values (and tag) of the newest snapshot ready, or None."""
         if not self.lag:
-            return t.tolist()
+            return t.tolist(), tag
         host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         host.copy_(t, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        previous, self.pending = self.pending, (host, event)
+        previous, self.pending = self.pending, (host, event, tag)
         if previous is None:
             return None
         previous[1].synchronize()
-        return previous[0].tolist()
+        return previous[0].tolist(), previous[2]
 
 
-def _first_bad_step(log: Tensor, done: int, w: World) -> tuple[int, str]:
-    """The first step (1-based, over all processes) whose record is not finite, and its loss."""
+def _nan_message(log: Tensor, done: int, w: World, epoch: int, run_dir: Path) -> str:
+    """Names the first step (over all processes of ``w``) whose record is not finite."""
     bad = (~torch.isfinite(log[:done])).any(1)  # [done]
     first = torch.where(bad.any(), bad.int().argmax(), torch.tensor(done, device=log.device))
     step = int(w.all_min(first.reshape(1).long())[0])
     value = float(log[step, 0]) if step < done else math.nan
-    return step + 1, (f"{value}" if not math.isfinite(value) else "non-finite")
+    return (f"training loss became {value if not math.isfinite(value) else 'non-finite'} at epoch {epoch}, "
+            f"step {step + 1}; {_stopped(run_dir, epoch)}; try a lower --lr")
 
 
 def _write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
@@ -283,6 +285,10 @@ def fit(
 
         step = DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
     if compile:
+        # one eager pass first (random state restored), so that lazily filled caches such as
+        # torch.distributions' KL dispatch table are warm and dynamo captures a single graph
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            step(train[: min(batch_size, n)], 0.0)
         step = torch.compile(step)  # type: ignore[assignment]
     progress = progress and w.is_main
     reader = _Lagged(device)
@@ -302,7 +308,7 @@ def fit(
                 a, b = i * batch_size, min((i + 1) * batch_size, n)
                 lo, hi = w.shard(b - a)
                 weight = w.size * (hi - lo) / (b - a)  # 1 in a single process
-                xb = x_epoch[a + lo : a + max(hi, lo + 1)]  # a rank with no rows scores one, weighted 0
+                xb = x_epoch[a + lo : a + hi] if hi > lo else x_epoch[a : a + 1]  # no rows: one, weighted 0
                 loss, stats = step(xb, epoch - 1 + i / steps)
                 optimizer.zero_grad(set_to_none=True)
                 (loss if weight == 1 else loss * weight).backward()
@@ -312,12 +318,12 @@ def fit(
                 if done % SYNC_EVERY == 0 or done == steps:
                     seen = log[:done]
                     snap = torch.stack([seen[:, 1].double().sum(), (~torch.isfinite(seen)).sum().double()])
-                    values = reader.push_and_read(w.all_sum(snap))
-                    if values is not None and values[1] > 0:
-                        break
-                    if values is not None and progress:
-                        bar.set_postfix_str(f"ELBO {values[0] / min(done * batch_size, n):.2f} nats")
+                    ready = reader.push_and_read(w.all_sum(snap), min(done * batch_size, n))
+                    if ready is not None and ready[0][1] > 0:
+                        break  # a non-finite loss: the check after the loop reports it
                     bar.update(done - bar.n)
+                    if ready is not None and progress:
+                        bar.set_postfix_str(f"ELBO {ready[0][0] / ready[1]:.2f} nats")
         except KeyboardInterrupt:
             result.stopped = "interrupted"
             result.message = (
@@ -327,10 +333,8 @@ def fit(
             return result
         except Exception:
             if done and not bool(torch.isfinite(log[:done]).all()):  # a consequence of a NaN
-                at, value = _first_bad_step(log, done, w)
-                result.stopped, result.message = "nan", (
-                    f"training loss became {value} at epoch {epoch}, step {at}; "
-                    f"{_stopped(run_dir, epoch)}; try a lower --lr")
+                result.stopped = "nan"
+                result.message = _nan_message(log, done, World(), epoch, run_dir)  # no collective here
                 return result
             raise
         finally:
@@ -338,13 +342,9 @@ def fit(
         totals = torch.cat([log.double().sum(0), (~torch.isfinite(log)).sum().double().reshape(1)])
         totals_host = w.all_sum(totals).tolist()  # the host waits for the epoch here
         seconds = time.perf_counter() - t0
-        if totals_host[4] > 0:
-            at, value = _first_bad_step(log, done, w)
+        if totals_host[4] > 0:  # before anything is written: a NaN never reaches a checkpoint
             result.stopped = "nan"
-            result.message = (
-                f"training loss became {value} at epoch {epoch}, step {at}; "
-                f"{_stopped(run_dir, epoch)}; try a lower --lr"
-            )
+            result.message = _nan_message(log, done, w, epoch, run_dir)
             return result
 
         v_elbo, v_rec, v_kl = _validation(model, val, objective, w)
