@@ -63,7 +63,20 @@ def _monte_carlo_moments(
 # --- planar flows -------------------------------------------------------------------------
 
 
-class PlanarFlow(Distribution):
+class _MonteCarloMoments:
+    """``mean`` and ``variance`` of a flow by Monte Carlo (fixed seed, ``MOMENT_SAMPLES``
+    draws) from the subclass's ``_moments()``: flows have no closed-form moments."""
+
+    @property
+    def mean(self) -> Tensor:
+        return self._moments()[0]
+
+    @property
+    def variance(self) -> Tensor:
+        return self._moments()[1]
+
+
+class PlanarFlow(_MonteCarloMoments, Distribution):
     """A diagonal Gaussian q0 pushed through K planar steps f_k(z) = z + u_hat_k tanh(w_k^T z + b_k).
 
     With psi_k = tanh'(w_k^T z + b_k) w_k, det(d f_k / dz) = 1 + u_hat_k^T psi_k, so
@@ -180,15 +193,6 @@ class PlanarFlow(Distribution):
             self._cached_moments = _monte_carlo_moments(lambda z0: self.forward_and_log_det(z0)[0], self.loc, self.scale)
         return self._cached_moments
 
-    @property
-    def mean(self) -> Tensor:
-        """Monte Carlo estimate (fixed seed, ``MOMENT_SAMPLES`` draws)."""
-        return self._moments()[0]
-
-    @property
-    def variance(self) -> Tensor:
-        """Monte Carlo estimate (fixed seed, ``MOMENT_SAMPLES`` draws)."""
-        return self._moments()[1]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(batch_shape={tuple(self.batch_shape)}, event_shape={tuple(self.event_shape)}, steps={self.steps})"
@@ -249,7 +253,7 @@ class PlanarFlowEncoder(nn.Module):
 # --- inverse autoregressive flows ---------------------------------------------------------
 
 
-class InverseAutoregressiveFlow(NormalizingFlow):
+class InverseAutoregressiveFlow(_MonteCarloMoments, NormalizingFlow):
     """An IAF posterior: zuko's ``NormalizingFlow`` with a Gaussian base and the sampling
     direction ``transform.inv`` (one network pass per step), plus Monte Carlo moments.
 
@@ -268,15 +272,6 @@ class InverseAutoregressiveFlow(NormalizingFlow):
             self._cached_moments = _monte_carlo_moments(self.transform.inv, normal.loc, normal.scale)
         return self._cached_moments
 
-    @property
-    def mean(self) -> Tensor:
-        """Monte Carlo estimate (fixed seed, ``MOMENT_SAMPLES`` draws)."""
-        return self._moments()[0]
-
-    @property
-    def variance(self) -> Tensor:
-        """Monte Carlo estimate (fixed seed, ``MOMENT_SAMPLES`` draws)."""
-        return self._moments()[1]
 
 
 class IAFEncoder(nn.Module):
