@@ -43,6 +43,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from ..model import VAE
+from .likelihood import _batches
 
 __all__ = ["LatentDiagnostics", "latent_diagnostics", "kl_per_dimension", "ACTIVE_THRESHOLD"]
 
@@ -132,11 +133,6 @@ def _posterior_mean(q: Distribution, samples: int = 64) -> Tensor:
         return q.mean
     except NotImplementedError:
         return q.sample((samples,)).mean(0)
-
-
-def _batches(x: Tensor, batch_size: int):
-    for i in range(0, x.shape[0], batch_size):
-        yield x[i : i + batch_size]
 
 
 @torch.no_grad()
