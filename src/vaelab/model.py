@@ -12,8 +12,6 @@ estimate of log p(x) are ``logsumexp_k log w_k - log K`` (see :mod:`vaelab.objec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
@@ -21,21 +19,42 @@ from torch.distributions import Distribution
 __all__ = ["VAE", "Trace"]
 
 
-@dataclass
 class Trace:
     """K posterior samples for a batch and their log-densities.
 
     Shapes: ``z`` is ``[K, B, D]``; every ``log_*`` is ``[K, B]``. ``posterior`` has batch
     shape ``[B]``, ``prior`` batch shape ``[]``, ``likelihood`` batch shape ``[K, B]``.
+
+    ``log_likelihood`` is computed when the trace is made; ``log_prior`` and
+    ``log_posterior`` when first read (then kept), unless given (a flow's density comes with
+    its sample). An estimator that never reads them, such as the ELBO with the closed-form KL,
+    does not pay for them, neither in the forward pass nor in the backward one.
     """
 
-    z: Tensor
-    log_likelihood: Tensor  # log p(x|z_k)
-    log_prior: Tensor  # log p(z_k)
-    log_posterior: Tensor  # log q(z_k|x)
-    posterior: Distribution
-    prior: Distribution
-    likelihood: Distribution
+    def __init__(self, z: Tensor, log_likelihood: Tensor, posterior: Distribution, prior: Distribution,
+                 likelihood: Distribution, log_prior: Tensor | None = None,
+                 log_posterior: Tensor | None = None) -> None:
+        self.z = z
+        self.log_likelihood = log_likelihood  # log p(x|z_k)  [K, B]
+        self.posterior = posterior
+        self.prior = prior
+        self.likelihood = likelihood
+        self._log_prior = log_prior
+        self._log_posterior = log_posterior
+
+    @property
+    def log_prior(self) -> Tensor:
+        """log p(z_k), ``[K, B]``."""
+        if self._log_prior is None:
+            self._log_prior = self.prior.log_prob(self.z)
+        return self._log_prior
+
+    @property
+    def log_posterior(self) -> Tensor:
+        """log q(z_k|x), ``[K, B]``."""
+        if self._log_posterior is None:
+            self._log_posterior = self.posterior.log_prob(self.z)
+        return self._log_posterior
 
     @property
     def log_weights(self) -> Tensor:
@@ -79,21 +98,19 @@ class VAE(nn.Module):
             k: samples per example.
         """
         q = self.encoder(x)  # batch [B], event [D]
+        log_q = None  # scored when first needed (see Trace)
         if hasattr(q, "rsample_and_log_prob"):  # flows: the density comes with the sample
             z, log_q = q.rsample_and_log_prob((k,))  # [K, B, D], [K, B]
         else:
             z = q.rsample((k,))  # [K, B, D]
-            log_q = q.log_prob(z)  # [K, B]
-        p_z = self.prior()
         p_x = self.decoder(z)  # batch [K, B], event x_shape
         return Trace(
             z=z,
             log_likelihood=p_x.log_prob(x),  # [K, B]
-            log_prior=p_z.log_prob(z),  # [K, B]
-            log_posterior=log_q,  # [K, B]
             posterior=q,
-            prior=p_z,
+            prior=self.prior(),
             likelihood=p_x,
+            log_posterior=log_q,  # [K, B] or None
         )
 
     def log_weights(self, x: Tensor, k: int = 1) -> Tensor:
