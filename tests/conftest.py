@@ -12,25 +12,27 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture
-def adam_step_hook(monkeypatch: pytest.MonkeyPatch):
+def adam_step_hook():
     """``adam_step_hook(hook)`` calls ``hook(n, optimizer)`` before the n-th ``Adam.step``
     (counting from 1) of the test; the hook may raise (e.g. KeyboardInterrupt) or edit the
-    gradients. ``adam_step_hook(None)`` removes it."""
-    import torch
+    gradients. ``adam_step_hook(None)`` removes it. (A global step pre-hook: optimizers run
+    it on every step; vaelab's lean Adam then takes its ordinary, hooked path.)"""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    real_step = torch.optim.Adam.step
     calls = [0]
+    handles: list = []
 
     def install(hook):
+        while handles:
+            handles.pop().remove()
         if hook is None:
-            monkeypatch.setattr(torch.optim.Adam, "step", real_step)
             return
 
-        def step(self, *args, **kwargs):
+        def pre_hook(optimizer, args, kwargs):
             calls[0] += 1
-            hook(calls[0], self)
-            return real_step(self, *args, **kwargs)
+            hook(calls[0], optimizer)
 
-        monkeypatch.setattr(torch.optim.Adam, "step", step)
+        handles.append(register_optimizer_step_pre_hook(pre_hook))
 
-    return install
+    yield install
+    install(None)

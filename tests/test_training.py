@@ -451,3 +451,83 @@ def test_config_file_errors(tmp_path: Path, name: str, text: str, pattern: str) 
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(VaelabError, match="not found"):
         load_config_file(tmp_path / "nope.toml")
+
+
+# --- the lean Adam step ----------------------------------------------------------------------
+
+
+def _adam_trajectory(make: Any, steps: int = 6, freeze_at: int | None = None) -> tuple[list[torch.Tensor], Any]:
+    """Parameters of a small network after ``steps`` Adam steps on a fixed random problem."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    opt = make(net.parameters())
+    x, y = torch.randn(11, 5), torch.randn(11, 3)
+    for i in range(steps):
+        opt.zero_grad(set_to_none=True)
+        ((net(x) - y) ** 2).sum().backward()
+        if freeze_at is not None and i >= freeze_at:
+            net[2].bias.grad = None  # a parameter without gradient this step: Adam skips it
+        opt.step()
+    return [p.detach().clone() for p in net.parameters()], opt
+
+
+@pytest.mark.parametrize("freeze_at", [None, 3])
+def test_lean_adam_is_bit_identical_to_torch_adam(freeze_at: int | None) -> None:
+    from vaelab.training.optim import Adam
+
+    ours, opt = _adam_trajectory(lambda p: Adam(p, lr=0.01), freeze_at=freeze_at)
+    fused, _ = _adam_trajectory(lambda p: torch.optim.Adam(p, lr=0.01, fused=True), freeze_at=freeze_at)
+    default, _ = _adam_trajectory(lambda p: torch.optim.Adam(p, lr=0.01), freeze_at=freeze_at)
+    for a, b, c in zip(ours, fused, default):
+        assert torch.equal(a, b)  # the same kernel, the same bits
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)  # the same algorithm
+    assert sorted({float(s["step"]) for s in opt.state.values()}) == ([6.0] if freeze_at is None else [3.0, 6.0])
+    if freeze_at is None:
+        assert opt._fast is not None  # the short path was taken after the first step
+
+
+def test_lean_adam_state_dict_round_trip_continues_identically() -> None:
+    from vaelab.training.optim import Adam
+
+    ref, _ = _adam_trajectory(lambda p: Adam(p, lr=0.01), steps=6)
+    # 3 steps, save, load into a fresh optimizer (a resumed run), 3 more steps
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    x, y = torch.randn(11, 5), torch.randn(11, 3)
+    opt = Adam(net.parameters(), lr=0.01)
+
+    def step(o: Any) -> None:
+        o.zero_grad()
+        ((net(x) - y) ** 2).sum().backward()
+        o.step()
+
+    for _ in range(3):
+        step(opt)
+    state = opt.state_dict()
+    opt = Adam(net.parameters(), lr=0.01)
+    opt.load_state_dict(state)
+    for _ in range(3):
+        step(opt)
+    for a, b in zip(ref, net.parameters()):
+        assert torch.equal(a, b.detach())
+
+
+def test_lean_adam_runs_step_hooks_once_per_step() -> None:
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from vaelab.training.optim import Adam
+
+    calls: list[int] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: calls.append(1))
+    try:
+        _, opt = _adam_trajectory(lambda p: Adam(p, lr=0.01), steps=4)
+    finally:
+        handle.remove()
+    assert len(calls) == 4
+    own: list[int] = []
+    opt.register_step_post_hook(lambda o, args, kwargs: own.append(1))
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    assert len(own) == 1

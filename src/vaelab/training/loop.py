@@ -12,8 +12,9 @@ the checkpoint of epoch ``e - 1`` continues exactly as the uninterrupted run wou
 seed, same machine, same numbers.
 
 Speed (see ``benchmarks/speed.py``): the data live on the model's device as one tensor; each
-epoch is binarized and permuted there in one go and the batches are slices of it; Adam is the
-fused kernel where PyTorch has one; the host reads the device only every ``SYNC_EVERY``
+epoch is binarized and permuted there in one go and the batches are slices of it; Adam is
+PyTorch's fused kernel called without its per-step Python bookkeeping
+(:mod:`vaelab.training.optim`); the host reads the device only every ``SYNC_EVERY``
 steps (on CUDA one period late, so the GPU never drains), which is where a non-finite loss is
 noticed; its step is known exactly from a per-step record, and the end-of-epoch check comes
 before any file is written, so a NaN never reaches a checkpoint. Optional: ``compile``
@@ -43,6 +44,7 @@ from ..model import VAE
 from ..objectives import Objective
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, save_weights
 from .distributed import World, world as current_world
+from .optim import make_optimizer
 
 __all__ = ["fit", "FitResult", "CHECKPOINT", "BEST_WEIGHTS", "METRICS", "PRECISIONS", "SYNC_EVERY",
            "epoch_seed", "noise_seed", "epoch_data", "make_optimizer"]
@@ -93,16 +95,6 @@ def epoch_data(train: Tensor, seed: int, epoch: int, binarize: bool) -> Tensor:
     x = draw_binary(train, gen) if binarize else train
     perm = torch.randperm(train.shape[0], generator=gen, device=train.device)
     return x[perm]
-
-
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam, as the fused kernel (one pass over all parameters) where PyTorch has one for the
-    model's device, else PyTorch's default implementation. The same algorithm either way."""
-    params = list(model.parameters())
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
-        return torch.optim.Adam(params, lr=lr)
 
 
 class _TrainStep(nn.Module):
@@ -167,6 +159,13 @@ def _nan_message(log: Tensor, done: int, w: World, epoch: int, run_dir: Path) ->
     value = float(log[step, 0]) if step < done else math.nan
     return (f"training loss became {value if not math.isfinite(value) else 'non-finite'} at epoch {epoch}, "
             f"step {step + 1}; {_stopped(run_dir, epoch)}; try a lower --lr")
+
+
+def _compile_failed(error: BaseException) -> bool:
+    """Whether ``error`` came from torch.compile (tracing, or the backend's code generation)."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    return isinstance(error, TorchDynamoException) or type(error).__module__.startswith("torch._inductor")
 
 
 def _write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
@@ -331,7 +330,13 @@ def fit(
                 f"resume with 'vaelab train --resume {run_dir}'"
             )
             return result
-        except Exception:
+        except Exception as error:
+            if compile and _compile_failed(error):
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise VaelabError(
+                    f"torch.compile failed ({first[:200]}); train with --compile false, or give "
+                    "PyTorch's inductor a working C++ compiler (g++) for the CPU"
+                ) from error
             if done and not bool(torch.isfinite(log[:done]).all()):  # a consequence of a NaN
                 result.stopped = "nan"
                 result.message = _nan_message(log, done, World(), epoch, run_dir)  # no collective here
