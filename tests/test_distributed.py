@@ -231,3 +231,24 @@ def test_compiled_training_gives_the_eager_numbers(grey57: Path, tmp_path: Path)
     eager, compiled = records
     for key in ("train_elbo", "train_reconstruction", "train_kl", "val_elbo"):
         assert compiled[key] == pytest.approx(eager[key], abs=1e-4), key
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside torch
+def test_a_failing_compilation_is_one_clear_error(grey57: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No C++ compiler for inductor: a VaelabError that says what to do, nothing written after."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-cache"))  # nothing cached
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    torch._dynamo.reset()
+    data = load_data(str(grey57))
+    vae = build_vae(data.shape, latent_dim=2, hidden=[8])
+    try:
+        with pytest.raises(VaelabError, match=r"torch\.compile failed .*--compile false"):
+            fit(vae, data, tmp_path / "run", epochs=1, batch_size=23, progress=False, compile=True)
+    finally:
+        torch._dynamo.reset()
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()

@@ -77,7 +77,8 @@ class TrainConfig:
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or mps")
     # speed (none changes the model or the objective)
     threads: int = _f(0, "CPU threads of PyTorch's kernels (0: PyTorch's default, one per core; 1 is often faster on a busy machine)")
-    compile: bool = _f(False, "run the training forward pass through torch.compile (true/false; pays a compilation first)")
+    compile: bool = _f(False, "run the training forward pass through torch.compile (true/false): about 1.15x faster steps on a "
+                            "CPU after a compilation of about 20 s (6 s with a warm cache); for runs of many thousand steps")
     precision: str = _f("float32", "float32, or bfloat16: CUDA autocast of the networks' matrix products (densities, KL and sums stay float32)")
     # output
     out: str = _f("runs", "folder in which the run folder is made")
