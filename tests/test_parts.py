@@ -701,3 +701,28 @@ def test_train_and_load_round_trip(settings, tmp_path):
     assert torch.equal(got, expected)
     assert model.encode(x).mean.shape == (16, 2)  # the flows' Monte Carlo moments
     assert model.reconstruct(x[:2]).shape == (2, 1, 8, 8)
+
+
+def test_full_covariance_posterior_starts_diagonal_and_learns_correlations() -> None:
+    """The outputs for M start at zero (so L is diagonal for every x), yet they still get
+    gradients, so training can move off the diagonal; a network that does not end in a
+    linear layer of the right size is left as it is."""
+    torch.manual_seed(0)
+    d = 3
+    enc = FullCovarianceEncoder(MLP(4, [8], FullCovarianceEncoder.outputs(d)), d)
+    assert enc.starts_diagonal
+    x = torch.randn(5, 4)
+    q = enc(x)
+    tril = q.scale_tril  # [5, 3, 3]
+    assert torch.count_nonzero(torch.tril(tril, diagonal=-1)) == 0
+    assert (torch.diagonal(tril, dim1=-2, dim2=-1) > 0).all()
+    q.rsample((4,)).pow(2).sum().backward()  # a loss that depends on the correlations
+    last = [m for m in enc.net.modules() if isinstance(m, nn.Linear)][-1]
+    assert last.weight.grad[2 * d :].abs().sum() > 0  # M's outputs are being learned
+
+    odd = FullCovarianceEncoder(nn.Sequential(nn.Linear(4, FullCovarianceEncoder.outputs(d)), nn.Tanh()), d)
+    assert odd.starts_diagonal  # the last Linear is still the output layer (Tanh keeps the size)
+    n = FullCovarianceEncoder.outputs(d)
+    other = FullCovarianceEncoder(nn.Sequential(nn.Linear(4, n - 1), nn.Tanh(), nn.ConstantPad1d((0, 1), 0.5)), d)
+    assert not other.starts_diagonal  # last Linear has the wrong width: not touched
+    assert torch.count_nonzero(torch.tril(other(x).scale_tril, diagonal=-1)) > 0

@@ -89,6 +89,14 @@ class FullCovarianceEncoder(nn.Module):
     them (which trained markedly worse on MNIST). Samples z = mu + L eps,
     eps ~ N(0, I), are differentiable (``torch.distributions.MultivariateNormal``).
 
+    Training starts from the diagonal Gaussian: the weights and biases of the outputs for M in
+    the network's last ``nn.Linear`` are zeroed at construction (``starts_diagonal`` says
+    whether the network ended in one with the right number of outputs), so M = 0 at first and
+    the correlations are learned from there, rather than starting from those a random network
+    happens to produce. Its gradients (through z = mu + L eps only) are noisy; the
+    sticking-the-landing estimator (``Objective(estimator="stl")``) cuts that noise, and on
+    MNIST trained it markedly better (``benchmarks/richer.py``).
+
     Against a diagonal Gaussian prior (such as N(0, I)) the KL divergence has a closed form,
     registered with ``torch.distributions.kl.register_kl``: with p = N(m, diag(s^2)),
 
@@ -116,6 +124,7 @@ class FullCovarianceEncoder(nn.Module):
         rows, cols = torch.tril_indices(latent_dim, latent_dim, offset=-1)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
+        self.starts_diagonal = _zero_off_diagonal_outputs(net, latent_dim, self.outputs(latent_dim))
 
     @staticmethod
     def outputs(latent_dim: int) -> int:
@@ -141,6 +150,20 @@ class FullCovarianceEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, min_scale={self.min_scale}"
+
+
+def _zero_off_diagonal_outputs(net: nn.Module, latent_dim: int, n_out: int) -> bool:
+    """Zero the weights and biases of the outputs for M in ``net``'s last ``nn.Linear`` (when it
+    is the output layer), so that training starts from the diagonal Gaussian; whether it did."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears or linears[-1].out_features != n_out:
+        return False
+    last = linears[-1]
+    with torch.no_grad():
+        last.weight[2 * latent_dim :].zero_()
+        if last.bias is not None:
+            last.bias[2 * latent_dim :].zero_()
+    return True
 
 
 @register_kl(MultivariateNormal, Independent)
