@@ -720,6 +720,17 @@ def test_full_covariance_posterior_starts_diagonal_and_learns_correlations() -> 
     last = [m for m in enc.net.modules() if isinstance(m, nn.Linear)][-1]
     assert last.weight.grad[2 * d :].abs().sum() > 0  # M's outputs are being learned
 
+    with torch.no_grad():
+        last.bias[2 * d :] = 1.0  # every raw output for M is 1, so M_ij = off_diagonal_scale
+    tril = enc(x).scale_tril
+    diag = torch.diagonal(tril, dim1=-2, dim2=-1)  # [5, 3]
+    expected = diag.unsqueeze(-1) * enc.off_diagonal_scale  # L_ij = l_i * M_ij
+    rows, cols = torch.tril_indices(d, d, -1)
+    torch.testing.assert_close(tril[:, rows, cols], expected[:, rows, 0])
+    assert enc.off_diagonal_scale == 0.03
+    with pytest.raises(ValueError, match="off_diagonal_scale"):
+        FullCovarianceEncoder(MLP(4, [8], FullCovarianceEncoder.outputs(d)), d, off_diagonal_scale=0)
+
     odd = FullCovarianceEncoder(nn.Sequential(nn.Linear(4, FullCovarianceEncoder.outputs(d)), nn.Tanh()), d)
     assert odd.starts_diagonal  # the last Linear is still the output layer (Tanh keeps the size)
     n = FullCovarianceEncoder.outputs(d)

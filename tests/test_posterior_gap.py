@@ -57,7 +57,10 @@ def test_full_covariance_posterior_closes_the_gap_and_the_diagonal_keeps_the_mea
     d, p = lg.latent_dim, lg.x_dim
 
     torch.manual_seed(1)
-    full = _train(lg, FullCovarianceEncoder(nn.Linear(p, FullCovarianceEncoder.outputs(d)).to(DTYPE), d), x)
+    # off_diagonal_scale 1: M learns at the pace of the mean and the diagonal (the default 0.03
+    # slows it for MNIST-size models; the family, and so the gap it can reach, is the same)
+    full = _train(lg, FullCovarianceEncoder(nn.Linear(p, FullCovarianceEncoder.outputs(d)).to(DTYPE), d,
+                                            off_diagonal_scale=1.0), x)
     torch.manual_seed(1)
     diag = _train(lg, GaussianEncoder(nn.Linear(p, 2 * d).to(DTYPE), d), x)
 
