@@ -113,7 +113,7 @@ def _eval_table(ev: dict[str, Any]) -> str:
 @click.argument("run", type=click.Path())
 @click.option("--k", "k", type=click.IntRange(0), default=1000, show_default=True,
               help="importance samples per example for log p(x) (0: ELBO only)")
-@click.option("--k-chunk", type=click.IntRange(1), default=100, show_default=True,
+@click.option("--k-chunk", type=click.IntRange(1), default=50, show_default=True,
               help="importance samples per forward pass (memory grows with batch size x k-chunk, not with K)")
 @click.option("--batch-size", type=click.IntRange(1), default=100, show_default=True, help="examples per forward pass")
 @click.option("--elbo-samples", type=click.IntRange(1), default=10, show_default=True,

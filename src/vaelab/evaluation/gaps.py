@@ -221,7 +221,7 @@ def inference_gaps(
     log_px: Tensor | None = None,
     log_px_mc_se: Tensor | None = None,
     k: int = 1000,
-    k_chunk: int = 100,
+    k_chunk: int = 50,
     steps: int = 300,
     lr: float = 0.05,
     samples: int = 16,

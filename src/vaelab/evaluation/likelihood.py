@@ -68,7 +68,7 @@ def log_likelihood(
     k: int = 1000,
     *,
     batch_size: int = 100,
-    k_chunk: int = 100,
+    k_chunk: int = 50,
     device: torch.device | str | None = None,
 ) -> LogLikelihood:
     """Estimate log p(x) for every example of ``x`` with ``k`` importance samples.
@@ -78,7 +78,9 @@ def log_likelihood(
         x: data ``[N, *x_shape]``.
         k: importance samples per example (the literature uses 5000; 1000 is common).
         batch_size: examples per forward pass.
-        k_chunk: samples per forward pass; memory grows with ``batch_size * k_chunk``.
+        k_chunk: samples per forward pass; memory grows with ``batch_size * k_chunk``. The
+            default 100 x 50 = 5,000 rows per pass ran 1.5x faster than 10,000 for the MLP
+            VAE on MNIST on our CPU (the decoder's [rows, 784] output then stays in cache).
         device: where to compute (default: the model's device).
     """
     if k < 1:

@@ -137,7 +137,7 @@ def evaluate(
     x: Tensor,
     *,
     k: int = 1000,
-    k_chunk: int = 100,
+    k_chunk: int = 50,
     batch_size: int = 100,
     elbo_samples: int = 10,
     kl: KLMethod = "auto",
