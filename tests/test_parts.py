@@ -244,7 +244,7 @@ def reference_posterior_log_prob(name: str, encoder: nn.Module, x: Tensor, z: Te
     for i in range(d):
         tril[:, i, i] = scale[:, i]
         for j in range(i):
-            tril[:, i, j] = scale[:, i] * h[:, entry]  # L = diag(l) (I + M)
+            tril[:, i, j] = scale[:, i] * encoder.off_diagonal_scale * h[:, entry]  # L = diag(l) (I + M)
             entry += 1
     return MultivariateNormal(loc, covariance_matrix=tril @ tril.transpose(-1, -2)).log_prob(z)
 
@@ -703,37 +703,26 @@ def test_train_and_load_round_trip(settings, tmp_path):
     assert model.reconstruct(x[:2]).shape == (2, 1, 8, 8)
 
 
-def test_full_covariance_posterior_starts_diagonal_and_learns_correlations() -> None:
-    """The outputs for M start at zero (so L is diagonal for every x), yet they still get
-    gradients, so training can move off the diagonal; a network that does not end in a
-    linear layer of the right size is left as it is."""
+def test_full_covariance_off_diagonal_factor_is_the_scaled_network_output() -> None:
+    """L = diag(l) (I + M) with M = off_diagonal_scale x the network's outputs for M: checked
+    on set outputs, and M's outputs get gradients; a scale <= 0 is refused."""
     torch.manual_seed(0)
     d = 3
     enc = FullCovarianceEncoder(MLP(4, [8], FullCovarianceEncoder.outputs(d)), d)
-    assert enc.starts_diagonal
+    assert enc.off_diagonal_scale == 0.03
+    last = [m for m in enc.net.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight[2 * d :] = 0.0
+        last.bias[2 * d :] = 1.0  # every raw output for M is 1, so M_ij = off_diagonal_scale
     x = torch.randn(5, 4)
     q = enc(x)
     tril = q.scale_tril  # [5, 3, 3]
-    assert torch.count_nonzero(torch.tril(tril, diagonal=-1)) == 0
-    assert (torch.diagonal(tril, dim1=-2, dim2=-1) > 0).all()
-    q.rsample((4,)).pow(2).sum().backward()  # a loss that depends on the correlations
-    last = [m for m in enc.net.modules() if isinstance(m, nn.Linear)][-1]
-    assert last.weight.grad[2 * d :].abs().sum() > 0  # M's outputs are being learned
-
-    with torch.no_grad():
-        last.bias[2 * d :] = 1.0  # every raw output for M is 1, so M_ij = off_diagonal_scale
-    tril = enc(x).scale_tril
     diag = torch.diagonal(tril, dim1=-2, dim2=-1)  # [5, 3]
-    expected = diag.unsqueeze(-1) * enc.off_diagonal_scale  # L_ij = l_i * M_ij
+    assert (diag > 0).all()
     rows, cols = torch.tril_indices(d, d, -1)
-    torch.testing.assert_close(tril[:, rows, cols], expected[:, rows, 0])
-    assert enc.off_diagonal_scale == 0.03
+    torch.testing.assert_close(tril[:, rows, cols], diag[:, rows] * 0.03)  # L_ij = l_i M_ij
+    assert torch.count_nonzero(torch.triu(tril, diagonal=1)) == 0
+    q.rsample((4,)).pow(2).sum().backward()  # a loss that depends on the correlations
+    assert last.weight.grad[2 * d :].abs().sum() > 0  # M's outputs are being learned
     with pytest.raises(ValueError, match="off_diagonal_scale"):
         FullCovarianceEncoder(MLP(4, [8], FullCovarianceEncoder.outputs(d)), d, off_diagonal_scale=0)
-
-    odd = FullCovarianceEncoder(nn.Sequential(nn.Linear(4, FullCovarianceEncoder.outputs(d)), nn.Tanh()), d)
-    assert odd.starts_diagonal  # the last Linear is still the output layer (Tanh keeps the size)
-    n = FullCovarianceEncoder.outputs(d)
-    other = FullCovarianceEncoder(nn.Sequential(nn.Linear(4, n - 1), nn.Tanh(), nn.ConstantPad1d((0, 1), 0.5)), d)
-    assert not other.starts_diagonal  # last Linear has the wrong width: not touched
-    assert torch.count_nonzero(torch.tril(other(x).scale_tril, diagonal=-1)) > 0

@@ -22,12 +22,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--k", "20", "--mi-samples", "100", "--gap-examples", "5", "--gap-steps", "20", "--gap-eval-samples", "50"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from .config import TrainConfig
 from .data import DataSplits, binarize, load_data
 from .errors import VaelabError
 from .evaluation import LogLikelihood, evaluate, log_likelihood
+from .evaluation.likelihood import K_CHUNK
 from .model import VAE
 from .objectives import ELBO, Objective, elbo
 from .training.checkpoint import atomic_write_text, load_weights, read_metadata
@@ -167,7 +168,7 @@ class TrainedModel:
         """Per-example ELBO, reconstruction and KL terms (nats), with ``k`` samples."""
         return elbo(self.vae.trace(self.as_batch(x), k), self.config.kl)
 
-    def log_likelihood(self, x: Any, k: int = 1000, *, batch_size: int = 100, k_chunk: int = 50) -> LogLikelihood:
+    def log_likelihood(self, x: Any, k: int = 1000, *, batch_size: int = 100, k_chunk: int = K_CHUNK) -> LogLikelihood:
         """Importance-sampled log p(x) per example with ``k`` samples (see :mod:`vaelab.evaluation`)."""
         return log_likelihood(self.vae, self.as_batch(x), k, batch_size=batch_size, k_chunk=k_chunk)
 
@@ -187,7 +188,7 @@ class TrainedModel:
         return x, data.test_labels
 
     def evaluate(
-        self, k: int = 1000, x: Any = None, *, k_chunk: int = 50, batch_size: int = 100,
+        self, k: int = 1000, x: Any = None, *, k_chunk: int = K_CHUNK, batch_size: int = 100,
         elbo_samples: int = 10, mi_samples: int = 1000, gap_examples: int = 100, gap_steps: int = 300,
         gap_samples: int = 16, gap_lr: float = 0.05, gap_eval_samples: int = 1000, seed: int = 0,
         per_example: bool = False,

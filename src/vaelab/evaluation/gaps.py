@@ -35,7 +35,7 @@ from torch.distributions import Distribution, Independent, Normal, kl_divergence
 from ..distributions import diagonal_gaussian
 from ..model import VAE
 from ..objectives import KLMethod
-from .likelihood import log_likelihood
+from .likelihood import K_CHUNK, log_likelihood
 
 __all__ = ["InferenceGaps", "inference_gaps", "optimal_posterior"]
 
@@ -221,7 +221,7 @@ def inference_gaps(
     log_px: Tensor | None = None,
     log_px_mc_se: Tensor | None = None,
     k: int = 1000,
-    k_chunk: int = 50,
+    k_chunk: int = K_CHUNK,
     steps: int = 300,
     lr: float = 0.05,
     samples: int = 16,

@@ -40,7 +40,7 @@ from ..model import VAE
 from ..objectives import ELBO, KLMethod, elbo
 from .diagnostics import LatentDiagnostics, latent_diagnostics
 from .gaps import InferenceGaps, inference_gaps
-from .likelihood import LogLikelihood, log_likelihood
+from .likelihood import K_CHUNK, LogLikelihood, log_likelihood
 
 __all__ = ["Evaluation", "evaluate", "format_table"]
 
@@ -137,7 +137,7 @@ def evaluate(
     x: Tensor,
     *,
     k: int = 1000,
-    k_chunk: int = 50,
+    k_chunk: int = K_CHUNK,
     batch_size: int = 100,
     elbo_samples: int = 10,
     kl: KLMethod = "auto",

@@ -47,7 +47,7 @@ from .distributed import World, world as current_world
 from .optim import make_optimizer
 
 __all__ = ["fit", "FitResult", "CHECKPOINT", "BEST_WEIGHTS", "METRICS", "PRECISIONS", "SYNC_EVERY",
-           "epoch_seed", "noise_seed", "epoch_data", "make_optimizer"]
+           "epoch_seed", "noise_seed", "epoch_data"]
 
 CHECKPOINT = "checkpoint.safetensors"  # last epoch: weights + optimizer + state (for --resume)
 BEST_WEIGHTS = "model.safetensors"  # weights of the epoch with the best validation ELBO

@@ -8,8 +8,8 @@ For the classic MLP VAE at batch 128 on a 2-core CPU that bookkeeping cost about
 
 :class:`Adam` is ``torch.optim.Adam(fused=True)`` (same class, same ``state_dict``, so
 checkpoints are unchanged) whose :meth:`Adam.step` takes a short path when it can: every
-parameter of one group has a gradient and its state, all on one device and of one dtype, no
-AMSGrad, no hooks, no closure. It then does exactly what the fused implementation does,
+parameter of its one parameter group has a gradient and its state, all on one device and of
+one dtype, no AMSGrad, no hooks, no closure. It then does exactly what the fused implementation does,
 
     step_i += 1;  torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, ..., lr, betas, eps)
 
@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.optim import optimizer as torch_optimizer
 
 __all__ = ["Adam", "make_optimizer"]
 
@@ -33,7 +34,7 @@ class Adam(torch.optim.Adam):
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, **kwargs: Any) -> None:
         super().__init__(params, lr=lr, fused=True, **kwargs)
-        self._fast: list[tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]] | None = None
+        self._fast: tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]] | None = None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -43,24 +44,20 @@ class Adam(torch.optim.Adam):
         super().add_param_group(param_group)
         self._fast = None
 
-    def _fast_lists(self) -> list[tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]] | None:
-        """Per group: parameters, exp_avg, exp_avg_sq and step tensors, when the short path applies."""
-        if self._fast is not None:
-            return self._fast
-        lists = []
-        for group in self.param_groups:
+    def _fast_lists(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]] | None:
+        """Parameters, exp_avg, exp_avg_sq and step tensors of the one parameter group, when
+        the short path applies (else None)."""
+        if self._fast is None and len(self.param_groups) == 1:
+            group = self.param_groups[0]
             params = list(group["params"])
-            if group["amsgrad"] or group["maximize"] or group["differentiable"] or group["decoupled_weight_decay"]:
-                return None
-            if any(p not in self.state or "exp_avg" not in self.state[p] for p in params):
-                return None  # the state is created by the first full step
-            if len({(p.device, p.dtype) for p in params}) > 1:
-                return None
-            states = [self.state[p] for p in params]
-            lists.append((params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                          [s["step"] for s in states]))
-        self._fast = lists
-        return lists
+            plain = not (group["amsgrad"] or group["maximize"] or group["differentiable"]
+                         or group["decoupled_weight_decay"])
+            started = all("exp_avg" in self.state.get(p, {}) for p in params)  # made by the first step
+            if plain and started and len({(p.device, p.dtype) for p in params}) == 1:
+                states = [self.state[p] for p in params]
+                self._fast = (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                              [s["step"] for s in states])
+        return self._fast
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop the gradients (``set_to_none``, the default) without the profiler range and
@@ -74,20 +71,16 @@ class Adam(torch.optim.Adam):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         lists = None if closure is not None or _hooked(self) else self._fast_lists()
-        if lists is None:
+        grads = None if lists is None else [p.grad for p in lists[0]]
+        if lists is None or any(g is None for g in grads):  # or a parameter without gradient
             return _torch_step(self, closure)
-        grads_per_group = []
-        for params, *_ in lists:
-            grads = [p.grad for p in params]
-            if any(g is None for g in grads):  # a parameter without gradient this step
-                return _torch_step(self, None)
-            grads_per_group.append(grads)
-        for group, (params, exp_avgs, exp_avg_sqs, steps), grads in zip(self.param_groups, lists, grads_per_group):
-            beta1, beta2 = group["betas"]
-            torch._foreach_add_(steps, 1)
-            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
-                               lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                               eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+        params, exp_avgs, exp_avg_sqs, steps = lists
+        group = self.param_groups[0]
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                           beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                           maximize=False, grad_scale=None, found_inf=None)
         return None
 
     # torch.optim.Optimizer wraps a subclass's step in its profiler range and hook calls; this
@@ -105,10 +98,8 @@ def _torch_step(optimizer: Adam, closure: Callable[[], float] | None) -> float |
 
 def _hooked(optimizer: torch.optim.Optimizer) -> bool:
     """Whether step hooks (this optimizer's or global ones) must run around each step."""
-    from torch.optim import optimizer as module
-
     return bool(optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
-                or module._global_optimizer_pre_hooks or module._global_optimizer_post_hooks)
+                or torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks)
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
