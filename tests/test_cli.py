@@ -246,21 +246,6 @@ def test_help_mentions_every_option(command: str, capsys: pytest.CaptureFixture[
             assert name in out, f"{command} --help does not mention {name}"
 
 
-def test_eval_options_default_to_the_python_api_defaults() -> None:
-    """`vaelab eval` and `vaelab.evaluation.evaluate` agree on every setting they share."""
-    import inspect
-
-    from vaelab.evaluation import evaluate
-
-    api = {name: p.default for name, p in inspect.signature(evaluate).parameters.items()
-           if p.default is not inspect.Parameter.empty}
-    options = {p.name: p.default for p in cli.commands["eval"].params if isinstance(p, click.Option)}
-    shared = sorted(set(api) & set(options))
-    assert {"k", "k_chunk", "batch_size", "gap_steps", "seed"} <= set(shared)
-    for name in shared:
-        assert options[name] == api[name], name
-
-
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["--help"]) == 0
     out = capsys.readouterr().out

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 import vaelab
 import vaelab.runs as runs
-from vaelab.build import build_vae
+from vaelab.build import build_model, build_vae
 from vaelab.config import TrainConfig
 from vaelab.data import load_data
 from vaelab.errors import VaelabError
@@ -63,7 +63,7 @@ def tiny(data: Path, out: Path, name: str, **changes: Any) -> TrainConfig:
     settings: dict[str, Any] = dict(data=str(data), hidden=[8], latent_dim=2, epochs=2, batch_size=BATCH,
                                     eval_k=0, patience=0, device="cpu", out=str(out), name=name)
     settings.update(changes)
-    return TrainConfig(**settings)
+    return TrainConfig.from_mapping(settings)
 
 
 def free_port() -> int:
@@ -163,9 +163,9 @@ def test_spawned_replicas_stay_identical_and_average_the_global_gradient(grey57:
     data = load_data(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                      seed=config.seed)
     torch.manual_seed(config.seed)
-    vae = build_vae(data.shape, **config.model_kwargs())
+    vae = build_model(config.model_spec(data.shape))
     objective = objective_from(config)
-    x = epoch_data(data.train, config.seed, 1, binarize=True)[:BATCH]  # the first global batch
+    x = epoch_data(data.train, config.seed, 1, binarize=True).x[:BATCH]  # the first global batch
     total = torch.zeros(())
     for rank in range(WORLD):
         lo, hi = World(rank, WORLD).shard(BATCH)

@@ -37,7 +37,12 @@ from torch.distributions import (
 )
 
 import vaelab
-from vaelab.build import LIKELIHOODS, POSTERIORS, PRIORS, build_vae
+from vaelab import registry
+from vaelab.build import build_model, build_vae
+
+POSTERIORS = registry.names("posterior")
+PRIORS = [n for n, p in registry.parts("prior").items() if not p.conditional_only]
+LIKELIHOODS = registry.names("likelihood")
 from vaelab.config import TrainConfig
 from vaelab.distributions import (
     BernoulliDecoder,
@@ -642,7 +647,7 @@ def test_every_likelihood_trains_a_step_in_a_vae(likelihood, net):
 
 def test_build_vae_and_config_defaults_are_the_classic_vae():
     config = TrainConfig()
-    model = build_vae((1, 28, 28), **config.model_kwargs())
+    model = build_model(config.model_spec((1, 28, 28)))
     assert type(model.encoder) is GaussianEncoder and type(model.prior) is StandardNormalPrior
     assert type(model.decoder) is BernoulliDecoder
     with pytest.raises(VaelabError, match="unknown posterior 'radial'"):
@@ -654,13 +659,12 @@ def test_build_vae_and_config_defaults_are_the_classic_vae():
     with pytest.raises(VaelabError, match="unknown value 'radial' for posterior"):
         TrainConfig(posterior="radial")
     with pytest.raises(VaelabError, match="prior_components"):
-        TrainConfig(prior_components=0)
-    kwargs = TrainConfig(posterior="iaf", flow_steps=3, prior="vamp", prior_components=7,
-                         likelihood="logistic-mixture", mixtures=4).model_kwargs()
-    assert {k: kwargs[k] for k in ("posterior", "flow_steps", "prior", "prior_components", "likelihood", "mixtures")} == {
-        "posterior": "iaf", "flow_steps": 3, "prior": "vamp", "prior_components": 7,
-        "likelihood": "logistic-mixture", "mixtures": 4,
-    }
+        TrainConfig.from_mapping({"prior_components": 0})
+    spec = TrainConfig.from_mapping(dict(posterior="iaf", flow_steps=3, prior="vamp", prior_components=7,
+                                         likelihood="logistic-mixture", mixtures=4)).model_spec((1, 28, 28))
+    assert (spec.posterior.name, spec.posterior.options["flow_steps"]) == ("iaf", 3)
+    assert (spec.prior.name, dict(spec.prior.options)) == ("vamp", {"prior_components": 7})
+    assert (spec.likelihood.name, dict(spec.likelihood.options)) == ("logistic-mixture", {"mixtures": 4})
 
 
 def test_cli_offers_every_part():
@@ -685,7 +689,8 @@ def test_cli_offers_every_part():
     ids=["iaf-vamp", "planar-mog-cb"],
 )
 def test_train_and_load_round_trip(settings, tmp_path):
-    config = TrainConfig(data="digits", hidden=[32], latent_dim=2, epochs=1, eval_k=10, out=str(tmp_path), name="run", **settings)
+    config = TrainConfig.from_mapping(dict(data="digits", hidden=[32], latent_dim=2, epochs=1, eval_k=10,
+                                           out=str(tmp_path), name="run", **settings))
     model, result = vaelab.runs.train(config, figures=False, progress=False, log=quiet)
     assert result.epochs_done == 1
     loaded = vaelab.load(model.run_dir)

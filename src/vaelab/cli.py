@@ -3,7 +3,7 @@
     vaelab train [--data NAME|PATH] [--config FILE] [--key value ...]   -> vaelab.train
     vaelab eval RUN [--k 1000] [--gap-examples 100] [--no-gap] [--json]  -> TrainedModel.evaluate
     vaelab report RUN [-o FILE]                                         -> vaelab.report.write_report
-    vaelab sample RUN -n 64 -o FILE                                     -> TrainedModel.sample
+    vaelab sample RUN -n 64 [--label 3] -o FILE                         -> TrainedModel.sample
     vaelab encode RUN DATA -o FILE                                      -> TrainedModel.encode
     vaelab reconstruct RUN DATA -o FILE                                 -> TrainedModel.reconstruct
     vaelab interpolate RUN                                              -> TrainedModel.interpolate
@@ -24,33 +24,72 @@ from typing import Any
 import click
 import numpy as np
 
-from .config import CHOICES, TrainConfig, load_config_file
+from . import registry
+from .config import TrainConfig, choices, load_config_file
 from .errors import VaelabError
+from .evaluation import EvalSettings
 
 __all__ = ["main", "cli"]
+
+
+class _Choice(click.Choice):
+    """The allowed values of a setting, read when needed (so a part registered after import
+    is a valid choice too)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        return choices(self.key) or ()
+
+    @choices.setter
+    def choices(self, value: Any) -> None:
+        pass
+
+
+def _click_type(type_name: str, key: str) -> Any:
+    if choices(key) is not None:
+        return _Choice(key)
+    return {"int": click.INT, "float": click.FLOAT, "bool": click.BOOL}.get(type_name, click.STRING)
+
+
+def _help(text: str, default: Any) -> str:
+    shown = ",".join(map(str, default)) if isinstance(default, list) else default
+    return f"{text} [default: {shown!s}]" if shown != "" else text
 
 
 def _train_options(f: Any) -> Any:
     """One ``--key`` option per TrainConfig field, help text from the field's metadata."""
     defaults = TrainConfig()
     for fld in reversed(fields(TrainConfig)):
+        if fld.name == "options":  # the parts' options: see _TrainCommand
+            continue
         name = "--" + fld.name.replace("_", "-")
-        default = getattr(defaults, fld.name)
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_text = f"{fld.metadata['help']} [default: {shown!s}]" if shown != "" else fld.metadata["help"]
-        kind: Any
-        if fld.name in CHOICES:
-            kind = click.Choice(CHOICES[fld.name])
-        elif fld.type == "int":
-            kind = click.INT
-        elif fld.type == "float":
-            kind = click.FLOAT
-        elif fld.type == "bool":
-            kind = click.BOOL
-        else:
-            kind = click.STRING
-        f = click.option(name, fld.name, type=kind, default=None, help=help_text)(f)
+        help_text = _help(fld.metadata["help"], getattr(defaults, fld.name))
+        f = click.option(name, fld.name, type=_click_type(str(fld.type), fld.name), default=None, help=help_text)(f)
     return f
+
+
+def _part_option(opt: registry.Option) -> click.Option:
+    """The ``--key`` option of a part's setting, from its registry entry."""
+    users = [f"{kind} {name}" for kind in registry.KINDS for name, part in registry.parts(kind).items()
+             if opt in part.options]
+    kind: Any = click.Choice(opt.choices) if opt.choices else _click_type(opt.type_name, opt.name)
+    return click.Option(["--" + opt.name.replace("_", "-"), opt.name], type=kind, default=None,
+                        help=_help(f"{opt.help} (for {', '.join(users)})", opt.default))
+
+
+class _TrainCommand(click.Command):
+    """``vaelab train``: its options are the TrainConfig fields and, read from the registry
+    when the command runs, the options of every registered part."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        names = {p.name for p in params}
+        extra = [_part_option(o) for o in registry.all_options().values() if o.name not in names]
+        return params[:-1] + extra + params[-1:]  # --help stays last
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -63,7 +102,7 @@ def cli() -> None:
     """
 
 
-@cli.command()
+@cli.command(cls=_TrainCommand)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML or JSON file of settings (the keys below, written with underscores); command-line options override it")
 @click.option("--resume", type=click.Path(), default=None,
@@ -97,7 +136,8 @@ def train(config_file: str | None, resume: str | None, quiet: bool, **options: A
     summary = f"trained {result.epochs_done} epochs ({result.stopped}); best validation ELBO {result.best_val_elbo:.2f} nats at epoch {result.best_epoch}"
     click.echo(summary)
     if model.config.eval_k > 0:
-        ev = model.evaluate(k=model.config.eval_k, gap_examples=0)  # the gap split: vaelab eval
+        ev = model.evaluate(k=model.config.eval_k, gap_examples=0).to_dict()  # the gap split: vaelab eval
+        ev["data"] = f"{model.config.data} (test split)"
         write_eval(model.run_dir, ev)
         click.echo(_eval_table(ev))
     click.echo(f"run folder: {model.run_dir}")
@@ -109,49 +149,56 @@ def _eval_table(ev: dict[str, Any]) -> str:
     return format_table(ev)
 
 
+def _settings_options(f: Any) -> Any:
+    """One ``--key`` option per EvalSettings field: its default and help declared there once."""
+    defaults = EvalSettings()
+    for fld in reversed(fields(EvalSettings)):
+        low, open_ = fld.metadata["low"], fld.metadata["low_open"]
+        if fld.name == "kl":
+            kind: Any = click.Choice(["auto", "analytic", "mc"])
+        elif fld.type == "int":
+            kind = click.IntRange(min=None if low is None else int(low))
+        else:
+            kind = click.FloatRange(min=low, min_open=open_)
+        default = getattr(defaults, fld.name)
+        f = click.option("--" + fld.name.replace("_", "-"), fld.name, type=kind, default=None,
+                         help=f"{fld.metadata['help']} [default: {default}]")(f)
+    return f
+
+
+def _settings(options: dict[str, Any], model: Any) -> EvalSettings:
+    """EvalSettings from the options given (the run's own KL method unless --kl is given)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return EvalSettings(kl=model.config.kl).replace(**given)
+
+
 @cli.command("eval")
 @click.argument("run", type=click.Path())
-@click.option("--k", "k", type=click.IntRange(0), default=1000, show_default=True,
-              help="importance samples per example for log p(x) (0: ELBO only)")
-@click.option("--k-chunk", type=click.IntRange(1), default=50, show_default=True,
-              help="importance samples per forward pass (memory grows with batch size x k-chunk, not with K)")
-@click.option("--batch-size", type=click.IntRange(1), default=100, show_default=True, help="examples per forward pass")
-@click.option("--elbo-samples", type=click.IntRange(1), default=10, show_default=True,
-              help="posterior samples per example for the ELBO's reconstruction term")
-@click.option("--mi-samples", type=click.IntRange(0), default=1000, show_default=True,
-              help="Monte-Carlo draws for I(x;z) and KL(q(z)||p(z)) (0: skip latent health)")
-@click.option("--gap-examples", type=click.IntRange(0), default=100, show_default=True,
-              help="examples for the approximation/amortization gap split (0: skip it)")
+@_settings_options
 @click.option("--no-gap", is_flag=True, help="skip the gap split (same as --gap-examples 0)")
-@click.option("--gap-steps", type=click.IntRange(0), default=300, show_default=True,
-              help="Adam steps of the per-example posterior optimisation")
-@click.option("--gap-samples", type=click.IntRange(1), default=16, show_default=True,
-              help="samples per optimisation step")
-@click.option("--gap-lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
-              help="initial learning rate of the optimisation (cosine-decayed to 0)")
-@click.option("--gap-eval-samples", type=click.IntRange(1), default=1000, show_default=True,
-              help="samples for each ELBO of the gap split")
-@click.option("--seed", type=int, default=0, show_default=True, help="random seed of every draw")
 @click.option("--per-example", is_flag=True, help="add per-example ELBO, terms, log p(x) and ESS to the JSON")
 @click.option("--data", default=None, help="data to evaluate instead of the run's test set (name or file)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def eval_cmd(run: str, k: int, k_chunk: int, batch_size: int, elbo_samples: int, mi_samples: int,
-             gap_examples: int, no_gap: bool, gap_steps: int, gap_samples: int, gap_lr: float,
-             gap_eval_samples: int, seed: int, per_example: bool, data: str | None, as_json: bool) -> None:
+def eval_cmd(run: str, no_gap: bool, per_example: bool, data: str | None, as_json: bool, **options: Any) -> None:
     """Test ELBO and its terms, -log p(x) with its error and ESS, latent health and the gap split.
 
     Latent health: KL per dimension, active units, I(x;z), KL(q(z)||p(z)), collapse warning.
     Gap split: log p(x) - ELBO = approximation gap + amortization gap (needs K > 0).
+    A conditional model is scored given each example's context: -log p(x|c).
     The result is also written to RUN/eval.json (when evaluating the run's own test set).
     """
     from .runs import load, write_eval
 
     model = load(run)
-    x = None if data is None else _read_inputs(model, data)[0]
-    ev = model.evaluate(k=k, x=x, k_chunk=k_chunk, batch_size=batch_size, elbo_samples=elbo_samples,
-                        mi_samples=mi_samples, gap_examples=0 if no_gap else gap_examples, gap_steps=gap_steps,
-                        gap_samples=gap_samples, gap_lr=gap_lr, gap_eval_samples=gap_eval_samples, seed=seed,
-                        per_example=per_example)
+    settings = _settings(options, model)
+    if no_gap:
+        settings = settings.replace(gap_examples=0)
+    if data is None:
+        result = model.evaluate(settings)
+    else:
+        x, _, c = _read_inputs(model, data)
+        result = model.evaluate(settings, x=x, c=c)
+    ev = result.to_dict(per_example=per_example)
     ev["data"] = data or f"{model.config.data} (test split)"
     if data is None:
         write_eval(model.run_dir, ev)
@@ -183,24 +230,30 @@ def report(run: str, output: str | None, reevaluate: bool, k: int, gap_examples:
     click.echo(f"wrote {path}")
 
 
-def _read_inputs(model: Any, source: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """All examples of ``source``: the test split of a built-in set, every row of a file."""
-    from .data import BUILTIN_DATASETS, load_data
+def _read_inputs(model: Any, source: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """All examples of ``source`` (the test split of a built-in set, every row of a file), their
+    labels, and the context c ``[N, P]`` a conditional model needs (else None)."""
+    from .context import LABEL
+    from .data import BUILTIN_DATASETS, context_columns, load_data
 
+    covariates = [v.name for v in model.spec.context if v.name != LABEL] if model.conditional else []
     if source in BUILTIN_DATASETS:
         d = load_data(source, val_fraction=model.config.val_fraction, test_fraction=model.config.test_fraction,
                       seed=model.config.seed)
-        x, y = d.test, d.test_labels
+        parts = ["test"]
     else:
-        d = load_data(source, val_fraction=0.0, test_fraction=0.0)
-        parts = [d.train, d.val, d.test]
-        x = np.concatenate([p.numpy() for p in parts if p.shape[0] > 0])
-        labels = [d.train_labels, d.val_labels, d.test_labels]
-        y = None
-        if all(lab is not None for lab, p in zip(labels, parts) if p.shape[0] > 0):
-            y = np.concatenate([lab.numpy() for lab, p in zip(labels, parts) if p.shape[0] > 0])
-        return x, y
-    return x.numpy(), None if y is None else y.numpy()
+        d = load_data(source, val_fraction=0.0, test_fraction=0.0, covariates=covariates)
+        parts = [p for p in ("train", "val", "test") if getattr(d, p).shape[0] > 0]
+    x = np.concatenate([getattr(d, p).numpy() for p in parts])
+    labels = [getattr(d, f"{p}_labels") for p in parts]
+    y = np.concatenate([lab.numpy() for lab in labels]) if all(lab is not None for lab in labels) else None
+    c = None
+    if model.conditional:
+        if any(v.name == LABEL for v in model.spec.context) and y is None:
+            raise VaelabError(f"this model conditions on the label, but '{source}' has no labels; give data with "
+                              "labels (npz train_labels, a CSV label column, class subfolders)")
+        c = np.concatenate([context_columns(d, model.spec.context, p).numpy() for p in parts])
+    return x, y, c
 
 
 def _outputs(path: str, suffixes: tuple[str, ...]) -> list[Path]:
@@ -226,15 +279,18 @@ def _save_npy(path: Path, array: Any) -> None:
               help="output file: FILE.png (a grid) and FILE.npy (the decoder means, [n, *x_shape]) are written")
 @click.option("--seed", type=int, default=0, show_default=True, help="random seed of z ~ p(z)")
 @click.option("--draw", is_flag=True, help="draw x ~ p(x|z) instead of taking the decoder's mean")
-def sample(run: str, n: int, output: str, seed: int, draw: bool) -> None:
-    """Generate new examples: z ~ p(z), decoded by p(x|z)."""
+@click.option("--label", default=None,
+              help="conditional or semi-supervised models: the class to generate (its id or name)")
+def sample(run: str, n: int, output: str, seed: int, draw: bool, label: str | None) -> None:
+    """Generate new examples: z ~ p(z), decoded by p(x|z) (given --label for a model with labels)."""
     from .plots import image_grid
     from .runs import load
 
     model = load(run)
-    x = model.sample(n, mean=not draw, seed=seed)
+    x = model.sample(n, mean=not draw, seed=seed, label=label)
     png, npy = _outputs(output, (".png", ".npy"))
-    image_grid(x[:256], png, title=f"{n} samples decoded from z ~ p(z)")
+    given = f" given label {label}" if label is not None else ""
+    image_grid(x[:256], png, title=f"{n} samples decoded from z ~ p(z){given}")
     _save_npy(npy, x.numpy())
     click.echo(f"wrote {png} and {npy}")
 
@@ -253,8 +309,8 @@ def encode(run: str, data: str, output: str) -> None:
     from .training.checkpoint import atomic_write_bytes, atomic_write_text
 
     model = load(run)
-    x, y = _read_inputs(model, data)
-    q = model.encode(x)
+    x, y, c = _read_inputs(model, data)
+    q = model.encode(x, c)
     mean, std = q.mean.cpu().numpy(), q.stddev.cpu().numpy()
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -287,8 +343,8 @@ def reconstruct(run: str, data: str, output: str, n: int) -> None:
     from .runs import load
 
     model = load(run)
-    x, _ = _read_inputs(model, data)
-    rec = model.reconstruct(x)
+    x, _, c = _read_inputs(model, data)
+    rec = model.reconstruct(x, c)
     png, npy = _outputs(output, (".png", ".npy"))
     reconstruction_grid(model.as_batch(x[:n]).cpu(), rec[:n], png, n=n, title="inputs and reconstructions")
     _save_npy(npy, rec.numpy())
@@ -311,11 +367,12 @@ def interpolate(run: str, data: str | None, i: int, j: int, steps: int, method: 
     from .runs import load
 
     model = load(run)
-    x, _ = _read_inputs(model, data or model.config.data)
+    x, _, c = _read_inputs(model, data or model.config.data)
     for name, idx in (("--from", i), ("--to", j)):
         if idx >= len(x):
             raise VaelabError(f"{name} {idx} is out of range: the data have {len(x)} examples")
-    path = model.interpolate(x[i], x[j], steps=steps, method=method)  # [steps, *x_shape]
+    # a conditional model decodes the path under the first input's context
+    path = model.interpolate(x[i], x[j], steps=steps, method=method, c=None if c is None else c[i])
     png, npy = _outputs(output, (".png", ".npy"))
     interpolation_strip(path, png, title=f"{method} interpolation from example {i} to {j}")
     _save_npy(npy, path.numpy())

@@ -2,7 +2,8 @@
 
 Inside the library everything takes plain arguments; only here are they gathered, validated
 and saved (``config.json`` in every run folder). A config file (TOML or JSON) holds any of
-the fields below, flat; an unknown key is an error, never silently ignored.
+the fields below and the parts' options (:mod:`vaelab.registry`), flat; an unknown key is an
+error, never silently ignored.
 """
 
 from __future__ import annotations
@@ -12,25 +13,33 @@ import json
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from . import registry
+from .context import Variable
 from .errors import VaelabError
+from .spec import ModelSpec
 
-__all__ = ["TrainConfig", "load_config_file", "CHOICES"]
+__all__ = ["TrainConfig", "load_config_file", "CHOICES", "PART_KINDS", "choices"]
 
+# settings with a fixed set of values; the part names (net, posterior, prior, likelihood) come
+# from the registry instead (:func:`choices`), so a registered part is a valid choice at once
 CHOICES: dict[str, tuple[str, ...]] = {
     "binarize": ("auto", "dynamic", "none"),
-    "net": ("mlp", "conv"),
-    "likelihood": ("bernoulli", "continuous-bernoulli", "gaussian", "laplace", "logistic-mixture"),
-    "posterior": ("gaussian", "full-gaussian", "planar", "iaf"),
-    "prior": ("normal", "mog", "vamp"),
-    "learn_scale": ("fixed", "global", "feature"),
     "kl": ("auto", "analytic", "mc"),
     "objective": ("elbo", "iwae"),
     "estimator": ("standard", "stl", "dreg"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "precision": ("float32", "bfloat16"),
 }
+PART_KINDS = ("net", "posterior", "prior", "likelihood")
+
+
+def choices(key: str) -> tuple[str, ...] | None:
+    """The allowed values of setting ``key`` (None: any value of its type)."""
+    if key in PART_KINDS:
+        return registry.names(key)
+    return CHOICES.get(key)
 
 
 def _f(default: Any, help: str) -> Any:
@@ -41,25 +50,32 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass
 class TrainConfig:
-    """Every setting of ``vaelab train``; the defaults are the classic MNIST VAE."""
+    """Every setting of ``vaelab train``; the defaults are the classic MNIST VAE.
+
+    The options of the parts (``hidden``, ``flow_steps``, ``prior_components``, ...) are not
+    fields: they are declared once, in :mod:`vaelab.registry`, and held in ``options`` (only
+    those given explicitly; :meth:`part_options` fills in the defaults). In a config file and
+    on the command line they are written flat, like every other key.
+    """
 
     # data
     data: str = _f("mnist5k", "built-in name (mnist5k, digits, fashion-mnist, mnist) or a .npy/.npz/.csv file or image folder")
     val_fraction: float = _f(0.1, "fraction of the training set held out for validation and early stopping")
     test_fraction: float = _f(0.1, "fraction held out as test set when the data have no test split")
     binarize: str = _f("auto", "dynamic: a fresh Bernoulli draw of the pixels each epoch; auto: dynamic for a Bernoulli likelihood on non-binary data; none")
+    # conditioning
+    condition_on: list[str] = _f([], "conditioning variables, comma-separated: label (the class labels) and/or covariate names (CSV columns, npz arrays train_NAME/test_NAME); empty: an unconditional model")
+    embedding: int = _f(0, "label: 0 for a one-hot code, else the size of a learned embedding")
+    semi_supervised: bool = _f(False, "train the semi-supervised model M2 (Kingma et al. 2014): the label is a latent, observed for some examples (true/false)")
+    labels_per_class: int = _f(0, "semi-supervised: keep the labels of this many training examples per class (seeded, stratified), hide the rest")
+    labelled_fraction: float = _f(0.0, "semi-supervised: or keep the labels of this fraction of the training examples")
+    alpha: float = _f(0.1, "semi-supervised: weight of the classification term, alpha x N / N_labelled per labelled example (the paper's 0.1 N)")
     # model
     latent_dim: int = _f(20, "number of latent dimensions D")
-    net: str = _f("mlp", "encoder/decoder networks: mlp (any data) or conv (28x28 images)")
-    hidden: list[int] = _f([400], "hidden layer widths, comma-separated (mirrored in the decoder)")
+    net: str = _f("mlp", "encoder/decoder networks")
     likelihood: str = _f("bernoulli", "p(x|z): bernoulli (data in [0,1]), continuous-bernoulli (grey values in [0,1]), gaussian or laplace (real data), logistic-mixture (8-bit data k/255; reports bits per dimension)")
-    gaussian_scale: float = _f(1.0, "Gaussian or Laplace likelihood: the fixed scale, or the initial learned one")
-    learn_scale: str = _f("fixed", "Gaussian or Laplace likelihood scale: fixed, global (one learned) or feature (one per dimension)")
-    mixtures: int = _f(5, "logistic-mixture likelihood: logistics per value")
     posterior: str = _f("gaussian", "q(z|x): gaussian (diagonal), full-gaussian (full covariance), planar or iaf (normalizing flows of --flow-steps steps)")
-    flow_steps: int = _f(4, "planar or iaf posterior: number of flow steps")
-    prior: str = _f("normal", "p(z): normal (N(0, I)), mog (learned mixture of Gaussians) or vamp (VampPrior, learned pseudo-inputs)")
-    prior_components: int = _f(10, "mog or vamp prior: number of components (Gaussians or pseudo-inputs)")
+    prior: str = _f("normal", "p(z): normal (N(0, I)), mog (learned mixture of Gaussians), vamp (VampPrior, learned pseudo-inputs) or conditional (p(z|c), needs --condition-on)")
     # training
     epochs: int = _f(100, "maximum number of epochs (early stopping may end sooner)")
     batch_size: int = _f(128, "mini-batch size")
@@ -83,12 +99,20 @@ class TrainConfig:
     # output
     out: str = _f("runs", "folder in which the run folder is made")
     name: str = _f("", "run folder name (default: <data>-<date>-<time>)")
+    # the parts' options (see the class docstring)
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": ""})
 
     def __post_init__(self) -> None:
-        for key, allowed in CHOICES.items():
-            value = getattr(self, key)
-            if value not in allowed:
+        for key in (*CHOICES, *PART_KINDS):
+            value, allowed = getattr(self, key), choices(key)
+            if allowed is not None and value not in allowed:
                 raise VaelabError(f"unknown value {value!r} for {key}; choose one of: {', '.join(allowed)}")
+        known = registry.all_options()
+        unknown = sorted(set(self.options) - set(known))
+        if unknown:
+            raise VaelabError(f"unknown option(s) {', '.join(unknown)}; part options: {', '.join(known)}")
+        converted = {k: known[k].convert(v) for k, v in self.options.items()}
+        self.options = {k: v for k, v in converted.items() if v != known[k].default}  # defaults are implied
         positive = ("latent_dim", "epochs", "batch_size", "k")
         for key in positive:
             if int(getattr(self, key)) < 1:
@@ -102,51 +126,71 @@ class TrainConfig:
         for key in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, key) < 1:
                 raise VaelabError(f"{key} must be in [0, 1), got {getattr(self, key)}")
-        for key in ("beta", "warmup", "free_bits"):
+        for key in ("beta", "warmup", "free_bits", "alpha"):
             if not 0 <= getattr(self, key) < float("inf"):
                 raise VaelabError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
-        if not self.gaussian_scale > 0:
-            raise VaelabError(f"gaussian_scale must be > 0, got {self.gaussian_scale}")
-        if any(int(h) < 1 for h in self.hidden):
-            raise VaelabError(f"hidden widths must be positive integers, got {self.hidden}")
-        for key in ("mixtures", "flow_steps", "prior_components"):
-            if int(getattr(self, key)) < 1:
-                raise VaelabError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if self.embedding < 0 or self.labels_per_class < 0:
+            raise VaelabError("embedding and labels_per_class must be >= 0")
+        if not 0 <= self.labelled_fraction <= 1:
+            raise VaelabError(f"labelled_fraction must be in [0, 1], got {self.labelled_fraction}")
+        names = [n for n in self.condition_on]
+        if len(set(names)) != len(names) or any(not n for n in names):
+            raise VaelabError(f"condition_on must name distinct variables, got {','.join(names)!r}")
+        if self.semi_supervised:
+            if names != ["label"]:
+                raise VaelabError("--semi-supervised needs --condition-on label (the label is M2's partly observed latent)")
+            if (self.labels_per_class > 0) == (self.labelled_fraction > 0):
+                raise VaelabError("--semi-supervised needs one of --labels-per-class N or --labelled-fraction F (> 0)")
+        elif self.labels_per_class > 0 or self.labelled_fraction > 0:
+            raise VaelabError("--labels-per-class and --labelled-fraction hide labels for --semi-supervised training; add it")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
         """Build from a flat mapping; unknown keys and wrongly typed values are errors."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
+        known = {f.name: f for f in fields(cls) if f.name != "options"}
+        part_options = registry.all_options()
+        unknown = sorted(set(values) - set(known) - set(part_options))
         if unknown:
             raise VaelabError(
-                f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}"
+                f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join([*known, *part_options])}"
             )
-        converted = {k: _convert(k, v, known[k].type, source) for k, v in values.items()}
-        return cls(**converted)
+        converted = {k: _convert(k, v, known[k].type, source) for k, v in values.items() if k in known}
+        options = {k: part_options[k].convert(v, source) for k, v in values.items() if k in part_options}
+        return cls(**converted, options=options)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (validated like the original)."""
         return TrainConfig.from_mapping({**self.to_dict(), **changes})
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def __getattr__(self, name: str) -> Any:
+        """A part's option read like a field: ``config.hidden``, ``config.flow_steps``."""
+        if name.startswith("_") or name == "options":
+            raise AttributeError(name)
+        known = registry.all_options()
+        if name in known:
+            return self.options.get(name, known[name].default)
+        raise AttributeError(f"'TrainConfig' has no setting {name!r}")
 
-    def model_kwargs(self) -> dict[str, Any]:
-        """The arguments of :func:`vaelab.build.build_vae` (besides the data shape)."""
-        return {
-            "latent_dim": self.latent_dim,
-            "net": self.net,
-            "hidden": list(self.hidden),
-            "likelihood": self.likelihood,
-            "gaussian_scale": self.gaussian_scale,
-            "learn_scale": self.learn_scale,
-            "mixtures": self.mixtures,
-            "posterior": self.posterior,
-            "flow_steps": self.flow_steps,
-            "prior": self.prior,
-            "prior_components": self.prior_components,
-        }
+    def part_options(self) -> dict[str, Any]:
+        """The options of the chosen parts, defaults filled in, plus any other given."""
+        out: dict[str, Any] = {}
+        for kind in PART_KINDS:
+            out.update(registry.get(kind, getattr(self, kind)).defaults())
+        return {**out, **self.options}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON-ready settings (what ``config.json`` holds)."""
+        d = dataclasses.asdict(self)
+        del d["options"]
+        return {**d, **self.part_options()}
+
+    def model_spec(self, x_shape: Sequence[int], context: Sequence[Variable] = ()) -> ModelSpec:
+        """The spec of the model these settings describe, for data of shape ``x_shape``."""
+        return ModelSpec.create(
+            x_shape, latent_dim=self.latent_dim, net=self.net, posterior=self.posterior, prior=self.prior,
+            likelihood=self.likelihood, context=context, family="m2" if self.semi_supervised else "vae",
+            options=self.part_options(),
+        )
 
 
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
@@ -155,6 +199,12 @@ _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "o
 def _convert(key: str, value: Any, type_name: Any, source: str) -> Any:
     t = str(type_name)
     try:
+        if t == "list[str]":
+            if isinstance(value, str):
+                value = [v for v in value.replace(" ", "").split(",") if v]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return list(value)
         if t == "list[int]":
             if isinstance(value, str):
                 value = [v for v in value.replace(" ", "").split(",") if v]

@@ -8,15 +8,68 @@ reparameterized samples z_k ~ q(z|x) for a batch of B inputs and score them,
 The ELBO is the mean of ``log w`` over k, the IWAE bound and the importance-sampled
 estimate of log p(x) are ``logsumexp_k log w_k - log K`` (see :mod:`vaelab.objectives` and
 :mod:`vaelab.evaluation`). Samples come first, then the batch.
+
+A conditional VAE (Sohn, Lee & Yan 2015) is the same class with a context: ``trace(x, k, c)``
+turns c ``[B, P]`` into features h(c) with the model's :class:`~vaelab.context.ContextEncoder`
+and scores
+
+    log w_k = log p(x|z_k, c) + log p(z_k|c) - log q(z_k|x, c),
+
+so every estimator gives log p(x|c) exactly as it gives log p(x). ``c=None`` is the
+unconditional model, not a second code path.
+
+The three parts honour the contracts :class:`Posterior`, :class:`Likelihood` and
+:class:`Prior` (``typing.Protocol``): any ``nn.Module`` with those call signatures works.
 """
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
-from torch import Tensor, nn
+from torch import Size, Tensor, nn
 from torch.distributions import Distribution
 
-__all__ = ["VAE", "Trace"]
+from .context import ContextEncoder
+from .errors import VaelabError
+
+__all__ = ["VAE", "Trace", "Posterior", "Likelihood", "Prior", "SampleWithDensity"]
+
+
+class Posterior(Protocol):
+    """q(z|x, c): ``encoder(x)`` or ``encoder(x, c)`` -> a distribution, batch ``[B]``, event ``[D]``,
+    with ``rsample`` (or ``rsample_and_log_prob``)."""
+
+    def __call__(self, x: Tensor, c: Tensor | None = None) -> Distribution: ...
+
+
+class Likelihood(Protocol):
+    """p(x|z, c): ``decoder(z)`` or ``decoder(z, c)`` -> a distribution with batch ``z.shape[:-1]``
+    and event ``x_shape``; ``check(x, what)`` raises a VaelabError for data outside its support."""
+
+    x_shape: tuple[int, ...]
+
+    def __call__(self, z: Tensor, c: Tensor | None = None) -> Distribution: ...
+
+    def check(self, x: Tensor, what: str = "data") -> None: ...
+
+
+class Prior(Protocol):
+    """p(z|c): ``prior()`` or ``prior(c)`` -> a distribution with event ``[D]``."""
+
+    def __call__(self, c: Tensor | None = None) -> Distribution: ...
+
+
+@runtime_checkable
+class SampleWithDensity(Protocol):
+    """A distribution whose samples come with their log-density from one pass (flows)."""
+
+    def rsample_and_log_prob(self, sample_shape: Size = Size()) -> tuple[Tensor, Tensor]: ...
+
+
+def _call(module: nn.Module, first: Tensor | None, h: Tensor | None) -> Distribution:
+    args = () if first is None else (first,)
+    return module(*args) if h is None else module(*args, h)
 
 
 class Trace:
@@ -66,68 +119,100 @@ class VAE(nn.Module):
     """A VAE as a composition of three modules that each return a distribution.
 
     Args:
-        encoder: ``encoder(x)`` returns q(z|x) with batch ``[B]`` and event ``[D]``, and
-            supports ``rsample`` (or ``rsample_and_log_prob``, as flows do).
-        decoder: ``decoder(z)`` returns p(x|z) with batch ``z.shape[:-1]`` and event
-            ``x_shape``; it has a ``check(x, what)`` method for its support.
-        prior: ``prior()`` returns p(z) with event ``[D]``.
+        encoder: q(z|x, c), a :class:`Posterior`.
+        decoder: p(x|z, c), a :class:`Likelihood`.
+        prior: p(z|c), a :class:`Prior`.
+        context: turns the raw context c ``[B, P]`` into the features the three parts read;
+            ``None`` for an unconditional model.
 
     Swapping any of the three (a flow posterior, a mixture prior, another likelihood)
     changes nothing here nor in the objectives.
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module,
+                 context: ContextEncoder | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.prior = prior
+        self.context = context
 
     @property
     def latent_dim(self) -> int:
+        """D: the encoder's (or prior's) ``latent_dim``, else read off an unconditional prior."""
+        for part in (self.encoder, self.prior):
+            d = getattr(part, "latent_dim", None)
+            if isinstance(d, int):
+                return d
         return int(self.prior().event_shape[-1])
 
     @property
     def x_shape(self) -> tuple[int, ...]:
         return tuple(self.decoder.x_shape)
 
-    def trace(self, x: Tensor, k: int = 1) -> Trace:
-        """Draw ``k`` samples z ~ q(z|x) by reparameterization and score them.
+    def features(self, c: Tensor | None) -> Tensor | None:
+        """h(c) ``[B, context_dim]`` for a conditional model, None for c = None; a VaelabError
+        when c is given to an unconditional model or missing for a conditional one."""
+        if c is None:
+            if self.context is not None:
+                names = ", ".join(v.name for v in self.context.variables)
+                raise VaelabError(f"this model is conditional (on {names}): give c, one row per example")
+            return None
+        if self.context is None:
+            raise VaelabError("this model is unconditional: c must be None")
+        return self.context(c)
+
+    def trace(self, x: Tensor, k: int = 1, c: Tensor | None = None) -> Trace:
+        """Draw ``k`` samples z ~ q(z|x, c) by reparameterization and score them.
 
         Args:
             x: a batch ``[B, *x_shape]``.
             k: samples per example.
+            c: the context ``[B, P]`` of a conditional model, else None.
         """
-        q = self.encoder(x)  # batch [B], event [D]
+        h = self.features(c)  # [B, C] or None
+        q = _call(self.encoder, x, h)  # batch [B], event [D]
         log_q = None  # scored when first needed (see Trace)
-        if hasattr(q, "rsample_and_log_prob"):  # flows: the density comes with the sample
+        if isinstance(q, SampleWithDensity):  # flows: the density comes with the sample
             z, log_q = q.rsample_and_log_prob((k,))  # [K, B, D], [K, B]
         else:
             z = q.rsample((k,))  # [K, B, D]
-        p_x = self.decoder(z)  # batch [K, B], event x_shape
+        p_x = _call(self.decoder, z, h)  # batch [K, B], event x_shape
         return Trace(
             z=z,
             log_likelihood=p_x.log_prob(x),  # [K, B]
             posterior=q,
-            prior=self.prior(),
+            prior=_call(self.prior, None, h),
             likelihood=p_x,
             log_posterior=log_q,  # [K, B] or None
         )
 
-    def log_weights(self, x: Tensor, k: int = 1) -> Tensor:
-        """``log p(x, z_k) - log q(z_k|x)`` for k = 1..K, shape ``[K, B]``."""
-        return self.trace(x, k).log_weights
+    def log_weights(self, x: Tensor, k: int = 1, c: Tensor | None = None) -> Tensor:
+        """``log p(x, z_k | c) - log q(z_k|x, c)`` for k = 1..K, shape ``[K, B]``."""
+        return self.trace(x, k, c).log_weights
 
-    def encode(self, x: Tensor) -> Distribution:
-        """The approximate posterior q(z|x) for a batch ``[B, *x_shape]``."""
-        return self.encoder(x)
+    def encode(self, x: Tensor, c: Tensor | None = None) -> Distribution:
+        """The approximate posterior q(z|x, c) for a batch ``[B, *x_shape]``."""
+        return _call(self.encoder, x, self.features(c))
 
-    def decode(self, z: Tensor) -> Distribution:
-        """The likelihood p(x|z) for latents ``[..., D]``."""
-        return self.decoder(z)
+    def decode(self, z: Tensor, c: Tensor | None = None) -> Distribution:
+        """The likelihood p(x|z, c) for latents ``[..., B, D]`` (c ``[B, P]``)."""
+        return _call(self.decoder, z, self.features(c))
+
+    def prior_distribution(self, c: Tensor | None = None) -> Distribution:
+        """p(z|c): batch ``[]`` (or ``[B]`` for a context of B rows), event ``[D]``."""
+        return _call(self.prior, None, self.features(c))
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = True) -> Tensor:
-        """Generate ``n`` examples: z ~ p(z), then the decoder's mean (or a draw) ``[n, *x_shape]``."""
-        z = self.prior().sample((n,))  # [n, D]
-        p_x = self.decoder(z)
+    def sample(self, n: int, mean: bool = True, c: Tensor | None = None) -> Tensor:
+        """Generate ``n`` examples: z ~ p(z|c), then the decoder's mean (or a draw) ``[n, *x_shape]``.
+
+        ``c`` is ``[n, P]`` (a context per sample) or ``[P]`` (one for all) for a conditional model.
+        """
+        if c is not None and c.ndim == 1:
+            c = c.unsqueeze(0).expand(n, -1)
+        h = self.features(c)
+        p_z = _call(self.prior, None, h)
+        z = p_z.sample(() if h is not None and p_z.batch_shape == (n,) else (n,))  # [n, D]
+        p_x = _call(self.decoder, z, h)
         return p_x.mean if mean else p_x.sample()

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -65,12 +65,15 @@ from torch.distributions import (
     kl_divergence,
 )
 
+from .context import Batch, as_batch
 from .errors import VaelabError
 from .model import VAE, Trace
 
 __all__ = [
     "ELBO",
     "Objective",
+    "OwnLoss",
+    "data_elbo",
     "elbo",
     "kl_term",
     "kl_per_dim",
@@ -317,6 +320,24 @@ def iwae_dreg(trace: Trace) -> Tensor:
 # --- the training objective ---------------------------------------------------------------
 
 
+@runtime_checkable
+class OwnLoss(Protocol):
+    """A model whose training loss and ELBO are not those of one trace (the semi-supervised
+    M2 sums over its label); :class:`Objective` and :func:`data_elbo` defer to it."""
+
+    def loss(self, batch: Batch, objective: "Objective", progress: float) -> tuple[Tensor, ELBO]: ...
+
+    def elbo_terms(self, batch: Batch, k: int, kl: KLMethod) -> ELBO: ...
+
+
+def data_elbo(model: VAE, x: Tensor | Batch, k: int = 1, kl: KLMethod = "auto") -> ELBO:
+    """The ELBO and its terms per example ``[B]`` of a batch, for any model (with its context)."""
+    batch = as_batch(x)
+    if isinstance(model, OwnLoss):
+        return model.elbo_terms(batch, k, kl)
+    return elbo(model.trace(batch.x, k, batch.c), kl)
+
+
 @dataclass(frozen=True)
 class Objective:
     """What training maximises, as one object the training loop calls.
@@ -337,6 +358,10 @@ class Objective:
         estimator: the gradient: ``"standard"`` (reparameterization), ``"stl"`` (sticking
             the landing; for the ELBO it uses the Monte-Carlo KL) or ``"dreg"`` (``"iwae"``
             only). STL and DReG need a Gaussian posterior (:func:`detach_parameters`).
+        alpha, labelled_share: semi-supervised models (M2) only: the weight of the
+            classification term, alpha / labelled_share per labelled example in the batch
+            mean, i.e. the paper's alpha N / N_labelled (Kingma et al. 2014, eq. 9, with
+            their alpha = 0.1 N); labelled_share is N_labelled / N.
 
     Example:
         >>> objective = Objective(kind="iwae", k=5, estimator="dreg")
@@ -351,6 +376,8 @@ class Objective:
     warmup: float = 0.0
     free_bits: float = 0.0
     estimator: Estimator = "standard"
+    alpha: float = 0.1
+    labelled_share: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -361,7 +388,9 @@ class Objective:
             raise VaelabError(f"unknown KL method {self.kl!r}; choose one of: auto, analytic, mc")
         if isinstance(self.k, bool) or int(self.k) != self.k or self.k < 1:
             raise VaelabError(f"k must be a positive integer, got {self.k!r}")
-        for name in ("beta", "warmup", "free_bits"):
+        if not (0 < self.labelled_share <= 1):
+            raise VaelabError(f"labelled_share must be in (0, 1], got {self.labelled_share!r}")
+        for name in ("beta", "warmup", "free_bits", "alpha"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise VaelabError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -394,7 +423,7 @@ class Objective:
         """The KL weight after ``progress`` epochs (see :func:`kl_weight`)."""
         return kl_weight(progress, self.beta, self.warmup)
 
-    def check(self, model: VAE, x: Tensor) -> None:
+    def check(self, model: VAE, x: Tensor | Batch) -> None:
         """Raise now if ``model`` cannot be trained with this objective (STL with a flow
         posterior, free bits with a mixture prior): one pass on a few examples ``x``, in eval
         mode and without gradients, so nothing in the model changes."""
@@ -406,9 +435,14 @@ class Objective:
         finally:
             model.train(was_training)
 
-    def loss(self, model: VAE, x: Tensor, progress: float = 0.0) -> tuple[Tensor, ELBO]:
-        """Draw ``k`` samples per example of ``x`` and score them: :meth:`trace_loss`."""
-        return self.trace_loss(model.trace(x, self.k), progress)
+    def loss(self, model: VAE, x: Tensor | Batch, progress: float = 0.0) -> tuple[Tensor, ELBO]:
+        """Draw ``k`` samples per example of ``x`` (a tensor, or a :class:`~vaelab.context.Batch`
+        with its context) and score them: :meth:`trace_loss`. A model with a loss of its own
+        (the semi-supervised M2) computes it with these settings."""
+        batch = as_batch(x)
+        if isinstance(model, OwnLoss):
+            return model.loss(batch, self, progress)
+        return self.trace_loss(model.trace(batch.x, self.k, batch.c), progress)
 
     def trace_loss(self, trace: Trace, progress: float = 0.0) -> tuple[Tensor, ELBO]:
         """The loss of a trace (a scalar to minimise) and its true ELBO terms (for logging)."""

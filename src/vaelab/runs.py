@@ -3,6 +3,7 @@
 A run folder holds::
 
     config.json               the TrainConfig and the data's shape/kind (JSON)
+    model.json                the model spec: family, parts and options, conditioning variables
     model.safetensors         weights of the epoch with the best validation ELBO
     checkpoint.safetensors    the last epoch: weights, optimizer, state (for --resume)
     metrics.jsonl             one record per epoch (ELBO, reconstruction, KL; train and val)
@@ -10,7 +11,8 @@ A run folder holds::
     reconstructions.png samples.png curves.png [manifold.png]
 
 :func:`train` makes one; :func:`load` gives back a :class:`TrainedModel` with the Python
-counterparts of every CLI command.
+counterparts of every CLI command, rebuilt from ``model.json`` through the registry of parts
+(run folders of vaelab 0.1.0, which have no ``model.json``, are read from ``config.json``).
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .build import build_vae
+from .build import build_model
 from .config import TrainConfig
-from .data import DataSplits, binarize, load_data
+from .context import LABEL, Batch
+from .data import DataSplits, binarize, context_columns, context_variables, known_labels, load_data, split_batch
 from .errors import VaelabError
-from .evaluation import LogLikelihood, evaluate, log_likelihood
+from .evaluation import EvalSettings, Evaluation, LogLikelihood, evaluate, log_likelihood
 from .evaluation.likelihood import K_CHUNK
 from .model import VAE
-from .objectives import ELBO, Objective, elbo
+from .objectives import ELBO, Objective, data_elbo
+from .spec import ModelSpec
 from .training.checkpoint import atomic_write_text, load_weights, read_metadata
 from .training import distributed
 from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, FitResult, fit
@@ -43,6 +47,7 @@ __all__ = ["train", "load", "TrainedModel", "TrainingStopped", "resolve_device",
            "interpolate_latents"]
 
 CONFIG = "config.json"
+SPEC = "model.json"
 EVAL = "eval.json"
 TEST_BINARIZATION_SEED = 12345  # the fixed Bernoulli draw of the test set
 
@@ -62,10 +67,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def objective_from(config: TrainConfig) -> Objective:
+def objective_from(config: TrainConfig, labelled_share: float = 1.0) -> Objective:
     """The training objective a config asks for (a VaelabError for a bad combination)."""
     return Objective(kind=config.objective, k=config.k, kl=config.kl, beta=config.beta, warmup=config.warmup,
-                     free_bits=config.free_bits, estimator=config.estimator)
+                     free_bits=config.free_bits, estimator=config.estimator, alpha=config.alpha,
+                     labelled_share=labelled_share)
 
 
 def _uses_binarization(config: TrainConfig, data_kind: str) -> bool:
@@ -81,6 +87,11 @@ class TrainedModel:
     Inputs may be numpy arrays or tensors of shape ``[N, *x_shape]`` (or one example
     ``x_shape``, or flat ``[N, prod(x_shape)]``); they are checked against the model's shape
     and the likelihood's support.
+
+    A conditional model (``spec.context``) takes its context as ``c`` ``[N, P]`` (one column
+    per conditioning variable) or, when it conditions on the label alone, as ``label``: a
+    class id or name, or one per example. The semi-supervised M2 model needs no context to
+    score x (its label is a latent) but takes ``label`` to generate.
     """
 
     vae: VAE
@@ -88,6 +99,56 @@ class TrainedModel:
     run_dir: Path
     data_info: dict[str, Any]
     device: torch.device
+    spec: ModelSpec
+
+    # --- the context --------------------------------------------------------------------
+    @property
+    def conditional(self) -> bool:
+        """Whether scoring x needs a context c (a conditional VAE; not M2, whose label is latent)."""
+        return self.spec.family == "vae" and self.spec.conditional
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The names of the label's classes ("0", "1", ... when the data named none); () without a label."""
+        v = self.spec.label()
+        return () if v is None else v.names()
+
+    def context(self, c: Any = None, label: Any = None, n: int | None = None, what: str = "c") -> Tensor | None:
+        """The raw context ``[n, P]`` on the model's device, checked, from ``c`` or ``label``.
+
+        ``label`` (a class id or name, or a sequence of them, one per example) stands for c
+        when the label is the model's only conditioning variable. Returns None for a model
+        that scores x without context.
+        """
+        if label is not None:
+            if c is not None:
+                raise VaelabError("give the context as c or as label, not both")
+            v = self.spec.label()
+            if v is None:
+                raise VaelabError("this model has no label to condition on; it was trained without --condition-on label")
+            if len(self.spec.context) != 1:
+                names = ", ".join(x.name for x in self.spec.context)
+                raise VaelabError(f"this model conditions on {names}: give every column as c, not only the label")
+            values = [label] if isinstance(label, (str, int, np.integer)) else list(np.asarray(label).reshape(-1).tolist())
+            ids = [v.class_id(x) for x in values]
+            if n is not None and len(ids) == 1:
+                ids = ids * n
+            c = torch.tensor(ids, dtype=torch.float32)[:, None]
+        if c is None:
+            if self.conditional:
+                names = ", ".join(x.name for x in self.spec.context)
+                hint = " or label=" if self.spec.label() is not None and len(self.spec.context) == 1 else ""
+                raise VaelabError(f"this model is conditional (on {names}): give c{hint}, one row per example")
+            return None
+        if not self.spec.context:
+            raise VaelabError("this model is unconditional: give no c or label")
+        t = torch.as_tensor(np.asarray(c) if not isinstance(c, Tensor) else c).float()
+        if t.ndim == 1 and len(self.spec.context) == 1:
+            t = t[:, None]
+        encoder = self.vae.context  # the ContextEncoder (a VAE's, or M2's label encoder)
+        assert encoder is not None
+        encoder.check(t, n, what)
+        return t.to(self.device)
 
     # --- inputs -------------------------------------------------------------------------
     @property
@@ -118,65 +179,94 @@ class TrainedModel:
         return t.to(self.device)
 
     # --- the model ------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode(self, x: Any) -> Distribution:
-        """q(z|x) for a batch; ``.mean`` and ``.stddev`` are ``[N, D]``."""
-        return self.vae.encode(self.as_batch(x))
+    def _generation_context(self, c: Any, label: Any, n: int) -> Tensor | None:
+        """The context for generating ``n`` examples: every model with a context needs one here."""
+        if self.spec.context and c is None and label is None:
+            names = ", ".join(x.name for x in self.spec.context)
+            raise VaelabError(f"this model generates given {names}: give the class (--label on the command line, "
+                              "label= or c= in Python)")
+        return self.context(c, label, n=n)
 
     @torch.no_grad()
-    def decode(self, z: Any) -> Distribution:
-        """p(x|z) for latents ``[N, D]``; ``.mean`` is ``[N, *x_shape]``."""
+    def encode(self, x: Any, c: Any = None, label: Any = None) -> Distribution:
+        """q(z|x, c) for a batch; ``.mean`` and ``.stddev`` are ``[N, D]``."""
+        xb = self.as_batch(x)
+        return self.vae.encode(xb, self.context(c, label, n=len(xb)))
+
+    @torch.no_grad()
+    def decode(self, z: Any, c: Any = None, label: Any = None) -> Distribution:
+        """p(x|z, c) for latents ``[N, D]``; ``.mean`` is ``[N, *x_shape]``."""
         z = torch.as_tensor(np.asarray(z) if not isinstance(z, Tensor) else z).float()
         if z.ndim == 1:
             z = z.unsqueeze(0)
-        if z.shape[-1] != self.latent_dim:
-            raise VaelabError(f"latents have {z.shape[-1]} dimensions; this model has {self.latent_dim}")
-        return self.vae.decode(z.to(self.device))
+        if z.ndim != 2 or z.shape[-1] != self.latent_dim:
+            raise VaelabError(f"latents have {z.shape[-1]} dimensions (shape {tuple(z.shape)}); this model has "
+                              f"{self.latent_dim}: give [N, {self.latent_dim}]")
+        return self.vae.decode(z.to(self.device), self._generation_context(c, label, len(z)))
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = True, seed: int | None = None) -> Tensor:
-        """``n`` new examples decoded from z ~ p(z): decoder means, or draws if ``mean=False``."""
+    def sample(self, n: int, mean: bool = True, seed: int | None = None, c: Any = None, label: Any = None) -> Tensor:
+        """``n`` new examples decoded from z ~ p(z|c): decoder means, or draws if ``mean=False``.
+
+        A conditional model needs the context: ``label=3`` (or a class name) for all ``n``,
+        or one per sample; ``c`` ``[n, P]`` for several variables.
+        """
         if n < 1:
             raise VaelabError(f"number of samples must be >= 1, got {n}")
+        ctx = self._generation_context(c, label, n)
         if seed is not None:
             torch.manual_seed(seed)
-        return self.vae.sample(n, mean=mean).cpu()
+        return self.vae.sample(n, mean=mean, c=ctx).cpu()
 
     @torch.no_grad()
-    def reconstruct(self, x: Any) -> Tensor:
-        """The decoder's mean at the posterior mean: ``E[x | z = E_q[z|x]]``."""
-        q = self.vae.encode(self.as_batch(x))
-        return self.vae.decode(q.mean).mean.cpu()
+    def reconstruct(self, x: Any, c: Any = None, label: Any = None) -> Tensor:
+        """The decoder's mean at the posterior mean: ``E[x | z = E_q[z|x, c], c]``."""
+        xb = self.as_batch(x)
+        ctx = self.context(c, label, n=len(xb))
+        q = self.vae.encode(xb, ctx)
+        return self.vae.decode(q.mean, ctx if ctx is not None else None).mean.cpu()
 
     @torch.no_grad()
     def interpolate(
-        self, x_from: Any, x_to: Any, steps: int = 10, method: Literal["linear", "spherical"] = "linear"
+        self, x_from: Any, x_to: Any, steps: int = 10, method: Literal["linear", "spherical"] = "linear",
+        c: Any = None, label: Any = None,
     ) -> Tensor:
         """Decoded means along a path between the posterior means of two inputs ``[steps, *x_shape]``.
 
         ``spherical`` follows the great circle (slerp), which keeps the path at the typical
-        radius of a Gaussian prior instead of cutting through its low-density centre.
+        radius of a Gaussian prior instead of cutting through its low-density centre. A
+        conditional model encodes both ends and decodes the path under one context (``c``
+        ``[P]`` or ``label``).
         """
         if steps < 2:
             raise VaelabError(f"interpolation needs at least 2 steps, got {steps}")
-        z0 = self.vae.encode(self.as_batch(x_from, "first input")).mean[0]
-        z1 = self.vae.encode(self.as_batch(x_to, "second input")).mean[0]
-        return self.vae.decode(interpolate_latents(z0, z1, steps, method)).mean.cpu()
+        ctx = self.context(None if c is None else torch.as_tensor(np.asarray(c), dtype=torch.float32).reshape(1, -1),
+                           label, n=1)
+        z0 = self.vae.encode(self.as_batch(x_from, "first input"), ctx).mean[0]
+        z1 = self.vae.encode(self.as_batch(x_to, "second input"), ctx).mean[0]
+        path_c = None if ctx is None else ctx.expand(steps, -1)
+        return self.vae.decode(interpolate_latents(z0, z1, steps, method), path_c).mean.cpu()
 
     @torch.no_grad()
-    def elbo(self, x: Any, k: int = 1) -> ELBO:
+    def elbo(self, x: Any, k: int = 1, c: Any = None, label: Any = None) -> ELBO:
         """Per-example ELBO, reconstruction and KL terms (nats), with ``k`` samples."""
-        return elbo(self.vae.trace(self.as_batch(x), k), self.config.kl)
+        xb = self.as_batch(x)
+        return data_elbo(self.vae, Batch(xb, self.context(c, label, n=len(xb))), k, self.config.kl)
 
-    def log_likelihood(self, x: Any, k: int = 1000, *, batch_size: int = 100, k_chunk: int = K_CHUNK) -> LogLikelihood:
-        """Importance-sampled log p(x) per example with ``k`` samples (see :mod:`vaelab.evaluation`)."""
-        return log_likelihood(self.vae, self.as_batch(x), k, batch_size=batch_size, k_chunk=k_chunk)
+    def log_likelihood(self, x: Any, k: int = 1000, *, c: Any = None, label: Any = None, batch_size: int = 100,
+                       k_chunk: int = K_CHUNK) -> LogLikelihood:
+        """Importance-sampled log p(x) (log p(x|c) for a conditional model) per example with
+        ``k`` samples (see :mod:`vaelab.evaluation`)."""
+        xb = self.as_batch(x)
+        return log_likelihood(self.vae, xb, k, batch_size=batch_size, k_chunk=k_chunk,
+                              c=self.context(c, label, n=len(xb)))
 
     # --- the run's data -------------------------------------------------------------------
     def data(self) -> DataSplits:
         """The data splits this run was trained on (same source, fractions and seed)."""
         c = self.config
-        return load_data(c.data, val_fraction=c.val_fraction, test_fraction=c.test_fraction, seed=c.seed)
+        return load_data(c.data, val_fraction=c.val_fraction, test_fraction=c.test_fraction, seed=c.seed,
+                         covariates=[n for n in c.condition_on if n != LABEL])
 
     def test_set(self, data: DataSplits | None = None) -> tuple[Tensor, Tensor | None]:
         """The run's test examples as the model sees them (binarized once, with a fixed seed,
@@ -187,26 +277,38 @@ class TrainedModel:
             x = binarize(x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
         return x, data.test_labels
 
-    def evaluate(
-        self, k: int = 1000, x: Any = None, *, k_chunk: int = K_CHUNK, batch_size: int = 100,
-        elbo_samples: int = 10, mi_samples: int = 1000, gap_examples: int = 100, gap_steps: int = 300,
-        gap_samples: int = 16, gap_lr: float = 0.05, gap_eval_samples: int = 1000, seed: int = 0,
-        per_example: bool = False,
-    ) -> dict[str, Any]:
-        """Test ELBO and its terms, -log p(x) with ``k`` importance samples, latent health and
-        the inference gap split, as a JSON-ready dict (nats per example).
+    def test_batch(self, data: DataSplits | None = None) -> Batch:
+        """The run's test examples (as :meth:`test_set`) with their context c, when the model
+        scores x given one."""
+        data = data or self.data()
+        x, _ = self.test_set(data)
+        return Batch(x, context_columns(data, self.spec.context, "test") if self.conditional else None)
 
-        Uses the run's test set unless ``x`` is given. See :func:`vaelab.evaluation.evaluate`
-        for the arguments and :meth:`vaelab.evaluation.Evaluation.to_dict` for the keys.
+    def evaluate(
+        self, settings: EvalSettings | None = None, x: Any = None, *, c: Any = None, label: Any = None,
+        **changes: Any,
+    ) -> Evaluation:
+        """Test ELBO and its terms, -log p(x) (log p(x|c)) with K importance samples, latent
+        health and the inference gap split (nats per example); ``.to_dict()`` is eval.json.
+
+        Uses the run's test set (and its context) unless ``x`` (and ``c`` or ``label``) is
+        given. ``settings`` (:class:`~vaelab.evaluation.EvalSettings`; keyword arguments
+        change single fields, e.g. ``k=5000``) as in :func:`vaelab.evaluation.evaluate`; the
+        KL method is the run's own unless given.
         """
-        x = self.test_set()[0] if x is None else x
-        ev = evaluate(
-            self.vae, self.as_batch(x), k=k, k_chunk=k_chunk, batch_size=batch_size,
-            elbo_samples=elbo_samples, kl=self.config.kl, mi_samples=mi_samples,
-            gap_examples=gap_examples, gap_steps=gap_steps, gap_samples=gap_samples, gap_lr=gap_lr,
-            gap_eval_samples=gap_eval_samples, seed=seed,
-        )
-        return ev.to_dict(per_example=per_example)
+        if x is None:
+            if c is not None or label is not None:
+                raise VaelabError("give c or label together with x (the run's test set brings its own context)")
+            batch = self.test_batch()
+            xb, ctx = self.as_batch(batch.x), batch.c
+            if ctx is not None:
+                ctx = self.context(ctx, n=len(xb), what="the test set's context")
+        else:
+            xb = self.as_batch(x)
+            ctx = self.context(c, label, n=len(xb))
+        st = settings or EvalSettings(kl=self.config.kl)
+        st = st.replace(**changes) if changes else st
+        return evaluate(self.vae, xb, st, c=ctx)
 
 
 def interpolate_latents(
@@ -273,30 +375,46 @@ def train(
     log = log if world.is_main else (lambda *args: None)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    objective = objective_from(config)  # a bad combination of settings fails before anything is written
+    objective_from(config)  # a bad combination of settings fails before anything is written
     if not world.is_main:
         world.barrier()  # rank 0 loads (and downloads) first
-    data = load_data(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    covariates = [n for n in config.condition_on if n != LABEL]
+    data = load_data(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
+                     covariates=covariates)
     if world.is_main:
         world.barrier()
+    variables = context_variables(data, config.condition_on, config.embedding)
+    spec = _read_spec(run_dir, config, list(data.shape)) if resume is not None else config.model_spec(data.shape, variables)
+    known = None
+    if config.semi_supervised:
+        assert data.train_labels is not None
+        known = known_labels(data.train_labels, per_class=config.labels_per_class, fraction=config.labelled_fraction,
+                             seed=config.seed, class_names=spec.context[0].names())
+    objective = objective_from(config, 1.0 if known is None else float(known.float().mean()))
     torch.manual_seed(config.seed)
-    vae = build_vae(data.shape, **config.model_kwargs()).to(device)
+    vae = build_model(spec).to(device)
     vae.decoder.check(data.train, f"training data '{config.data}'")
-    objective.check(vae, data.train[:2].to(device))  # e.g. STL with a flow posterior: fails here too
+    first = split_batch(data, "train", spec.context, known)[:2].to(device)
+    objective.check(vae, first)  # e.g. STL with a flow posterior: fails here too
     binarized = _uses_binarization(config, data.kind)
     data_info = {"shape": list(data.shape), "kind": data.kind, "binarized": binarized,
                  "n_train": int(data.train.shape[0]), "n_val": int(data.val.shape[0]),
                  "n_test": int(data.test.shape[0]), "discrete_levels": data.discrete_levels}
+    if known is not None:
+        data_info["n_labelled"] = int(known.sum())
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main and (resume is None or overrides):  # a resumed run records a raised --epochs
         atomic_write_text(run_dir / CONFIG, json.dumps({"config": config.to_dict(), "data": data_info}, indent=2))
+    if world.is_main and resume is None:
+        atomic_write_text(run_dir / SPEC, spec.to_json())
     log(f"run folder: {run_dir}")
     result = fit(
         vae, data, run_dir,
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
         patience=config.patience, binarize=binarized, objective=objective,
         resume=resume is not None, progress=progress, compile=config.compile, precision=config.precision,
+        variables=spec.context, known=known,
     )
     if result.stopped != "completed" and result.stopped != "early-stopping":
         distributed.teardown()
@@ -311,13 +429,18 @@ def train(
     if figures and world.is_main:
         from .plots import latent_manifold, reconstruction_grid, image_grid, training_curves
 
-        x_test, _ = model.test_set(data)
+        test = model.test_batch(data)
         torch.manual_seed(config.seed)
-        reconstruction_grid(x_test[:32], model.reconstruct(x_test[:32]), run_dir / "reconstructions.png",
-                            title="test inputs and their reconstructions")
-        image_grid(model.sample(64), run_dir / "samples.png", title="decoded from z ~ p(z)")
+        reconstruction_grid(test.x[:32], model.reconstruct(test.x[:32], None if test.c is None else test.c[:32]),
+                            run_dir / "reconstructions.png", title="test inputs and their reconstructions")
+        if spec.context:  # generation needs a context: the test set's own, in order
+            contexts = context_columns(data, spec.context, "test")[:64]
+            image_grid(model.sample(len(contexts), c=contexts), run_dir / "samples.png",
+                       title="decoded from z ~ p(z|c), c of the first test examples")
+        else:
+            image_grid(model.sample(64), run_dir / "samples.png", title="decoded from z ~ p(z)")
         training_curves(result.metrics, run_dir / "curves.png")
-        if model.latent_dim == 2 and len(model.x_shape) == 3:  # the manifold draws images only
+        if model.latent_dim == 2 and len(model.x_shape) == 3 and not spec.context:  # images, p(x|z) only
             latent_manifold(model.vae, run_dir / "manifold.png")
     return model, result
 
@@ -345,19 +468,38 @@ def _read_json(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _read_spec(run_dir: Path, config: TrainConfig, shape: Any) -> ModelSpec:
+    """The run's model spec: ``model.json``, or (a run folder of vaelab 0.1.0) the one its
+    flat settings describe."""
+    path = run_dir / SPEC
+    if not path.exists():
+        if not isinstance(shape, list):
+            raise VaelabError(f"'{run_dir / CONFIG}': data.shape must be a list of sizes, got {shape!r}")
+        return config.model_spec(shape)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise VaelabError(f"'{path}' is corrupt ({err}); restore it from a backup") from None
+    return ModelSpec.from_dict(doc, source=str(path))
+
+
 def load(run: str | Path, device: str | torch.device | None = None) -> TrainedModel:
-    """Load the best weights of a run folder as a :class:`TrainedModel` (eval mode)."""
+    """Load the best weights of a run folder as a :class:`TrainedModel` (eval mode).
+
+    The model is rebuilt from the run's spec (``model.json``) through the registry of parts,
+    so any model vaelab can build loads, conditional and semi-supervised ones included."""
     run_dir = _check_run(run)
     doc = _read_json(run_dir / CONFIG)
     config = TrainConfig.from_mapping(doc["config"], source=str(run_dir / CONFIG))
+    spec = _read_spec(run_dir, config, doc["data"].get("shape") if isinstance(doc["data"], dict) else None)
     dev = resolve_device("auto" if device is None else str(device))
     weights = run_dir / BEST_WEIGHTS
     if not weights.exists():
         raise VaelabError(f"run '{run_dir}' has no trained weights ({BEST_WEIGHTS}); it did not finish an epoch")
-    vae = build_vae(doc["data"]["shape"], **config.model_kwargs())
+    vae = build_model(spec)
     load_weights(weights, vae, "weights file")
     vae.to(dev).eval()
-    return TrainedModel(vae=vae, config=config, run_dir=run_dir, data_info=doc["data"], device=dev)
+    return TrainedModel(vae=vae, config=config, run_dir=run_dir, data_info=doc["data"], device=dev, spec=spec)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -368,7 +510,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_eval(run_dir: Path, result: dict[str, Any]) -> Path:
+def write_eval(run_dir: Path, result: Evaluation | dict[str, Any]) -> Path:
+    """Save an evaluation as the run's ``eval.json``."""
     path = Path(run_dir) / EVAL
-    atomic_write_text(path, json.dumps(result, indent=2))
+    doc = result.to_dict() if isinstance(result, Evaluation) else result
+    atomic_write_text(path, json.dumps(doc, indent=2))
     return path

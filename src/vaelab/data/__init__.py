@@ -8,10 +8,12 @@
 Modules: :mod:`~vaelab.data.splits` (the :class:`DataSplits` container, checks, splitting,
 :func:`binarize`), :mod:`~vaelab.data.sources` (:func:`load_data`: arrays, files, image
 folders), :mod:`~vaelab.data.builtin` (data sets by name), :mod:`~vaelab.data.idx` (IDX files,
-checked downloads, the cache folder).
+checked downloads, the cache folder), :mod:`~vaelab.data.conditioning` (the conditioning
+context c of each split, hidden labels for semi-supervised training).
 """
 
 from vaelab.data.builtin import BUILTIN_DATASETS
+from vaelab.data.conditioning import context_columns, context_variables, known_labels, split_batch
 from vaelab.data.idx import cache_dir, download, read_idx, write_idx
 from vaelab.data.sources import load_data
 from vaelab.data.splits import DataSplits, binarize, validate_data
@@ -26,4 +28,8 @@ __all__ = [
     "download",
     "cache_dir",
     "validate_data",
+    "context_variables",
+    "context_columns",
+    "split_batch",
+    "known_labels",
 ]

@@ -6,10 +6,12 @@
   the same name);
 * a ``.npy`` file or an array / tensor in memory: one array ``[N, ...]``;
 * a ``.npz`` file or a mapping: keys ``train`` and optionally ``test``, ``train_labels``,
-  ``test_labels``; or a single array under any key;
+  ``test_labels``; or a single array under any key. Covariates asked for by name come from
+  ``train_NAME`` (and ``test_NAME`` when there is a test part), one value per example;
 * a ``.csv`` (or ``.csv.gz``) file: comma-separated numbers, one example per row. A first row
   with any non-number is a header and is skipped; a header column named ``label`` holds
-  class labels;
+  class labels (whole numbers, or names such as ``cat``: ids in sorted name order);
+  covariates asked for by name are header columns, taken out of the features;
 * a folder of PNG/JPEG images, converted to grayscale and all of one size. When the folder
   has subfolders, each subfolder is a class: its name is the label if every name is a whole
   number, else labels are 0, 1, ... in sorted name order.
@@ -62,6 +64,9 @@ class _Raw:
     labels: Any = None
     x_test: Any = None
     test_labels: Any = None
+    covariates: Any = None  # [N, P] float64
+    test_covariates: Any = None
+    class_names: tuple[str, ...] | None = None
 
 
 def load_data(
@@ -71,28 +76,38 @@ def load_data(
     test_fraction: float = 0.1,
     seed: int = 0,
     cache: str | os.PathLike[str] | None = None,
+    covariates: tuple[str, ...] | list[str] = (),
 ) -> DataSplits:
     """Load, check and split a data set (see the module docstring for the accepted sources).
 
     ``val_fraction`` of the training part is held out for validation and, for sources without
     a test part, ``test_fraction`` of all examples for testing; both draws are seeded and
     stratified by label when there are labels. ``cache`` is the download folder for
-    ``mnist`` and ``fashion-mnist`` (default: :func:`~vaelab.data.idx.cache_dir`). Any
-    problem with the data raises a one-line :class:`~vaelab.errors.VaelabError`.
+    ``mnist`` and ``fashion-mnist`` (default: :func:`~vaelab.data.idx.cache_dir`).
+    ``covariates`` names continuous covariates to read beside x (CSV columns, npz arrays
+    ``train_NAME``/``test_NAME``); they are split with the examples. Any problem with the data
+    raises a one-line :class:`~vaelab.errors.VaelabError`.
 
     >>> s = load_data("mnist5k")  # doctest: +SKIP
     >>> s.train.shape, s.val.shape, s.test.shape  # doctest: +SKIP
     (torch.Size([3600, 1, 28, 28]), torch.Size([400, 1, 28, 28]), torch.Size([1000, 1, 28, 28]))
     """
+    covariates = tuple(covariates)
     if isinstance(source, str) and source.lower() in BUILTIN_DATASETS:
+        if covariates:
+            raise VaelabError(f"built-in data set '{source}' has no covariates ({', '.join(covariates)}); "
+                              "it can condition on its labels only (--condition-on label)")
         return load_builtin(source.lower(), val_fraction=val_fraction, test_fraction=test_fraction,
                             seed=seed, cache=cache)
     if isinstance(source, (np.ndarray, torch.Tensor)):
+        if covariates:
+            raise VaelabError(f"a bare array has no covariates ({', '.join(covariates)}); pass a mapping "
+                              "with 'train' and 'train_NAME' arrays")
         name, raw = "array", _Raw(source)
     elif isinstance(source, Mapping):
-        name, raw = "array", _from_mapping(source, "data mapping")
+        name, raw = "array", _from_mapping(source, "data mapping", covariates)
     elif isinstance(source, (str, os.PathLike)):
-        name, raw = os.fspath(source), _read_path(Path(source))
+        name, raw = os.fspath(source), _read_path(Path(source), covariates)
     else:
         raise VaelabError(
             f"cannot load data from a {type(source).__name__}; pass a file path, a folder, a "
@@ -104,14 +119,56 @@ def load_data(
         arrays.append(raw.x_test)
         what.append(f"test part of {label}")
     arrays, levels = prepare_arrays(arrays, what)
+    labels, test_labels, class_names = _label_ids(raw, label)
     return make_splits(
-        name, arrays[0], raw.labels, x_test=arrays[1] if len(arrays) > 1 else None,
-        test_labels=raw.test_labels, val_fraction=val_fraction, test_fraction=test_fraction,
-        seed=seed, discrete_levels=levels,
+        name, arrays[0], labels, x_test=arrays[1] if len(arrays) > 1 else None,
+        test_labels=test_labels, val_fraction=val_fraction, test_fraction=test_fraction,
+        seed=seed, discrete_levels=levels, covariates=raw.covariates, test_covariates=raw.test_covariates,
+        covariate_names=covariates, class_names=class_names,
     )
 
 
-def _read_path(path: Path) -> _Raw:
+def _label_ids(raw: _Raw, what: str) -> tuple[Any, Any, tuple[str, ...] | None]:
+    """Labels given as names (strings) become ids in sorted name order, over train and test
+    together; numeric labels pass through (checked later)."""
+    parts = [p for p in (raw.labels, raw.test_labels) if p is not None]
+    if not parts or not any(np.asarray(p).dtype.kind in "US" for p in parts):
+        return raw.labels, raw.test_labels, raw.class_names
+    if not all(np.asarray(p).dtype.kind in "US" for p in parts):
+        raise VaelabError(f"labels of {what}: the train labels and the test labels must both be names or both be numbers")
+    texts = [np.char.strip(np.asarray(p).astype(str)) for p in parts]
+    for t, part in zip(texts, ("train", "test")):
+        if (t == "").any():
+            raise VaelabError(f"labels of {what}: the {part} label at row {int(np.argmax(t == ''))} is empty; "
+                              "give every example a label")
+    names = sorted(set(np.concatenate(texts).tolist()))
+    ids = [np.searchsorted(np.asarray(names), t).astype(np.int64) for t in texts]
+    return ids[0], ids[1] if len(ids) > 1 else None, tuple(names)
+
+
+def _covariate_columns(arrays: Mapping[str, Any], names: tuple[str, ...], prefix: str, n: int, what: str) -> np.ndarray | None:
+    """The arrays ``prefix + name`` as columns ``[n, P]`` of finite numbers, or a one-line error."""
+    if not names:
+        return None
+    cols = []
+    for name in names:
+        key = f"{prefix}{name}"
+        if key not in arrays:
+            raise VaelabError(f"--condition-on {name}: {what} has no array '{key}' (keys: {', '.join(map(repr, arrays))}); "
+                              f"add it, one value per example")
+        col = np.asarray(arrays[key])
+        if col.dtype.kind not in "biuf" or col.ndim != 1 or len(col) != n:
+            raise VaelabError(f"covariate '{key}' of {what} has shape {col.shape} and dtype {col.dtype}; "
+                              f"expected {n} numbers, one per example")
+        bad = ~np.isfinite(col.astype(np.float64))
+        if bad.any():
+            raise VaelabError(f"covariate '{name}' of {what} has a missing (NaN/inf) value at row {int(np.argmax(bad))}; "
+                              "fill it in or drop that example")
+        cols.append(col.astype(np.float64))
+    return np.stack(cols, 1)
+
+
+def _read_path(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
     if not path.exists():
         if path.suffix or len(path.parts) > 1:
             raise VaelabError(
@@ -122,15 +179,18 @@ def _read_path(path: Path) -> _Raw:
             f"unknown data set '{path}': not a built-in name ({', '.join(BUILTIN_DATASETS)}) "
             f"nor an existing file or folder; pass one of those names or a {_FILE_KINDS}"
         )
+    name = path.name.lower()
+    if covariates and not (name.endswith(".npz") or name.endswith(".csv") or name.endswith(".csv.gz")):
+        raise VaelabError(f"data '{path}' cannot hold covariates ({', '.join(covariates)}); put them in CSV "
+                          "columns or npz arrays train_NAME/test_NAME, or condition on the label only")
     if path.is_dir():
         return _read_image_folder(path)
-    name = path.name.lower()
     if name.endswith(".npy"):
         return _read_npy(path)
     if name.endswith(".npz"):
-        return _read_npz(path)
+        return _read_npz(path, covariates)
     if name.endswith(".csv") or name.endswith(".csv.gz"):
-        return _read_csv(path)
+        return _read_csv(path, covariates)
     raise VaelabError(f"data file '{path}' has an unsupported type; pass a {_FILE_KINDS}")
 
 
@@ -156,7 +216,7 @@ def _read_npy(path: Path) -> _Raw:
     return _Raw(x)
 
 
-def _read_npz(path: Path) -> _Raw:
+def _read_npz(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
     what = f"data file '{path}'"
     try:
         with open(path, "rb") as f:  # our own handle: numpy leaks its own on some errors
@@ -172,16 +232,17 @@ def _read_npz(path: Path) -> _Raw:
         ) from None
     if arrays is None:
         raise VaelabError(f"{what} holds a single array, not an .npz archive; rename it to .npy")
-    return _from_mapping(arrays, what)
+    return _from_mapping(arrays, what, covariates)
 
 
-def _from_mapping(arrays: Mapping[str, Any], what: str) -> _Raw:
+def _from_mapping(arrays: Mapping[str, Any], what: str, covariates: tuple[str, ...] = ()) -> _Raw:
     keys = list(arrays)
     if not keys:
         raise VaelabError(f"{what} holds no arrays; give at least the key 'train'")
-    if len(keys) == 1:
+    if len(keys) == 1 and not covariates:
         return _Raw(arrays[keys[0]])
-    unknown = [k for k in keys if k not in NPZ_KEYS]
+    extra = {f"{p}_{n}" for n in covariates for p in ("train", "test")}
+    unknown = [k for k in keys if k not in NPZ_KEYS and k not in extra]
     if unknown or "train" not in keys:
         problem = (f"unknown key(s) {', '.join(map(repr, unknown))}" if unknown
                    else "no key 'train'")
@@ -191,7 +252,10 @@ def _from_mapping(arrays: Mapping[str, Any], what: str) -> _Raw:
         )
     if "test_labels" in keys and "test" not in keys:
         raise VaelabError(f"{what} has 'test_labels' but no 'test'; add the test array or drop the labels")
-    return _Raw(arrays["train"], arrays.get("train_labels"), arrays.get("test"), arrays.get("test_labels"))
+    x, x_test = arrays["train"], arrays.get("test")
+    cov = _covariate_columns(arrays, covariates, "train_", len(x), what)
+    cov_test = None if x_test is None else _covariate_columns(arrays, covariates, "test_", len(x_test), what)
+    return _Raw(x, arrays.get("train_labels"), x_test, arrays.get("test_labels"), cov, cov_test)
 
 
 def _short(err: BaseException) -> str:
@@ -222,9 +286,14 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                 yield line_no, [cell.strip() for cell in row]
 
 
-def _explain_csv(path: Path, header: bool, *, nonfinite: bool = False) -> str:
-    """Find the first bad row of a CSV file that numpy refused, and say what is wrong."""
+def _explain_csv(path: Path, header: bool, *, nonfinite: bool = False, text_columns: tuple[int, ...] = (),
+                 names: dict[int, str] | None = None) -> str:
+    """Find the first bad row of a CSV file that numpy refused, and say what is wrong.
+
+    ``text_columns`` (0-based) may hold anything (a label column of names); ``names`` maps
+    covariate columns to their names, for a message about a missing covariate value."""
     width = None
+    names = names or {}
     for i, (line_no, cells) in enumerate(_csv_rows(path)):
         if header and i == 0:
             continue
@@ -234,15 +303,21 @@ def _explain_csv(path: Path, header: bool, *, nonfinite: bool = False) -> str:
             return (f"line {line_no} has {len(cells)} columns, earlier lines {width}; give "
                     f"every row the same columns")
         for col, cell in enumerate(cells, start=1):
+            if col - 1 in text_columns:
+                continue
+            finite = _is_number(cell) and np.isfinite(float(cell))
+            if col - 1 in names and (not cell or (nonfinite and not finite)):
+                return (f"covariate column '{names[col - 1]}' has a missing value ({cell or 'an empty cell'}) at line "
+                        f"{line_no}; fill it in or drop that row")
             if not _is_number(cell):
                 shown = repr(cell) if cell else "an empty cell"
                 return f"line {line_no}, column {col} is {shown}, not a number; fix or remove that row"
-            if nonfinite and not np.isfinite(float(cell)):
+            if nonfinite and not finite:
                 return f"line {line_no}, column {col} is {cell!r}; remove or impute NaN/inf values"
     return "it could not be parsed as numbers"
 
 
-def _read_csv(path: Path) -> _Raw:
+def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
     what = f"data file '{path}'"
     try:
         with _open_text(path) as f:
@@ -253,31 +328,46 @@ def _read_csv(path: Path) -> _Raw:
         raise VaelabError(f"{what} is empty; put one example per row, numbers separated by commas")
     first = [cell.strip() for cell in first]
     header = not all(_is_number(cell) for cell in first)
+    lowered = [n.lower() for n in first] if header else []
+    label_col = lowered.index("label") if "label" in lowered else None
+    cov_cols: dict[int, str] = {}
+    for name in covariates:
+        if not header or name not in first:
+            columns = f"columns: {', '.join(first)}" if header else "it has no header row naming its columns"
+            raise VaelabError(f"--condition-on {name}: {what} has no column '{name}' ({columns})")
+        cov_cols[first.index(name)] = name
+    text_columns = () if label_col is None else (label_col,)
+    numeric = [j for j in range(len(first)) if j not in text_columns]
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, skiprows=int(header),
-                           comments=None, encoding="utf-8")
+                           comments=None, encoding="utf-8", usecols=numeric if text_columns else None)
+        labels = None if label_col is None else np.loadtxt(
+            path, delimiter=",", dtype=str, ndmin=1, skiprows=1, comments=None, encoding="utf-8", usecols=[label_col])
     except (ValueError, OSError, EOFError, UnicodeDecodeError, zlib.error):
-        raise VaelabError(f"{what}: {_explain_csv(path, header)}") from None
+        raise VaelabError(f"{what}: {_explain_csv(path, header, text_columns=text_columns, names=cov_cols)}") from None
     if table.size == 0:
         raise VaelabError(f"{what} has a header but no data rows")
-    if header and len(first) != table.shape[1]:
+    if header and len(numeric) != table.shape[1]:
         raise VaelabError(
-            f"{what} has {len(first)} header names but {table.shape[1]} columns of data; make them match"
+            f"{what} has {len(first)} header names but {table.shape[1] + len(text_columns)} columns of data; make them match"
         )
     if not np.isfinite(table).all():
-        raise VaelabError(f"{what}: {_explain_csv(path, header, nonfinite=True)}")
+        raise VaelabError(f"{what}: {_explain_csv(path, header, nonfinite=True, text_columns=text_columns, names=cov_cols)}")
 
-    labels = None
-    names = [n.lower() for n in first] if header else []
-    if "label" in names:
-        col = names.index("label")
-        labels = table[:, col]
-        table = np.delete(table, col, axis=1)
-        if table.shape[1] == 0:
-            raise VaelabError(f"{what} has only a 'label' column; add feature columns")
+    if labels is not None:
+        labels = np.char.strip(labels)
+        if all(_is_number(v) for v in labels):
+            labels = labels.astype(np.float64)
+    cov = None
+    if cov_cols:
+        positions = [numeric.index(j) for j in cov_cols]
+        cov = table[:, positions]
+        table = np.delete(table, positions, axis=1)
+    if table.shape[1] == 0:
+        raise VaelabError(f"{what} has no feature columns besides the label and covariates; add some")
     if np.all(table == np.round(table)) and np.abs(table).max() < 2**53:
         table = table.astype(np.int64)  # whole numbers: integer data (8-bit pixels get scaled)
-    return _Raw(table, labels)
+    return _Raw(table, labels, covariates=cov)
 
 
 # --- image folders -----------------------------------------------------------------------
@@ -300,7 +390,8 @@ def _read_image_folder(folder: Path) -> _Raw:
                 f"subfolders; move every image into its class subfolder"
             )
         names = [p.name for p in subfolders]
-        ids = [int(n) for n in names] if all(n.isdigit() for n in names) else list(range(len(names)))
+        numbered = all(n.isdigit() for n in names)
+        ids = [int(n) for n in names] if numbered else list(range(len(names)))
         labels = []
         for sub, label in zip(subfolders, ids, strict=True):
             members = _image_files(sub)
@@ -328,4 +419,5 @@ def _read_image_folder(folder: Path) -> _Raw:
             raise VaelabError(
                 f"image '{path}' cannot be read ({_short(err)}); remove or re-save it"
             ) from None
-    return _Raw(np.stack(pixels), None if labels is None else np.asarray(labels, dtype=np.int64))
+    class_names = tuple(names) if labels is not None and not numbered else None
+    return _Raw(np.stack(pixels), None if labels is None else np.asarray(labels, dtype=np.int64), class_names=class_names)

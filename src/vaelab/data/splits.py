@@ -57,6 +57,11 @@ class DataSplits:
     shape: tuple[int, ...]  # per example: (C, H, W) for images, (D,) for vectors
     kind: str  # "binary", "unit" or "real"
     discrete_levels: int | None  # 256 for 8-bit pixels, 2 for binary, 17 for digits, else None
+    class_names: tuple[str, ...] | None = None  # the name of each label id, when the source named them
+    covariate_names: tuple[str, ...] = ()  # continuous covariates asked for at load time
+    train_covariates: torch.Tensor | None = None  # [N, P] float32, one column per name
+    val_covariates: torch.Tensor | None = None  # [Nv, P]
+    test_covariates: torch.Tensor | None = None  # [Nt, P]
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -74,6 +79,13 @@ class DataSplits:
                     f"DataSplits '{self.name}': {part}_labels is {y.dtype} of shape "
                     f"{tuple(y.shape)}; expected int64 [{len(x)}]"
                 )
+            cov = getattr(self, f"{part}_covariates")
+            p = len(self.covariate_names)
+            if (cov is None) != (p == 0) or (cov is not None and (cov.dtype != torch.float32 or tuple(cov.shape) != (len(x), p))):
+                raise VaelabError(
+                    f"DataSplits '{self.name}': {part}_covariates must be float32 [{len(x)}, {p}] "
+                    f"for covariates {list(self.covariate_names)}"
+                )
 
     @property
     def is_image(self) -> bool:
@@ -84,6 +96,12 @@ class DataSplits:
     def has_labels(self) -> bool:
         """Whether class labels came with the data."""
         return self.train_labels is not None
+
+    def split(self, part: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """x, labels and covariates of ``part`` ("train", "val" or "test")."""
+        if part not in ("train", "val", "test"):
+            raise ValueError(f"part must be train, val or test, got {part!r}")
+        return getattr(self, part), getattr(self, f"{part}_labels"), getattr(self, f"{part}_covariates")
 
     def __repr__(self) -> str:
         return (
@@ -273,6 +291,10 @@ def make_splits(
     test_fraction: float = 0.1,
     seed: int = 0,
     discrete_levels: int | None = None,
+    covariates: np.ndarray | None = None,
+    test_covariates: np.ndarray | None = None,
+    covariate_names: tuple[str, ...] = (),
+    class_names: tuple[str, ...] | None = None,
 ) -> DataSplits:
     """Assemble :class:`DataSplits` from prepared float arrays (see :func:`prepare_arrays`).
 
@@ -280,7 +302,8 @@ def make_splits(
     the test part; then ``val_fraction`` of what is left becomes the validation part. Both
     draws are stratified by label when labels exist, and independent streams of ``seed`` so
     the same seed always gives the same split. ``discrete_levels`` is replaced by 2 when the
-    data turns out to be binary.
+    data turns out to be binary. ``covariates`` ``[N, P]`` (and ``test_covariates``) follow
+    the examples into their parts, one column per name in ``covariate_names``.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise VaelabError(f"seed={seed!r} must be a non-negative integer")
@@ -289,11 +312,15 @@ def make_splits(
     validate_data(x, f"data '{name}'")
     if labels is not None:
         labels = validate_labels(labels, len(x), f"labels of '{name}'")
+    if (covariates is None) != (not covariate_names) or (x_test is not None and (test_covariates is None) != (covariates is None)):
+        raise VaelabError(f"data '{name}': covariates {list(covariate_names)} must come for every part of the data")
     if x_test is None:
         keep, held = holdout(len(x), test_fraction, np.random.default_rng([seed, 1]), labels)
         x, x_test = x[keep], x[held]
         if labels is not None:
             labels, test_labels = labels[keep], labels[held]
+        if covariates is not None:
+            covariates, test_covariates = covariates[keep], covariates[held]
     else:
         validate_data(x_test, f"test data of '{name}'", min_examples=1)
         if x_test.shape[1:] != x.shape[1:]:
@@ -318,6 +345,9 @@ def make_splits(
     y_train = y_val = None
     if labels is not None:
         y_train, y_val = labels[keep], labels[held]
+    c_train = c_val = None
+    if covariates is not None:
+        c_train, c_val = covariates[keep], covariates[held]
 
     kind = _infer_kind([x_train, x_val, x_test])
     if kind == "binary":
@@ -340,4 +370,9 @@ def make_splits(
         shape=tuple(int(d) for d in x.shape[1:]),
         kind=kind,
         discrete_levels=discrete_levels,
+        class_names=None if class_names is None else tuple(str(n) for n in class_names),
+        covariate_names=tuple(covariate_names),
+        train_covariates=None if c_train is None else tensor(c_train),
+        val_covariates=None if c_val is None else tensor(c_val),
+        test_covariates=None if test_covariates is None else tensor(test_covariates),
     )

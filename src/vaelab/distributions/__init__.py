@@ -10,12 +10,17 @@ q(z|x)              :class:`GaussianEncoder`                    posterior ``gaus
 p(z)                :class:`StandardNormalPrior`                prior ``normal``
                     :class:`GaussianMixturePrior`               prior ``mog``
                     :class:`VampPrior`                          prior ``vamp``
+p(z|c)              :class:`ConditionalGaussianPrior`           prior ``conditional``
 p(x|z)              :class:`BernoulliDecoder`                   likelihood ``bernoulli``
                     :class:`ContinuousBernoulliDecoder`         likelihood ``continuous-bernoulli``
                     :class:`GaussianDecoder`                    likelihood ``gaussian``
                     :class:`LaplaceDecoder`                     likelihood ``laplace``
                     :class:`LogisticMixtureDecoder`             likelihood ``logistic-mixture``
 ==================  ==========================================  ==============================
+
+Each registers itself in :mod:`vaelab.registry` (name, options, support), which the CLI,
+:func:`vaelab.build.build_model` and the tests read. Every module takes an optional context
+``c`` (``encoder(x, c)``, ``decoder(z, c)``, ``prior(c)``) for conditional models.
 """
 
 from .flows import IAFEncoder, InverseAutoregressiveFlow, PlanarFlow, PlanarFlowEncoder
@@ -24,16 +29,19 @@ from .likelihoods import (
     ContinuousBernoulliDecoder,
     Decoder,
     GaussianDecoder,
+    Grid,
     LaplaceDecoder,
     LocationScaleDecoder,
     LogisticMixtureDecoder,
 )
 from .logistic import DiscretizedLogisticMixture
 from .posteriors import FullCovarianceEncoder, GaussianEncoder, diagonal_gaussian
-from .priors import GaussianMixturePrior, StandardNormalPrior, VampPrior
+from .priors import ConditionalGaussianPrior, GaussianMixturePrior, StandardNormalPrior, VampPrior
 
 __all__ = [
     "BernoulliDecoder",
+    "ConditionalGaussianPrior",
+    "Grid",
     "ContinuousBernoulliDecoder",
     "Decoder",
     "DiscretizedLogisticMixture",

@@ -32,11 +32,13 @@ from zuko.distributions import NormalizingFlow
 from zuko.flows import MaskedAutoregressiveTransform
 from zuko.transforms import ComposedTransform
 
-from .posteriors import diagonal_gaussian
+from ..registry import Option, Shapes, register
+from .posteriors import MIN_SCALE, diagonal_gaussian, run_net
 
-__all__ = ["PlanarFlow", "PlanarFlowEncoder", "InverseAutoregressiveFlow", "IAFEncoder", "MOMENT_SAMPLES"]
+__all__ = ["PlanarFlow", "PlanarFlowEncoder", "InverseAutoregressiveFlow", "IAFEncoder", "MOMENT_SAMPLES", "FLOW_STEPS"]
 
 MOMENT_SAMPLES = 1000  # draws behind the Monte Carlo mean and variance of a flow posterior
+FLOW_STEPS = Option("flow_steps", int, 4, "planar or iaf posterior: number of flow steps", low=1)
 
 
 def _monte_carlo_moments(
@@ -233,9 +235,9 @@ class PlanarFlowEncoder(nn.Module):
         """The number of outputs ``net`` must have: 2 D + K (2 D + 1)."""
         return 2 * latent_dim + steps * (2 * latent_dim + 1)
 
-    def forward(self, x: Tensor) -> PlanarFlow:
+    def forward(self, x: Tensor, c: Tensor | None = None) -> PlanarFlow:
         d = self.latent_dim
-        h = self.net(x)  # [B, 2D + K(2D + 1)]
+        h = run_net(self.net, x, c)  # [B, 2D + K(2D + 1)]
         if h.shape[-1] != self.outputs(d, self.steps):
             raise ValueError(
                 f"encoder network returned {h.shape[-1]} features; PlanarFlowEncoder needs "
@@ -338,9 +340,9 @@ class IAFEncoder(nn.Module):
         """The number of outputs ``net`` must have: 2 D + context_dim."""
         return 2 * latent_dim + context_dim
 
-    def forward(self, x: Tensor) -> InverseAutoregressiveFlow:
+    def forward(self, x: Tensor, c: Tensor | None = None) -> InverseAutoregressiveFlow:
         d = self.latent_dim
-        out = self.net(x)  # [B, 2D + C]
+        out = run_net(self.net, x, c)  # [B, 2D + C]
         if out.shape[-1] != self.outputs(d, self.context_dim):
             raise ValueError(
                 f"encoder network returned {out.shape[-1]} features; IAFEncoder needs "
@@ -356,3 +358,19 @@ class IAFEncoder(nn.Module):
             f"latent_dim={self.latent_dim}, context_dim={self.context_dim}, "
             f"steps={len(self.transforms)}, min_scale={self.min_scale}"
         )
+
+
+@register("posterior", "planar", options=(FLOW_STEPS, MIN_SCALE), help="planar flow", cls=PlanarFlowEncoder)
+def _planar(shapes: Shapes, flow_steps: int, min_scale: float) -> nn.Module:
+    d = shapes.latent_dim
+    net = shapes.encoder_net(PlanarFlowEncoder.outputs(d, flow_steps))
+    return PlanarFlowEncoder(net, d, flow_steps, min_scale=min_scale)
+
+
+@register("posterior", "iaf", options=(FLOW_STEPS, MIN_SCALE), cls=IAFEncoder,
+          help="inverse autoregressive flow (context size max(16, D), MADE widths max(64, 4 D))")
+def _iaf(shapes: Shapes, flow_steps: int, min_scale: float) -> nn.Module:
+    d = shapes.latent_dim
+    context_dim, hidden = max(16, d), max(64, 4 * d)
+    net = shapes.encoder_net(IAFEncoder.outputs(d, context_dim))
+    return IAFEncoder(net, d, context_dim, flow_steps, hidden=hidden, min_scale=min_scale)

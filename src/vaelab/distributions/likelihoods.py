@@ -7,8 +7,12 @@ distribution with batch shape ``[K, B]`` and event shape ``x_shape``, so that
 ``decoder(z).log_prob(x)`` with ``x`` of shape ``[B, *x_shape]`` is ``log p(x|z_k)`` of shape
 ``[K, B]``, summed over every dimension of x (never averaged).
 
-Each decoder states its support and checks data against it with :meth:`check`: data outside
-the support is a :class:`~vaelab.errors.VaelabError`, never a silent NaN.
+Each decoder states its support as a ``torch.distributions.constraints`` object (the registry
+reads it too) and checks data against it with :meth:`check`: data outside the support is a
+:class:`~vaelab.errors.VaelabError`, never a silent NaN.
+
+A conditional likelihood p(x|z, c) is the same module called as ``decoder(z, c)``: the
+context features ``c`` ``[B, C]`` are broadcast over the samples and go to the network.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Independent, Laplace, Normal
+from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Independent, Laplace, Normal, constraints
 
 from ..errors import VaelabError
+from ..registry import Option, Shapes, register
 from .logistic import DiscretizedLogisticMixture
 
 __all__ = [
@@ -31,7 +36,29 @@ __all__ = [
     "GaussianDecoder",
     "LaplaceDecoder",
     "LogisticMixtureDecoder",
+    "Grid",
 ]
+
+GAUSSIAN_SCALE = Option("gaussian_scale", float, 1.0, "Gaussian or Laplace likelihood: the fixed scale, or the initial learned one",
+                        low=0.0, low_open=True)
+LEARN_SCALE = Option("learn_scale", str, "fixed", "Gaussian or Laplace likelihood scale: fixed, global (one learned) or feature (one per dimension)",
+                     choices=("fixed", "global", "feature"))
+MIXTURES = Option("mixtures", int, 5, "logistic-mixture likelihood: logistics per value", low=1)
+
+
+class Grid(constraints.Constraint):
+    """The values k / (bins - 1), k = 0..bins-1: 8-bit pixels divided by 255 for ``bins=256``
+    (to within 1e-3 of a level, the rounding of float32 data)."""
+
+    is_discrete = True
+
+    def __init__(self, bins: int = 256) -> None:
+        self.bins = int(bins)
+        super().__init__()
+
+    def check(self, value: Tensor) -> Tensor:
+        levels = value * (self.bins - 1)
+        return (value >= 0) & (value <= 1) & ((levels - torch.round(levels)).abs() <= 1e-3)
 
 
 class Decoder(nn.Module):
@@ -43,7 +70,10 @@ class Decoder(nn.Module):
     :meth:`distribution` as ``[*lead, P, *x_shape]``.
     """
 
-    support: str = "real"
+    name: str = "this"
+    support: constraints.Constraint = constraints.real
+    support_text: str = "finite real numbers"
+    support_hint: str = ""
     params_per_value: int = 1
     discrete: bool = False  # True: log_prob is the log-probability of discrete values (gives bits/dim)
 
@@ -52,9 +82,13 @@ class Decoder(nn.Module):
         self.net = net
         self.x_shape = tuple(int(s) for s in x_shape)
 
-    def forward(self, z: Tensor) -> Distribution:
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Distribution:
         lead = z.shape[:-1]
-        out = self.net(z.reshape(-1, z.shape[-1]))  # [N, ...]
+        if c is None:
+            out = self.net(z.reshape(-1, z.shape[-1]))  # [N, ...]
+        else:  # c [B, C] broadcast over the leading sample dimensions of z [*S, B, D]
+            c = c.expand(*lead, c.shape[-1]).reshape(-1, c.shape[-1])
+            out = self.net(z.reshape(-1, z.shape[-1]), c)
         per_value = () if self.params_per_value == 1 else (self.params_per_value,)
         params = out.reshape(*lead, *per_value, *self.x_shape)  # [*lead, (P,) *x_shape]
         return Independent(self.distribution(params), len(self.x_shape), validate_args=False)
@@ -63,11 +97,17 @@ class Decoder(nn.Module):
         raise NotImplementedError
 
     def check(self, x: Tensor, what: str = "data") -> None:
-        """Raise VaelabError unless every value of x is finite (subclasses narrow this)."""
+        """Raise VaelabError unless every value of x is finite and in ``support``."""
         bad = ~torch.isfinite(x)
         if bad.any():
             raise VaelabError(
                 f"{what} holds {int(bad.sum())} NaN/inf values; remove or impute them"
+            )
+        if not bool(self.support.check(x).all()):
+            lo, hi = float(x.min()), float(x.max())
+            raise VaelabError(
+                f"{what} has values in [{lo:g}, {hi:g}] but the {self.name} likelihood needs "
+                f"{self.support_text}; {self.support_hint}"
             )
 
     def extra_repr(self) -> str:
@@ -82,20 +122,13 @@ class BernoulliDecoder(Decoder):
     cross-entropy of the seeds' texts), but then ``log p`` is not a normalised density of x.
     """
 
-    support = "unit interval [0, 1]"
+    name = "Bernoulli"
+    support = constraints.unit_interval
+    support_text = "[0, 1]"
+    support_hint = "rescale the data (e.g. divide 8-bit pixels by 255) or use --likelihood gaussian"
 
     def distribution(self, params: Tensor) -> Distribution:
         return Bernoulli(logits=params, validate_args=False)
-
-    def check(self, x: Tensor, what: str = "data") -> None:
-        super().check(x, what)
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
-            raise VaelabError(
-                f"{what} has values in [{lo:g}, {hi:g}] but the Bernoulli likelihood needs "
-                "[0, 1]; rescale the data (e.g. divide 8-bit pixels by 255) or use "
-                "--likelihood gaussian"
-            )
 
 
 class ContinuousBernoulliDecoder(Decoder):
@@ -107,20 +140,13 @@ class ContinuousBernoulliDecoder(Decoder):
     ``torch.distributions.ContinuousBernoulli``, whose stable log-normaliser this uses).
     """
 
-    support = "unit interval [0, 1]"
+    name = "continuous Bernoulli"
+    support = constraints.unit_interval
+    support_text = "[0, 1]"
+    support_hint = "rescale the data (e.g. divide 8-bit pixels by 255) or use --likelihood gaussian"
 
     def distribution(self, params: Tensor) -> Distribution:
         return ContinuousBernoulli(logits=params, validate_args=False)
-
-    def check(self, x: Tensor, what: str = "data") -> None:
-        super().check(x, what)
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
-            raise VaelabError(
-                f"{what} has values in [{lo:g}, {hi:g}] but the continuous Bernoulli likelihood "
-                "needs [0, 1]; rescale the data (e.g. divide 8-bit pixels by 255) or use "
-                "--likelihood gaussian"
-            )
 
 
 class LocationScaleDecoder(Decoder):
@@ -138,9 +164,7 @@ class LocationScaleDecoder(Decoder):
             blow up on a data point it fits exactly).
     """
 
-    support = "real numbers"
     family: type[Distribution]
-    name: str
 
     def __init__(
         self,
@@ -215,8 +239,15 @@ class LogisticMixtureDecoder(Decoder):
             1 / (bins - 1) wide).
     """
 
-    support = "the 1/255 grid of [0, 1] (8-bit values divided by 255)"
+    name = "discretized logistic"
+    support = Grid(256)
+    support_text = "[0, 1]"
     discrete = True
+
+    @staticmethod
+    def params_per_value_for(mixtures: int = 5, **_: object) -> int:
+        """Numbers per value of x: logits, locations and scales of each logistic, 3 M."""
+        return 3 * int(mixtures)
 
     def __init__(
         self,
@@ -235,6 +266,8 @@ class LogisticMixtureDecoder(Decoder):
         self.bins = int(bins)
         self.min_scale = min_scale
         self.params_per_value = 3 * self.mixtures
+        self.support = Grid(self.bins)
+        self.support_hint = f"divide 8-bit pixels by {self.bins - 1}"
 
     def distribution(self, params: Tensor) -> Distribution:
         params = params.movedim(-1 - len(self.x_shape), -1)  # [*lead, *x_shape, 3M]
@@ -243,13 +276,9 @@ class LogisticMixtureDecoder(Decoder):
         return DiscretizedLogisticMixture(logits, loc, scale, bins=self.bins)
 
     def check(self, x: Tensor, what: str = "data") -> None:
-        super().check(x, what)
         lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
-            raise VaelabError(
-                f"{what} has values in [{lo:g}, {hi:g}] but the discretized logistic likelihood "
-                f"needs [0, 1]; divide 8-bit pixels by {self.bins - 1}"
-            )
+        if not (lo >= 0 and hi <= 1):  # NaN too
+            super().check(x, what)
         levels = x * (self.bins - 1)
         off = (levels - torch.round(levels)).abs()
         if bool((off > 1e-3).any()):
@@ -263,3 +292,30 @@ class LogisticMixtureDecoder(Decoder):
 
     def extra_repr(self) -> str:
         return f"x_shape={self.x_shape}, mixtures={self.mixtures}, bins={self.bins}"
+
+
+@register("likelihood", "bernoulli", help="data in [0, 1]", cls=BernoulliDecoder)
+def _bernoulli(shapes: Shapes) -> nn.Module:
+    return BernoulliDecoder(shapes.decoder_net(1), shapes.x_shape)
+
+
+@register("likelihood", "continuous-bernoulli", help="grey values in [0, 1]", cls=ContinuousBernoulliDecoder)
+def _continuous_bernoulli(shapes: Shapes) -> nn.Module:
+    return ContinuousBernoulliDecoder(shapes.decoder_net(1), shapes.x_shape)
+
+
+@register("likelihood", "gaussian", options=(GAUSSIAN_SCALE, LEARN_SCALE), help="real data", cls=GaussianDecoder)
+def _gaussian(shapes: Shapes, gaussian_scale: float, learn_scale: str) -> nn.Module:
+    return GaussianDecoder(shapes.decoder_net(1), shapes.x_shape, scale=gaussian_scale, learn_scale=learn_scale)  # type: ignore[arg-type]
+
+
+@register("likelihood", "laplace", options=(GAUSSIAN_SCALE, LEARN_SCALE), help="real data, heavier tails",
+          cls=LaplaceDecoder)
+def _laplace(shapes: Shapes, gaussian_scale: float, learn_scale: str) -> nn.Module:
+    return LaplaceDecoder(shapes.decoder_net(1), shapes.x_shape, scale=gaussian_scale, learn_scale=learn_scale)  # type: ignore[arg-type]
+
+
+@register("likelihood", "logistic-mixture", options=(MIXTURES,), cls=LogisticMixtureDecoder,
+          help="8-bit data k/255 (reports bits per dimension)")
+def _logistic_mixture(shapes: Shapes, mixtures: int) -> nn.Module:
+    return LogisticMixtureDecoder(shapes.decoder_net(3 * mixtures), shapes.x_shape, mixtures=mixtures)

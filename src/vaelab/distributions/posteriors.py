@@ -2,7 +2,9 @@
 
 Gaussian posteriors live here: the diagonal Gaussian and the full-covariance Gaussian. Flow
 posteriors (planar, IAF) are in :mod:`vaelab.distributions.flows`. Every encoder wraps a
-network ``net(x) -> [B, n]`` and states the ``n`` it needs with ``outputs(latent_dim, ...)``.
+network ``net(x) -> [B, n]`` and states the ``n`` it needs with ``outputs(latent_dim, ...)``;
+a conditional encoder q(z|x, c) is the same module called as ``encoder(x, c)``: the context
+features ``c`` ``[B, C]`` go to the network, ``net(x, c)`` (see :class:`vaelab.nets.MLP`).
 
 The diagonal Gaussian of the seeds,
 
@@ -25,7 +27,16 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, register_kl
 
-__all__ = ["GaussianEncoder", "FullCovarianceEncoder", "diagonal_gaussian"]
+from ..registry import Option, Shapes, register
+
+__all__ = ["GaussianEncoder", "FullCovarianceEncoder", "diagonal_gaussian", "run_net", "MIN_SCALE"]
+
+MIN_SCALE = Option("min_scale", float, 1e-4, "floor added to the posterior's scale (keeps log sigma finite)", low=0.0)
+
+
+def run_net(net: nn.Module, x: Tensor, c: Tensor | None) -> Tensor:
+    """``net(x)``, or ``net(x, c)`` with a context: plain networks need not know about contexts."""
+    return net(x) if c is None else net(x, c)
 
 
 def diagonal_gaussian(loc: Tensor, scale: Tensor) -> Distribution:
@@ -62,8 +73,8 @@ class GaussianEncoder(nn.Module):
         """The number of outputs ``net`` must have: 2 D."""
         return 2 * latent_dim
 
-    def forward(self, x: Tensor) -> Distribution:
-        h = self.net(x)  # [B, 2D]
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Distribution:
+        h = run_net(self.net, x, c)  # [B, 2D]
         if h.shape[-1] != 2 * self.latent_dim:
             raise ValueError(
                 f"encoder network returned {h.shape[-1]} features; GaussianEncoder needs "
@@ -136,9 +147,9 @@ class FullCovarianceEncoder(nn.Module):
         """The number of outputs ``net`` must have: D + D(D+1)/2."""
         return latent_dim + latent_dim * (latent_dim + 1) // 2
 
-    def forward(self, x: Tensor) -> Distribution:
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Distribution:
         d = self.latent_dim
-        h = self.net(x)  # [B, D + D(D+1)/2]
+        h = run_net(self.net, x, c)  # [B, D + D(D+1)/2]
         if h.shape[-1] != self.outputs(d):
             raise ValueError(
                 f"encoder network returned {h.shape[-1]} features; FullCovarianceEncoder needs "
@@ -170,3 +181,16 @@ def _kl_full_to_diagonal(q: MultivariateNormal, p: Independent) -> Tensor:
     mahalanobis = ((q.loc - m) / s).pow(2).sum(-1)
     log_det = 2 * torch.log(s).sum(-1) - 2 * torch.log(torch.diagonal(tril, dim1=-2, dim2=-1)).sum(-1)
     return 0.5 * (trace + mahalanobis - q.loc.shape[-1] + log_det)
+
+
+@register("posterior", "gaussian", options=(MIN_SCALE,), help="diagonal Gaussian", cls=GaussianEncoder)
+def _gaussian(shapes: Shapes, min_scale: float) -> nn.Module:
+    d = shapes.latent_dim
+    return GaussianEncoder(shapes.encoder_net(GaussianEncoder.outputs(d)), d, min_scale=min_scale)
+
+
+@register("posterior", "full-gaussian", options=(MIN_SCALE,), help="full covariance (Cholesky factor)",
+          cls=FullCovarianceEncoder)
+def _full_gaussian(shapes: Shapes, min_scale: float) -> nn.Module:
+    d = shapes.latent_dim
+    return FullCovarianceEncoder(shapes.encoder_net(FullCovarianceEncoder.outputs(d)), d, min_scale=min_scale)

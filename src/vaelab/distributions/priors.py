@@ -4,9 +4,13 @@
 * :class:`GaussianMixturePrior`: a learnable mixture of C diagonal Gaussians.
 * :class:`VampPrior` (Tomczak & Welling 2018): the mixture of the encoder's posteriors at C
   learned pseudo-inputs, p(z) = (1/C) sum_c q(z|u_c).
+* :class:`ConditionalGaussianPrior`: p(z|c) = N(m(c), diag(s(c)^2)), learned from the
+  context (a conditional model's prior; it starts at N(0, I)).
 
-Each returns batch shape ``[]`` and event shape ``[D]``; ``log_prob(z)`` takes any leading
-shape, e.g. ``[K, B, D] -> [K, B]``. No closed-form KL exists against the mixtures: the
+Each is called as ``prior()`` or, in a conditional model, ``prior(c)`` with the context
+features ``c`` ``[B, C]``. The first two ignore c; the VampPrior mixes q(z|u_j, c) under each
+example's context. Without c they return batch shape ``[]``, with c ``[B]``; event shape
+``[D]``; ``log_prob(z)`` takes any leading shape, e.g. ``[K, B, D] -> [K, B]``. No closed-form KL exists against the mixtures: the
 ELBO takes the Monte Carlo KL there, with no change to the objective code.
 """
 
@@ -17,11 +21,15 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, Distribution, MixtureSameFamily
+from torch import Size
+from torch.distributions import Categorical, Distribution, MixtureSameFamily, constraints
 
-from .posteriors import diagonal_gaussian
+from ..registry import Option, Shapes, in_unit_interval, register
+from .posteriors import diagonal_gaussian, run_net
 
-__all__ = ["StandardNormalPrior", "GaussianMixturePrior", "VampPrior"]
+__all__ = ["StandardNormalPrior", "GaussianMixturePrior", "VampPrior", "ConditionalGaussianPrior", "PRIOR_COMPONENTS"]
+
+PRIOR_COMPONENTS = Option("prior_components", int, 10, "mog or vamp prior: number of components (Gaussians or pseudo-inputs)", low=1)
 
 
 class StandardNormalPrior(nn.Module):
@@ -36,7 +44,7 @@ class StandardNormalPrior(nn.Module):
         self.register_buffer("loc", torch.zeros(latent_dim), persistent=False)
         self.register_buffer("scale", torch.ones(latent_dim), persistent=False)
 
-    def forward(self) -> Distribution:
+    def forward(self, c: Tensor | None = None) -> Distribution:
         return diagonal_gaussian(self.loc, self.scale)
 
     def extra_repr(self) -> str:
@@ -71,7 +79,7 @@ class GaussianMixturePrior(nn.Module):
         self.loc = nn.Parameter(torch.randn(components, latent_dim))
         self.raw_scale = nn.Parameter(torch.full((components, latent_dim), math.log(math.expm1(1.0 - min_scale))))
 
-    def forward(self) -> Distribution:
+    def forward(self, c: Tensor | None = None) -> Distribution:
         scale = nn.functional.softplus(self.raw_scale) + self.min_scale  # [C, D]
         return MixtureSameFamily(
             Categorical(logits=self.logits, validate_args=False),
@@ -150,10 +158,97 @@ class VampPrior(nn.Module):
         x = x.to(self.raw_pseudo_inputs)
         self.raw_pseudo_inputs.copy_(torch.logit(x.clamp(eps, 1 - eps)) if self.unit_interval else x)
 
-    def forward(self) -> Distribution:
-        q = self._encoder(self.pseudo_inputs)  # batch [C], event [D]
-        logits = self.raw_pseudo_inputs.new_zeros(self.components)
-        return MixtureSameFamily(Categorical(logits=logits, validate_args=False), q, validate_args=False)
+    def forward(self, c: Tensor | None = None) -> Distribution:
+        u = self.pseudo_inputs  # [C, *x_shape]
+        if c is None:
+            q = self._encoder(u)  # batch [C], event [D]
+            logits = self.raw_pseudo_inputs.new_zeros(self.components)
+            return MixtureSameFamily(Categorical(logits=logits, validate_args=False), q, validate_args=False)
+        b, n = c.shape[0], self.components
+        u_rep = u.unsqueeze(0).expand(b, *u.shape).reshape(b * n, *self.x_shape)  # [B C, *x_shape], b-major
+        q = run_net(self._encoder, u_rep, c.repeat_interleave(n, 0))  # q(z|u_j, c_b), batch [B C]
+        return _EqualMixture(q, b, n)
 
     def extra_repr(self) -> str:
         return f"x_shape={self.x_shape}, components={self.components}, unit_interval={self.unit_interval}"
+
+
+class _EqualMixture(Distribution):
+    """p(z_b) = (1/C) sum_j q_{b j}(z_b): per example b, the equal-weight mixture of C
+    components held as one distribution ``q`` of batch ``[B C]`` (b-major). Batch ``[B]``,
+    event ``[D]``; any distribution over vectors works as ``q`` (flows too)."""
+
+    arg_constraints: dict[str, constraints.Constraint] = {}
+    support = constraints.real_vector
+
+    def __init__(self, q: Distribution, batch: int, components: int) -> None:
+        self.q, self.b, self.n = q, batch, components
+        super().__init__(Size([batch]), q.event_shape, validate_args=False)
+
+    def log_prob(self, z: Tensor) -> Tensor:  # [*S, B, D] -> [*S, B]
+        lead = z.shape[:-2]
+        z_rep = z.unsqueeze(-2).expand(*lead, self.b, self.n, z.shape[-1]).reshape(*lead, self.b * self.n, z.shape[-1])
+        lp = self.q.log_prob(z_rep).reshape(*lead, self.b, self.n)
+        return torch.logsumexp(lp, -1) - math.log(self.n)
+
+    def sample(self, sample_shape: Size = Size()) -> Tensor:
+        with torch.no_grad():
+            z = self.q.sample(sample_shape)  # [*S, B C, D]
+            z = z.reshape(*z.shape[:-2], self.b, self.n, z.shape[-1])
+            pick = torch.randint(self.n, z.shape[:-2], device=z.device)  # [*S, B]
+            index = pick[..., None, None].expand(*pick.shape, 1, z.shape[-1])
+            return z.gather(-2, index).squeeze(-2)  # [*S, B, D]
+
+
+class ConditionalGaussianPrior(nn.Module):
+    """p(z|c) = N(m(c), diag(s(c)^2)) with (m, log s) a linear map of the context features.
+
+    The map starts at zero, so p(z|c) starts as N(0, I) for every c and moves only as far
+    as the data ask. Needs a context (a conditional model). Against a diagonal Gaussian
+    posterior the KL is closed-form (both are ``Independent(Normal)``, batch ``[B]``).
+
+    Args:
+        latent_dim: D.
+        context_dim: the size of the context features c.
+    """
+
+    def __init__(self, latent_dim: int, context_dim: int) -> None:
+        super().__init__()
+        if context_dim < 1:
+            raise ValueError("the conditional prior p(z|c) needs a context; train with a conditioning variable")
+        self.latent_dim = latent_dim
+        self.map = nn.Linear(context_dim, 2 * latent_dim)
+        nn.init.zeros_(self.map.weight)
+        nn.init.zeros_(self.map.bias)
+
+    def forward(self, c: Tensor | None = None) -> Distribution:
+        if c is None:
+            raise ValueError("the conditional prior p(z|c) needs the context c")
+        loc, log_scale = self.map(c).chunk(2, -1)  # [B, D] each
+        return diagonal_gaussian(loc, log_scale.exp())
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}"
+
+
+@register("prior", "normal", help="N(0, I)", cls=StandardNormalPrior)
+def _normal(shapes: Shapes) -> nn.Module:
+    return StandardNormalPrior(shapes.latent_dim)
+
+
+@register("prior", "mog", options=(PRIOR_COMPONENTS,), help="learned mixture of Gaussians", cls=GaussianMixturePrior)
+def _mog(shapes: Shapes, prior_components: int) -> nn.Module:
+    return GaussianMixturePrior(shapes.latent_dim, prior_components)
+
+
+@register("prior", "vamp", options=(PRIOR_COMPONENTS,), help="VampPrior (learned pseudo-inputs)", cls=VampPrior)
+def _vamp(shapes: Shapes, prior_components: int) -> nn.Module:
+    assert shapes.encoder is not None
+    unit = in_unit_interval(shapes.likelihood.support if shapes.likelihood is not None else None)
+    return VampPrior(shapes.encoder, shapes.x_shape, prior_components, unit_interval=unit)
+
+
+@register("prior", "conditional", help="p(z|c): a Gaussian whose mean and scale depend on the context",
+          cls=ConditionalGaussianPrior, conditional_only=True)
+def _conditional(shapes: Shapes) -> nn.Module:
+    return ConditionalGaussianPrior(shapes.latent_dim, shapes.context_dim)

@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from ..model import VAE
-from .likelihood import _batches
+from .likelihood import _batches, _pairs
 
 __all__ = ["LatentDiagnostics", "latent_diagnostics", "kl_per_dimension", "ACTIVE_THRESHOLD"]
 
@@ -145,6 +145,7 @@ def latent_diagnostics(
     collapse_kl: float = COLLAPSE_KL,
     batch_size: int = 500,
     device: torch.device | str | None = None,
+    c: Tensor | None = None,
 ) -> LatentDiagnostics:
     """KL per dimension, active units, I(x;z) and KL(q(z)||p(z)) over the examples ``x``.
 
@@ -159,6 +160,9 @@ def latent_diagnostics(
         collapse_kl: average KL (nats) below which the posterior counts as collapsed.
         batch_size: examples encoded per pass.
         device: where to compute (default: the model's device).
+        c: the context ``[N, P]`` of a conditional model: q(z|x, c) and p(z|c); the
+            aggregate posterior mixes over the (x, c) pairs, so I is the information z carries
+            about the example given its context's prior.
 
     Example:
         >>> d = latent_diagnostics(model, x_test)
@@ -171,10 +175,13 @@ def latent_diagnostics(
         raise ValueError(f"mi_samples must be >= 1, got {mi_samples}")
     if device is None:
         device = next(model.parameters()).device
-    prior = model.prior()
+    def on(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.to(device)
+
     posteriors, means, kls, kl_dims = [], [], [], []
-    for xb in _batches(x, batch_size):
-        q = model.encode(xb.to(device))  # batch [b], event [D]
+    for xb, cb in _pairs(x, c, batch_size):
+        q = model.encode(xb.to(device), on(cb))  # batch [b], event [D]
+        prior = model.prior_distribution(on(cb))
         posteriors.append(q)
         means.append(_posterior_mean(q).double())  # [b, D]
         per_dim = kl_per_dimension(q, prior)
@@ -193,7 +200,9 @@ def latent_diagnostics(
     idx = torch.randint(n, (mi_samples,))  # [M]
     log_q_own, log_q_agg, log_p = [], [], []
     for ib in _batches(idx, batch_size):
-        q = model.encode(x[ib].to(device))
+        cb = None if c is None else on(c[ib])
+        q = model.encode(x[ib].to(device), cb)
+        prior = model.prior_distribution(cb)
         z = q.sample()  # [m, D]
         log_q_own.append(q.log_prob(z).double())  # [m]
         log_p.append(prior.log_prob(z).double())  # [m]

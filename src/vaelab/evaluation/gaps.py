@@ -142,6 +142,7 @@ def optimal_posterior(
     lr: float = 0.05,
     samples: int = 16,
     kl: KLMethod = "auto",
+    c: Tensor | None = None,
 ) -> Distribution:
     """The locally optimal diagonal Gaussian q*(z|x) of each example of ``x`` ``[B, *x_shape]``.
 
@@ -156,8 +157,8 @@ def optimal_posterior(
     if steps < 0 or samples < 1:
         raise ValueError(f"steps must be >= 0 and samples >= 1, got steps={steps}, samples={samples}")
     with torch.no_grad():
-        loc0, scale0 = _diagonal_parts(model.encode(x))
-        prior = model.prior()
+        loc0, scale0 = _diagonal_parts(model.encode(x, c))
+        prior = model.prior_distribution(c)
     loc = loc0.detach().clone().requires_grad_(True)  # [B, D]
     log_scale = scale0.detach().log().clone().requires_grad_(True)  # [B, D]
     params = [loc, log_scale]
@@ -167,7 +168,7 @@ def optimal_posterior(
         with torch.enable_grad():
             q = diagonal_gaussian(loc, log_scale.exp())
             z = q.rsample((samples,))  # [S, B, D]
-            reconstruction = model.decode(z).log_prob(x).mean(0)  # [B]
+            reconstruction = model.decode(z, c).log_prob(x).mean(0)  # [B]
             # each example's ELBO depends on its own (mu, sigma) only: the sum is separable
             loss = -(reconstruction - _kl(q, prior, z, kl)).sum()
             grads = torch.autograd.grad(loss, params)
@@ -185,13 +186,14 @@ def optimal_posterior(
 
 @torch.no_grad()
 def _paired_elbos(
-    model: VAE, x: Tensor, q_a: Distribution, q_b: Distribution, samples: int, chunk: int, kl: KLMethod
+    model: VAE, x: Tensor, q_a: Distribution, q_b: Distribution, samples: int, chunk: int, kl: KLMethod,
+    c: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """ELBOs of two diagonal Gaussians over the same x with shared noise eps ``[S, B, D]``.
 
     Returns (elbo_a, se_a, elbo_b, se_b, se of elbo_b - elbo_a), each ``[B]``.
     """
-    prior = model.prior()
+    prior = model.prior_distribution(c)
     (loc_a, scale_a), (loc_b, scale_b) = _diagonal_parts(q_a), _diagonal_parts(q_b)
     terms_a, terms_b = [], []
     done = 0
@@ -200,7 +202,7 @@ def _paired_elbos(
         eps = torch.randn((s, *loc_a.shape), dtype=loc_a.dtype, device=loc_a.device)  # [s, B, D]
         for (loc, scale), q, out in (((loc_a, scale_a), q_a, terms_a), ((loc_b, scale_b), q_b, terms_b)):
             z = loc + scale * eps
-            log_lik = model.decode(z).log_prob(x)  # [s, B]
+            log_lik = model.decode(z, c).log_prob(x)  # [s, B]
             closed = _closed_kl(q, prior, kl)
             if closed is None:  # per-sample log p(x|z) + log p(z) - log q(z|x)
                 out.append((log_lik + prior.log_prob(z) - q.log_prob(z)).double())
@@ -230,6 +232,7 @@ def inference_gaps(
     kl: KLMethod = "auto",
     indices: Tensor | None = None,
     device: torch.device | str | None = None,
+    c: Tensor | None = None,
 ) -> InferenceGaps:
     """Approximation and amortization gaps on ``n`` examples of ``x`` (a random subset).
 
@@ -247,6 +250,7 @@ def inference_gaps(
         batch_size: examples optimised together.
         kl: how the KL term is computed (see :func:`vaelab.objectives.kl_term`).
         indices: use exactly these rows of ``x`` instead of a random subset.
+        c: the context ``[N, P]`` of a conditional model (the gaps of log p(x|c)).
 
     Example:
         >>> g = inference_gaps(model, x_test, n=100)
@@ -261,16 +265,19 @@ def inference_gaps(
         indices = torch.randperm(x.shape[0])[:count] if x.shape[0] > count else torch.arange(count)
     parts: dict[str, list[Tensor]] = {key: [] for key in ("ea", "sa", "eb", "sb", "sd", "loc", "scale")}
     for start in range(0, indices.numel(), batch_size):
-        xb = x[indices[start : start + batch_size]].to(device)
+        rows = indices[start : start + batch_size]
+        xb = x[rows].to(device)
+        cb = None if c is None else c[rows].to(device)
         with torch.no_grad():
-            q_enc = model.encode(xb)
-        q_opt = optimal_posterior(model, xb, steps=steps, lr=lr, samples=samples, kl=kl)
-        ea, sa, eb, sb, sd = _paired_elbos(model, xb, q_enc, q_opt, eval_samples, 100, kl)
+            q_enc = model.encode(xb, cb)
+        q_opt = optimal_posterior(model, xb, steps=steps, lr=lr, samples=samples, kl=kl, c=cb)
+        ea, sa, eb, sb, sd = _paired_elbos(model, xb, q_enc, q_opt, eval_samples, 100, kl, cb)
         loc, scale = _diagonal_parts(q_opt)
         for key, value in zip(parts, (ea, sa, eb, sb, sd, loc, scale)):
             parts[key].append(value.detach().double().cpu())
     if log_px is None:
-        ll = log_likelihood(model, x[indices], k, k_chunk=k_chunk, batch_size=batch_size, device=device)
+        ll = log_likelihood(model, x[indices], k, k_chunk=k_chunk, batch_size=batch_size, device=device,
+                            c=None if c is None else c[indices])
         lp, lp_se = ll.per_example.double(), (1.0 / ll.ess - 1.0 / k).clamp(min=0).sqrt()
     else:
         lp = log_px[indices].double()

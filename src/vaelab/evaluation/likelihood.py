@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..context import Batch
 from ..model import VAE
-from ..objectives import KLMethod, elbo
+from ..objectives import KLMethod, data_elbo
 
 __all__ = ["LogLikelihood", "DatasetELBO", "log_likelihood", "dataset_elbo", "K_CHUNK"]
 
@@ -66,6 +67,12 @@ def _batches(x: Tensor, batch_size: int):
         yield x[i : i + batch_size]
 
 
+def _pairs(x: Tensor, c: Tensor | None, batch_size: int):
+    """(x, c) slices of ``batch_size`` rows; c may be None (an unconditional model)."""
+    for i in range(0, x.shape[0], batch_size):
+        yield x[i : i + batch_size], None if c is None else c[i : i + batch_size]
+
+
 @torch.no_grad()
 def log_likelihood(
     model: VAE,
@@ -75,12 +82,15 @@ def log_likelihood(
     batch_size: int = 100,
     k_chunk: int = K_CHUNK,
     device: torch.device | str | None = None,
+    c: Tensor | None = None,
 ) -> LogLikelihood:
-    """Estimate log p(x) for every example of ``x`` with ``k`` importance samples.
+    """Estimate log p(x) (log p(x|c) for a conditional model) for every example of ``x`` with
+    ``k`` importance samples.
 
     Args:
         model: the VAE (put in eval mode by the caller if it has dropout/batch norm).
         x: data ``[N, *x_shape]``.
+        c: the context ``[N, P]`` of a conditional model, else None.
         k: importance samples per example (the literature uses 5000; 1000 is common).
         batch_size: examples per forward pass.
         k_chunk: samples per forward pass; memory grows with ``batch_size * k_chunk``.
@@ -91,14 +101,15 @@ def log_likelihood(
     if device is None:
         device = next(model.parameters()).device
     per_example, ess = [], []
-    for xb in _batches(x, batch_size):
+    for xb, cb in _pairs(x, c, batch_size):
         xb = xb.to(device)
+        cb = None if cb is None else cb.to(device)
         log_sum_w = torch.full((xb.shape[0],), -math.inf, device=device)  # log sum_k w_k
         log_sum_w2 = torch.full_like(log_sum_w, -math.inf)  # log sum_k w_k^2
         done = 0
         while done < k:
             kc = min(k_chunk, k - done)
-            lw = model.log_weights(xb, kc).double()  # [kc, B]
+            lw = model.log_weights(xb, kc, cb).double()  # [kc, B]
             log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(lw, 0))
             log_sum_w2 = torch.logaddexp(log_sum_w2, torch.logsumexp(2 * lw, 0))
             done += kc
@@ -116,13 +127,15 @@ def dataset_elbo(
     kl: KLMethod = "auto",
     batch_size: int = 500,
     device: torch.device | str | None = None,
+    c: Tensor | None = None,
 ) -> DatasetELBO:
-    """The ELBO, reconstruction and KL terms averaged over ``x`` (``k`` samples per example)."""
+    """The ELBO, reconstruction and KL terms averaged over ``x`` (``k`` samples per example;
+    ``c`` the context of a conditional model)."""
     if device is None:
         device = next(model.parameters()).device
     sums = torch.zeros(3, dtype=torch.float64)
-    for xb in _batches(x, batch_size):
-        terms = elbo(model.trace(xb.to(device), k), kl)
+    for xb, cb in _pairs(x, c, batch_size):
+        terms = data_elbo(model, Batch(xb.to(device), None if cb is None else cb.to(device)), k, kl)
         sums += torch.stack(
             [terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()]
         ).double().cpu()

@@ -29,22 +29,70 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
 from ..distributions.likelihoods import BernoulliDecoder
+from ..errors import VaelabError
 from ..model import VAE
-from ..objectives import ELBO, KLMethod, elbo
+from ..objectives import ELBO, KLMethod, data_elbo
+from ..context import Batch
 from .diagnostics import LatentDiagnostics, latent_diagnostics
 from .gaps import InferenceGaps, inference_gaps
 from .likelihood import K_CHUNK, LogLikelihood, log_likelihood
 
-__all__ = ["Evaluation", "evaluate", "format_table"]
+__all__ = ["Evaluation", "EvalSettings", "evaluate", "format_table"]
 
 LOW_ESS = 0.01  # warn when the median ESS is below this fraction of K
+
+
+def _s(default: Any, help: str, low: float | None = None, low_open: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "low": low, "low_open": low_open})
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How an evaluation is run: one object shared by ``vaelab eval``, ``vaelab report``, the
+    Python API and the explorer; each default is declared here and nowhere else (the CLI's
+    options and their help are made from these fields)."""
+
+    k: int = _s(1000, "importance samples per example for log p(x) (0: ELBO only)", low=0)
+    k_chunk: int = _s(K_CHUNK, "importance samples per forward pass (memory grows with batch size x k-chunk, not with K)", low=1)
+    batch_size: int = _s(100, "examples per forward pass", low=1)
+    elbo_samples: int = _s(10, "posterior samples per example for the ELBO's reconstruction term", low=1)
+    kl: str = _s("auto", "KL term: auto (closed form when known), analytic or mc")
+    mi_samples: int = _s(1000, "Monte-Carlo draws for I(x;z) and KL(q(z)||p(z)) (0: skip latent health)", low=0)
+    gap_examples: int = _s(100, "examples for the approximation/amortization gap split (0: skip it)", low=0)
+    gap_steps: int = _s(300, "Adam steps of the per-example posterior optimisation", low=0)
+    gap_samples: int = _s(16, "samples per optimisation step", low=1)
+    gap_lr: float = _s(0.05, "initial learning rate of the optimisation (cosine-decayed to 0)", low=0.0, low_open=True)
+    gap_eval_samples: int = _s(1000, "samples for each ELBO of the gap split", low=1)
+    seed: int = _s(0, "random seed of every draw")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise VaelabError(f"evaluation setting {f.name} must be a whole number, got {value!r}")
+            low, open_ = f.metadata["low"], f.metadata["low_open"]
+            if low is not None and (not value >= low or (open_ and value == low) or value != value):
+                raise VaelabError(f"evaluation setting {f.name} must be {'>' if open_ else '>='} {low:g}, got {value!r}")
+        if self.kl not in ("auto", "analytic", "mc"):
+            raise VaelabError(f"evaluation setting kl must be auto, analytic or mc, got {self.kl!r}")
+
+    def replace(self, **changes: Any) -> "EvalSettings":
+        """A copy with some settings changed (unknown names are errors)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise VaelabError(f"unknown evaluation setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -135,71 +183,49 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 def evaluate(
     model: VAE,
     x: Tensor,
+    settings: EvalSettings | None = None,
     *,
-    k: int = 1000,
-    k_chunk: int = K_CHUNK,
-    batch_size: int = 100,
-    elbo_samples: int = 10,
-    kl: KLMethod = "auto",
-    mi_samples: int = 1000,
-    gap_examples: int = 100,
-    gap_steps: int = 300,
-    gap_samples: int = 16,
-    gap_lr: float = 0.05,
-    gap_eval_samples: int = 1000,
-    seed: int = 0,
+    c: Tensor | None = None,
     device: torch.device | str | None = None,
+    **changes: Any,
 ) -> Evaluation:
     """Evaluate ``model`` on ``x`` ``[N, *x_shape]``: ELBO, log p(x), latent health, gaps.
 
     Args:
-        k: importance samples per example for log p(x); 0 skips log p(x) and the gaps.
-        k_chunk: samples per forward pass (memory ~ ``batch_size * k_chunk`` examples).
-        batch_size: examples per forward pass.
-        elbo_samples: posterior samples per example for the ELBO's reconstruction term.
-        kl: how the ELBO's KL term is computed (see :func:`vaelab.objectives.kl_term`).
-        mi_samples: Monte-Carlo draws for I(x;z) and KL(q(z)||p(z)) (0 skips latent health).
-        gap_examples: examples for the gap split (0 skips it); a seeded random subset.
-        gap_steps, gap_samples, gap_lr: the per-example optimisation of q* (Adam steps,
-            samples per step, initial learning rate).
-        gap_eval_samples: samples for each ELBO of the gap split.
-        seed: seeds every random draw (each part separately).
+        settings: how (:class:`EvalSettings`; its defaults when None); keyword arguments
+            named like its fields change single settings, e.g. ``evaluate(model, x, k=5000)``.
+            ``k = 0`` skips log p(x) and the gaps, ``mi_samples = 0`` latent health,
+            ``gap_examples = 0`` the gap split; every part is seeded from ``seed``.
+        c: the context ``[N, P]`` of a conditional model: then every figure is conditional
+            (log p(x|c), KL(q(z|x,c) || p(z|c)), ...).
         device: where to compute (default: the model's device).
 
     Example:
         >>> ev = evaluate(model, x_test, k=5000)
         >>> print(format_table(ev.to_dict()))
     """
-    for name, value, low in (("k", k, 0), ("k_chunk", k_chunk, 1), ("batch_size", batch_size, 1),
-                             ("elbo_samples", elbo_samples, 1), ("mi_samples", mi_samples, 0),
-                             ("gap_examples", gap_examples, 0), ("gap_steps", gap_steps, 0),
-                             ("gap_samples", gap_samples, 1), ("gap_eval_samples", gap_eval_samples, 1)):
-        if int(value) < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    if not gap_lr > 0:
-        raise ValueError(f"gap_lr must be > 0, got {gap_lr}")
+    st = (settings or EvalSettings()).replace(**changes) if changes else (settings or EvalSettings())
+    k, k_chunk, batch_size, kl = st.k, st.k_chunk, st.batch_size, st.kl
     n = x.shape[0]
     if n < 1:
         raise ValueError("evaluate needs at least one example")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    settings: dict[str, Any] = {
-        "k": k, "k_chunk": k_chunk, "batch_size": batch_size, "elbo_samples": elbo_samples, "kl": kl,
-        "mi_samples": mi_samples, "gap_examples": gap_examples, "gap_steps": gap_steps,
-        "gap_samples": gap_samples, "gap_lr": gap_lr, "gap_eval_samples": gap_eval_samples,
-        "seed": seed, "device": str(device),
-    }
+    settings_out: dict[str, Any] = {**st.to_dict(), "device": str(device)}
+    seed = st.seed
     notes: list[str] = []
 
+    def rows(i: int) -> Batch:
+        return Batch(x[i : i + batch_size].to(device), None if c is None else c[i : i + batch_size].to(device))
+
     with _seeded(seed, device), torch.no_grad():
-        parts = [elbo(model.trace(x[i : i + batch_size].to(device), elbo_samples), kl)
-                 for i in range(0, n, batch_size)]
+        parts = [data_elbo(model, rows(i), st.elbo_samples, kl) for i in range(0, n, batch_size)]
     terms = ELBO(*(torch.cat([getattr(p, key).detach().double().cpu() for p in parts])
                    for key in ("elbo", "reconstruction", "kl")))
 
     ll = None
     if k > 0:
         with _seeded(seed + 1, device):
-            ll = log_likelihood(model, x, k, batch_size=batch_size, k_chunk=k_chunk, device=device)
+            ll = log_likelihood(model, x, k, batch_size=batch_size, k_chunk=k_chunk, device=device, c=c)
         median_ess = float(ll.ess.median())
         if median_ess < LOW_ESS * k:
             notes.append(
@@ -209,20 +235,20 @@ def evaluate(
             )
 
     latents = None
-    if mi_samples > 0 and n >= 2:
+    if st.mi_samples > 0 and n >= 2:
         with _seeded(seed + 2, device):
-            latents = latent_diagnostics(model, x, mi_samples=mi_samples, batch_size=max(batch_size, 100),
-                                         device=device)
+            latents = latent_diagnostics(model, x, mi_samples=st.mi_samples, batch_size=max(batch_size, 100),
+                                         device=device, c=c)
 
     gaps = None
-    if gap_examples > 0 and ll is not None:
+    if st.gap_examples > 0 and ll is not None:
         mc_se = (1.0 / ll.ess - 1.0 / k).clamp(min=0).sqrt()
         try:
             with _seeded(seed + 3, device):
                 gaps = inference_gaps(
-                    model, x, n=gap_examples, log_px=ll.per_example, log_px_mc_se=mc_se,
-                    steps=gap_steps, lr=gap_lr, samples=gap_samples, eval_samples=gap_eval_samples,
-                    batch_size=batch_size, kl=kl, device=device,
+                    model, x, n=st.gap_examples, log_px=ll.per_example, log_px_mc_se=mc_se,
+                    steps=st.gap_steps, lr=st.gap_lr, samples=st.gap_samples, eval_samples=st.gap_eval_samples,
+                    batch_size=batch_size, kl=kl, device=device, c=c,
                 )
         except ValueError as err:  # an encoder outside the diagonal Gaussian family
             notes.append(f"gap split skipped: {err}")
@@ -230,7 +256,7 @@ def evaluate(
     binary = bool(((x == 0) | (x == 1)).all())
     discrete = bool(getattr(model.decoder, "discrete", False)) or (binary and isinstance(model.decoder, BernoulliDecoder))
     return Evaluation(n=n, x_dim=math.prod(x.shape[1:]), discrete=discrete, terms=terms, likelihood=ll,
-                      latents=latents, gaps=gaps, settings=settings, notes=notes)
+                      latents=latents, gaps=gaps, settings=settings_out, notes=notes)
 
 
 def _pm(value: float, se: float | None, digits: int = 2) -> str:

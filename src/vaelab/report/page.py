@@ -68,7 +68,7 @@ def write_report(
     model = load(run, device=device)
     evaluation = None if reevaluate else _saved_evaluation(model.run_dir)
     if evaluation is None:
-        evaluation = model.evaluate(k=k, gap_examples=gap_examples, gap_steps=gap_steps, seed=seed)
+        evaluation = model.evaluate(k=k, gap_examples=gap_examples, gap_steps=gap_steps, seed=seed).to_dict()
         evaluation["data"] = f"{model.config.data} (test split)"
         write_eval(model.run_dir, evaluation)
     page = build_report(model, evaluation, seed=seed)

@@ -1,7 +1,8 @@
 """The training loop: Adam on the negative ELBO, validation, early stopping, checkpoints.
 
 One epoch: a fresh Bernoulli draw of the training pixels (dynamic binarization, when asked),
-a fresh shuffle, then one optimizer step per mini-batch on
+a fresh shuffle (x, its context c and the known-label mask permuted together), then one
+optimizer step per mini-batch on
 
     loss = -(1/B) sum_b ELBO(x_b)          (nats per example; reconstruction - KL, no hidden weights)
 
@@ -37,7 +38,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data import DataSplits, binarize as draw_binary
+from ..context import Batch, Variable
+from ..data import DataSplits, binarize as draw_binary, split_batch
 from ..errors import VaelabError
 from ..evaluation import dataset_elbo
 from ..model import VAE
@@ -84,17 +86,19 @@ def noise_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return s if rank == 0 else (s + rank * 2_654_435_761) % (2**63 - 1)
 
 
-def epoch_data(train: Tensor, seed: int, epoch: int, binarize: bool) -> Tensor:
-    """The training examples of ``epoch`` in the order the loop visits them ``[N, *x_shape]``.
+def epoch_data(train: Tensor | Batch, seed: int, epoch: int, binarize: bool) -> Batch:
+    """The training examples of ``epoch`` in the order the loop visits them, a :class:`Batch`.
 
     On ``train``'s device, from one generator seeded by :func:`epoch_seed`: a Bernoulli draw of
-    every pixel (when ``binarize``), then a permutation. Batch ``i`` is rows
-    ``[i * B, (i + 1) * B)``; every process of a distributed run holds the same tensor.
+    every pixel (when ``binarize``), then one permutation of x, c and the known-label mask.
+    Batch ``i`` is rows ``[i * B, (i + 1) * B)``; every process of a distributed run holds the
+    same tensors.
     """
-    gen = torch.Generator(device=train.device).manual_seed(epoch_seed(seed, epoch))
-    x = draw_binary(train, gen) if binarize else train
-    perm = torch.randperm(train.shape[0], generator=gen, device=train.device)
-    return x[perm]
+    train = train if isinstance(train, Batch) else Batch(train)
+    gen = torch.Generator(device=train.x.device).manual_seed(epoch_seed(seed, epoch))
+    x = draw_binary(train.x, gen) if binarize else train.x
+    perm = torch.randperm(len(train), generator=gen, device=train.x.device)
+    return Batch(x, train.c, train.known)[perm]
 
 
 class _TrainStep(nn.Module):
@@ -114,11 +118,12 @@ class _TrainStep(nn.Module):
         self.objective = objective
         self.precision = precision
 
-    def forward(self, x: Tensor, progress: float) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, progress: float, c: Tensor | None = None,
+                known: Tensor | None = None) -> tuple[Tensor, Tensor]:
         autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if self.precision == "bfloat16"
                     else contextlib.nullcontext())
         with autocast:
-            loss, terms = self.objective.loss(self.model, x, progress)
+            loss, terms = self.objective.loss(self.model, Batch(x, c, known), progress)
         loss = loss.float()
         stats = torch.stack([loss, terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()])
         return loss, stats.detach().float()
@@ -181,18 +186,20 @@ def _stopped(run_dir: Path, epoch: int) -> str:
     return f"stopped before the first epoch finished, so '{run_dir}' holds no checkpoint"
 
 
-def _validation(model: VAE, val: Tensor, objective: Objective, w: World) -> tuple[float, float, float]:
+def _validation(model: VAE, val: Batch, objective: Objective, w: World) -> tuple[float, float, float]:
     """The validation ELBO and its terms; each process scores its shard and the sums are shared."""
     model.eval()
     if w.size == 1:
-        v = dataset_elbo(model, val, kl=objective.kl)
+        v = dataset_elbo(model, val.x, kl=objective.kl, c=val.c)
         return v.elbo, v.reconstruction, v.kl
-    lo, hi = w.shard(val.shape[0])
-    sums = torch.zeros(3, dtype=torch.float64, device=val.device)
+    lo, hi = w.shard(len(val))
+    device = val.x.device
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     if hi > lo:
-        v = dataset_elbo(model, val[lo:hi], kl=objective.kl)
-        sums += torch.tensor([v.elbo, v.reconstruction, v.kl], dtype=torch.float64, device=val.device) * (hi - lo)
-    e, r, k = (w.all_sum(sums) / val.shape[0]).tolist()
+        part = val[lo:hi]
+        v = dataset_elbo(model, part.x, kl=objective.kl, c=part.c)
+        sums += torch.tensor([v.elbo, v.reconstruction, v.kl], dtype=torch.float64, device=device) * (hi - lo)
+    e, r, k = (w.all_sum(sums) / len(val)).tolist()
     return e, r, k
 
 
@@ -213,6 +220,8 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     compile: bool = False,
     precision: str = "float32",
+    variables: tuple[Variable, ...] = (),
+    known: Tensor | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data.train`` and keep its checkpoints in ``run_dir``.
 
@@ -233,6 +242,9 @@ def fit(
         compile: run the forward pass through ``torch.compile`` (the first steps pay for the
             compilation).
         precision: ``"float32"``, or ``"bfloat16"`` for CUDA autocast (see ``_TrainStep``).
+        variables: the model's conditioning variables (its spec's ``context``): each batch
+            carries their columns c (:func:`vaelab.data.split_batch`); empty for none.
+        known: ``[N_train]`` bool, which training labels semi-supervised training sees.
 
     A process group set up beforehand (:func:`vaelab.training.distributed.setup`) makes this
     one replica of a data-parallel run: the model is wrapped in DistributedDataParallel and
@@ -271,11 +283,11 @@ def fit(
             f"the run in '{run_dir}' already finished its {epochs} epochs; pass a larger "
             "--epochs to continue it"
         )
-    train = data.train.to(device)
-    val = data.val.to(device)
+    train = split_batch(data, "train", variables, known).to(device)
+    val = split_batch(data, "val", variables).to(device)
     if binarize:
-        val = draw_binary(val, torch.Generator(device=device).manual_seed(seed + 1))
-    n = train.shape[0]
+        val = Batch(draw_binary(val.x, torch.Generator(device=device).manual_seed(seed + 1)), val.c)
+    n = len(train)
     steps = math.ceil(n / batch_size)
 
     step: nn.Module = _TrainStep(model, objective, precision)
@@ -287,7 +299,8 @@ def fit(
         # one eager pass first (random state restored), so that lazily filled caches such as
         # torch.distributions' KL dispatch table are warm and dynamo captures a single graph
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-            step(train[: min(batch_size, n)], 0.0)
+            first = train[: min(batch_size, n)]
+            step(first.x, 0.0, first.c, first.known)
         step = torch.compile(step)  # type: ignore[assignment]
     progress = progress and w.is_main
     reader = _Lagged(device)
@@ -308,7 +321,7 @@ def fit(
                 lo, hi = w.shard(b - a)
                 weight = w.size * (hi - lo) / (b - a)  # 1 in a single process
                 xb = x_epoch[a + lo : a + hi] if hi > lo else x_epoch[a : a + 1]  # no rows: one, weighted 0
-                loss, stats = step(xb, epoch - 1 + i / steps)
+                loss, stats = step(xb.x, epoch - 1 + i / steps, xb.c, xb.known)
                 optimizer.zero_grad(set_to_none=True)
                 (loss if weight == 1 else loss * weight).backward()
                 optimizer.step()

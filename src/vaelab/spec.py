@@ -1,0 +1,174 @@
+"""The model spec: everything needed to rebuild a model, as one JSON-ready object.
+
+A :class:`ModelSpec` names the model family, the data shape, the latent size, one registered
+part of each kind (:mod:`vaelab.registry`) with its options, and the conditioning variables
+(:class:`~vaelab.context.Variable`). Every run folder keeps it as ``model.json``;
+:func:`vaelab.load` rebuilds the model from it through the registry
+(:func:`vaelab.build.build_model`), so every model the library can build can be saved,
+loaded, evaluated, reported and served.
+
+    {"version": 1, "family": "vae", "x_shape": [1, 28, 28], "latent_dim": 20,
+     "net": {"name": "mlp", "hidden": [400]}, "posterior": {"name": "gaussian", "min_scale": 0.0001},
+     "prior": {"name": "normal"}, "likelihood": {"name": "bernoulli"},
+     "context": [{"name": "label", "kind": "categorical", "classes": 10, ...}]}
+
+Families: ``"vae"`` (the VAE, conditional when ``context`` is not empty) and ``"m2"`` (the
+semi-supervised model of Kingma et al. 2014, whose label is a partly observed latent; its
+context is the label alone).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from . import registry
+from .context import LABEL, Variable
+from .errors import VaelabError
+
+__all__ = ["PartSpec", "ModelSpec", "FAMILIES", "SPEC_VERSION"]
+
+FAMILIES: tuple[str, ...] = ("vae", "m2")
+SPEC_VERSION = 1
+PART_KINDS = ("net", "posterior", "prior", "likelihood")
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """A registered part by name, with all of its options (defaults filled in)."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, kind: str, name: str, values: Mapping[str, Any], source: str = "options") -> "PartSpec":
+        """The part ``name`` of ``kind`` with its options taken from ``values`` (others ignored)."""
+        part = registry.get(kind, name)
+        return cls(name, part.resolve(dict(values), source))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is made of; see the module docstring. Validated on construction."""
+
+    x_shape: tuple[int, ...]
+    latent_dim: int = 20
+    net: PartSpec = PartSpec("mlp")  # options: the registry's defaults, filled in on construction
+    posterior: PartSpec = PartSpec("gaussian")
+    prior: PartSpec = PartSpec("normal")
+    likelihood: PartSpec = PartSpec("bernoulli")
+    context: tuple[Variable, ...] = ()
+    family: str = "vae"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "x_shape", tuple(int(s) for s in self.x_shape))
+        object.__setattr__(self, "context", tuple(self.context))
+        if not self.x_shape or any(s < 1 for s in self.x_shape):
+            raise VaelabError(f"model spec: x_shape must be positive sizes, got {list(self.x_shape)}")
+        if isinstance(self.latent_dim, bool) or int(self.latent_dim) != self.latent_dim or self.latent_dim < 1:
+            raise VaelabError(f"latent_dim must be a positive integer, got {self.latent_dim}")
+        if self.family not in FAMILIES:
+            raise VaelabError(f"unknown model family {self.family!r}; choose one of: {', '.join(FAMILIES)}")
+        for kind in PART_KINDS:
+            part = getattr(self, kind)
+            registered = registry.get(kind, part.name)
+            object.__setattr__(self, kind, PartSpec(part.name, registered.resolve(dict(part.options), f"model spec {kind}")))
+            if registered.conditional_only and not self.context:
+                raise VaelabError(f"{kind} {part.name!r} needs a conditioning variable; add --condition-on (e.g. label) "
+                                  f"or choose another {kind}")
+        if self.family == "m2":
+            if [v.name for v in self.context] != [LABEL] or self.context[0].kind != "categorical":
+                raise VaelabError("the semi-supervised model (m2) conditions on the class label alone: "
+                                  "--condition-on label, no other variables")
+
+    @property
+    def context_dim(self) -> int:
+        return sum(v.width for v in self.context)
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.context)
+
+    def label(self) -> Variable | None:
+        """The categorical ``label`` variable, if the model conditions on one."""
+        return next((v for v in self.context if v.name == LABEL), None)
+
+    @classmethod
+    def create(
+        cls,
+        x_shape: Sequence[int],
+        *,
+        latent_dim: int = 20,
+        net: str = "mlp",
+        posterior: str = "gaussian",
+        prior: str = "normal",
+        likelihood: str = "bernoulli",
+        context: Sequence[Variable] = (),
+        family: str = "vae",
+        options: Mapping[str, Any] | None = None,
+        source: str = "options",
+    ) -> "ModelSpec":
+        """A spec from part names and one flat mapping of options (each part takes its own)."""
+        values = dict(options or {})
+        known = registry.all_options()
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise VaelabError(f"{source}: unknown option(s) {', '.join(unknown)}; part options: {', '.join(known)}")
+        parts = {kind: PartSpec.resolve(kind, name, values, source)
+                 for kind, name in (("net", net), ("posterior", posterior), ("prior", prior), ("likelihood", likelihood))}
+        return cls(x_shape=tuple(x_shape), latent_dim=latent_dim, context=tuple(context), family=family, **parts)
+
+    # --- JSON -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SPEC_VERSION,
+            "family": self.family,
+            "x_shape": list(self.x_shape),
+            "latent_dim": self.latent_dim,
+            **{kind: getattr(self, kind).to_dict() for kind in PART_KINDS},
+            "context": [v.to_dict() for v in self.context],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "model spec") -> "ModelSpec":
+        """Parse and validate (unknown keys, unknown parts and bad options are VaelabErrors)."""
+        if not isinstance(d, dict):
+            raise VaelabError(f"{source} must be a JSON object")
+        allowed = {"version", "family", "x_shape", "latent_dim", "context", *PART_KINDS}
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise VaelabError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
+        if d.get("version", SPEC_VERSION) != SPEC_VERSION:
+            raise VaelabError(f"{source}: version {d.get('version')!r} is not one this vaelab reads ({SPEC_VERSION})")
+        missing = [k for k in ("x_shape", *PART_KINDS) if k not in d]
+        if missing:
+            raise VaelabError(f"{source}: missing key(s) {', '.join(missing)}")
+        parts = {}
+        for kind in PART_KINDS:
+            entry = d[kind]
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise VaelabError(f"{source}: {kind} must be an object with a 'name', got {entry!r}")
+            options = {k: v for k, v in entry.items() if k != "name"}
+            part = registry.get(kind, entry["name"])
+            extra = sorted(set(options) - {o.name for o in part.options})
+            if extra:
+                raise VaelabError(f"{source}: {kind} {entry['name']!r} has no option(s) {', '.join(extra)}")
+            parts[kind] = PartSpec(entry["name"], options)
+        shape = d["x_shape"]
+        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+            raise VaelabError(f"{source}: x_shape must be a list of integers, got {shape!r}")
+        context = d.get("context", [])
+        if not isinstance(context, list):
+            raise VaelabError(f"{source}: context must be a list of variables, got {context!r}")
+        latent = d.get("latent_dim", 20)
+        if isinstance(latent, bool) or not isinstance(latent, int):
+            raise VaelabError(f"{source}: latent_dim must be an integer, got {latent!r}")
+        return cls(x_shape=tuple(shape), latent_dim=latent, family=str(d.get("family", "vae")),
+                   context=tuple(Variable.from_dict(v, source) for v in context), **parts)
