@@ -33,7 +33,7 @@ from torch.distributions import Distribution
 from .context import ContextEncoder
 from .errors import VaelabError
 
-__all__ = ["VAE", "Trace", "Posterior", "Likelihood", "Prior", "SampleWithDensity"]
+__all__ = ["VAE", "Trace", "Posterior", "Likelihood", "Prior", "SampleWithDensity", "Classifier"]
 
 
 class Posterior(Protocol):
@@ -58,6 +58,14 @@ class Prior(Protocol):
     """p(z|c): ``prior()`` or ``prior(c)`` -> a distribution with event ``[D]``."""
 
     def __call__(self, c: Tensor | None = None) -> Distribution: ...
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """A model with a classifier q(y|x) (the semi-supervised M2): ``classify(x)`` returns a
+    ``Categorical`` with batch ``[B]``; evaluation reports its accuracy on labelled data."""
+
+    def classify(self, x: Tensor) -> Distribution: ...
 
 
 @runtime_checkable

@@ -296,11 +296,13 @@ class TrainedModel:
         change single fields, e.g. ``k=5000``) as in :func:`vaelab.evaluation.evaluate`; the
         KL method is the run's own unless given.
         """
+        labels = None
         if x is None:
             if c is not None or label is not None:
                 raise VaelabError("give c or label together with x (the run's test set brings its own context)")
-            batch = self.test_batch()
-            xb, ctx = self.as_batch(batch.x), batch.c
+            data = self.data()
+            batch = self.test_batch(data)
+            xb, ctx, labels = self.as_batch(batch.x), batch.c, data.test_labels
             if ctx is not None:
                 ctx = self.context(ctx, n=len(xb), what="the test set's context")
         else:
@@ -308,7 +310,7 @@ class TrainedModel:
             ctx = self.context(c, label, n=len(xb))
         st = settings or EvalSettings(kl=self.config.kl)
         st = st.replace(**changes) if changes else st
-        return evaluate(self.vae, xb, st, c=ctx)
+        return evaluate(self.vae, xb, st, c=ctx, labels=labels if self.spec.label() is not None else None)
 
 
 def interpolate_latents(

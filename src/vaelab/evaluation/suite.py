@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..distributions.likelihoods import BernoulliDecoder
 from ..errors import VaelabError
-from ..model import VAE
+from ..model import VAE, Classifier
 from ..objectives import ELBO, KLMethod, data_elbo
 from ..context import Batch
 from .diagnostics import LatentDiagnostics, latent_diagnostics
@@ -108,6 +108,19 @@ class Evaluation:
     gaps: InferenceGaps | None
     settings: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    correct: Tensor | None = None  # [N] 1.0 where the model's classifier q(y|x) labels x right
+    context: tuple[str, ...] = ()  # the conditioning variables: every figure is given them
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share of examples the classifier labels right (models with a classifier, labelled data)."""
+        return None if self.correct is None else float(self.correct.double().mean())
+
+    @property
+    def accuracy_stderr(self) -> float | None:
+        """Binomial standard error of the accuracy, sqrt(a (1 - a) / N)."""
+        a = self.accuracy
+        return None if a is None else math.sqrt(a * (1 - a) / self.correct.numel())
 
     @property
     def log_px_mc_se(self) -> Tensor | None:
@@ -152,6 +165,11 @@ class Evaluation:
             })
             if self.discrete:
                 out["bits_per_dim"] = -ll.mean / (self.x_dim * math.log(2))
+        if self.correct is not None:
+            out["accuracy"] = self.accuracy
+            out["accuracy_stderr"] = self.accuracy_stderr
+        if self.context:
+            out["conditional_on"] = list(self.context)
         out["latents"] = None if self.latents is None else self.latents.to_dict()
         out["gaps"] = None if self.gaps is None else self.gaps.summary()
         out["warnings"] = self.warnings
@@ -186,6 +204,7 @@ def evaluate(
     settings: EvalSettings | None = None,
     *,
     c: Tensor | None = None,
+    labels: Tensor | None = None,
     device: torch.device | str | None = None,
     **changes: Any,
 ) -> Evaluation:
@@ -198,6 +217,8 @@ def evaluate(
             ``gap_examples = 0`` the gap split; every part is seeded from ``seed``.
         c: the context ``[N, P]`` of a conditional model: then every figure is conditional
             (log p(x|c), KL(q(z|x,c) || p(z|c)), ...).
+        labels: class ids ``[N]``: a model with a classifier (:class:`~vaelab.model.Classifier`,
+            the semi-supervised M2) is scored for accuracy on them.
         device: where to compute (default: the model's device).
 
     Example:
@@ -253,10 +274,18 @@ def evaluate(
         except ValueError as err:  # an encoder outside the diagonal Gaussian family
             notes.append(f"gap split skipped: {err}")
 
+    correct = None
+    if labels is not None and isinstance(model, Classifier):
+        with torch.no_grad():
+            predicted = torch.cat([model.classify(x[i : i + batch_size].to(device)).probs.argmax(-1).cpu()
+                                   for i in range(0, n, batch_size)])
+        correct = (predicted == labels.cpu().long()).double()
+
     binary = bool(((x == 0) | (x == 1)).all())
     discrete = bool(getattr(model.decoder, "discrete", False)) or (binary and isinstance(model.decoder, BernoulliDecoder))
     return Evaluation(n=n, x_dim=math.prod(x.shape[1:]), discrete=discrete, terms=terms, likelihood=ll,
-                      latents=latents, gaps=gaps, settings=settings_out, notes=notes)
+                      latents=latents, gaps=gaps, settings=settings_out, notes=notes, correct=correct,
+                      context=tuple(v.name for v in model.context.variables) if c is not None and model.context is not None else ())
 
 
 def _pm(value: float, se: float | None, digits: int = 2) -> str:
@@ -280,9 +309,12 @@ def format_table(ev: dict[str, Any]) -> str:
     if "log_px" in ev:
         mc = ev.get("log_px_mc_stderr")
         extra = f" (Monte Carlo ± {mc:.3f})" if mc is not None else ""
-        rows.append((f"-log p(x), K={ev['k']}", f"{_pm(ev['nll'], ev.get('log_px_stderr'))} nats{extra}"))
+        given = f"|{','.join(ev['conditional_on'])}" if ev.get("conditional_on") else ""
+        rows.append((f"-log p(x{given}), K={ev['k']}", f"{_pm(ev['nll'], ev.get('log_px_stderr'))} nats{extra}"))
     if "bits_per_dim" in ev:
         rows.append(("bits per dimension", f"{ev['bits_per_dim']:.4f}"))
+    if ev.get("accuracy") is not None:
+        rows.append(("classifier accuracy q(y|x)", f"{100 * ev['accuracy']:.2f} ± {100 * ev['accuracy_stderr']:.2f} %"))
     if "ess_median" in ev:
         rows.append(("ESS of importance weights", f"median {ev['ess_median']:.1f}, min {ev['ess_min']:.1f} of K={ev['k']}"))
     lat = ev.get("latents")
