@@ -73,6 +73,7 @@ __all__ = [
     "ELBO",
     "Objective",
     "OwnLoss",
+    "Detachable",
     "data_elbo",
     "elbo",
     "kl_term",
@@ -224,6 +225,13 @@ def iwae(trace: Trace) -> Tensor:
 # --- gradient estimators ------------------------------------------------------------------
 
 
+@runtime_checkable
+class Detachable(Protocol):
+    """A distribution that gives its own copy with parameters cut from the graph (STL, DReG)."""
+
+    def detach_parameters(self) -> Distribution: ...
+
+
 def detach_parameters(q: Distribution) -> Distribution:
     """The same distribution with its parameters cut from the autograd graph.
 
@@ -234,7 +242,7 @@ def detach_parameters(q: Distribution) -> Distribution:
     ``detach_parameters()`` that returns its frozen copy. Anything else, flows included (their
     density at a given z needs the inverse of the flow), is a VaelabError.
     """
-    if hasattr(q, "detach_parameters"):
+    if isinstance(q, Detachable):
         return q.detach_parameters()
     if isinstance(q, Independent):
         return Independent(detach_parameters(q.base_dist), q.reinterpreted_batch_ndims, validate_args=False)
