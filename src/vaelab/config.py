@@ -141,6 +141,15 @@ class TrainConfig:
                 raise VaelabError("--semi-supervised needs --condition-on label (the label is M2's partly observed latent)")
             if (self.labels_per_class > 0) == (self.labelled_fraction > 0):
                 raise VaelabError("--semi-supervised needs one of --labels-per-class N or --labelled-fraction F (> 0)")
+            off = [f"--{key.replace('_', '-')} {getattr(self, key)}" for key, plain in (
+                ("objective", "elbo"), ("estimator", "standard"), ("beta", 1.0), ("warmup", 0.0), ("free_bits", 0.0),
+            ) if getattr(self, key) != plain]
+            if off:
+                raise VaelabError(f"--semi-supervised trains M2's own bound (Kingma et al. 2014, eq. 9), which has no "
+                                  f"{', '.join(off)}; use objective elbo, estimator standard, beta 1, warmup 0, free bits 0")
+            if registry.get("prior", self.prior).conditional_only or self.prior == "vamp":
+                raise VaelabError(f"--semi-supervised: M2's p(z) must not depend on the label, and prior {self.prior!r} "
+                                  "does (through the label it is given); use --prior normal or mog")
         elif self.labels_per_class > 0 or self.labelled_fraction > 0:
             raise VaelabError("--labels-per-class and --labelled-fraction hide labels for --semi-supervised training; add it")
 

@@ -36,7 +36,7 @@ from .data import DataSplits, binarize, context_columns, context_variables, know
 from .errors import VaelabError
 from .evaluation import EvalSettings, Evaluation, LogLikelihood, evaluate, log_likelihood
 from .evaluation.likelihood import K_CHUNK
-from .model import VAE
+from .model import VAE, Classifier
 from .objectives import ELBO, Objective, data_elbo
 from .spec import ModelSpec
 from .training.checkpoint import atomic_write_text, load_weights, read_metadata
@@ -222,9 +222,16 @@ class TrainedModel:
     def reconstruct(self, x: Any, c: Any = None, label: Any = None) -> Tensor:
         """The decoder's mean at the posterior mean: ``E[x | z = E_q[z|x, c], c]``."""
         xb = self.as_batch(x)
-        ctx = self.context(c, label, n=len(xb))
+        ctx = self._own_context(xb, self.context(c, label, n=len(xb)))
         q = self.vae.encode(xb, ctx)
-        return self.vae.decode(q.mean, ctx if ctx is not None else None).mean.cpu()
+        return self.vae.decode(q.mean, ctx).mean.cpu()
+
+    def _own_context(self, xb: Tensor, ctx: Tensor | None) -> Tensor | None:
+        """The context to decode x's own reconstruction with: the one given, or for the
+        semi-supervised M2 (whose label is a latent) the class q(y|x) finds most likely."""
+        if ctx is None and isinstance(self.vae, Classifier):
+            return self.vae.classify(xb).probs.argmax(-1, keepdim=True).float()
+        return ctx
 
     @torch.no_grad()
     def interpolate(
@@ -242,8 +249,10 @@ class TrainedModel:
             raise VaelabError(f"interpolation needs at least 2 steps, got {steps}")
         ctx = self.context(None if c is None else torch.as_tensor(np.asarray(c), dtype=torch.float32).reshape(1, -1),
                            label, n=1)
-        z0 = self.vae.encode(self.as_batch(x_from, "first input"), ctx).mean[0]
-        z1 = self.vae.encode(self.as_batch(x_to, "second input"), ctx).mean[0]
+        x0, x1 = self.as_batch(x_from, "first input"), self.as_batch(x_to, "second input")
+        ctx = self._own_context(x0, ctx)  # M2: the first input's most likely class
+        z0 = self.vae.encode(x0, ctx).mean[0]
+        z1 = self.vae.encode(x1, ctx).mean[0]
         path_c = None if ctx is None else ctx.expand(steps, -1)
         return self.vae.decode(interpolate_latents(z0, z1, steps, method), path_c).mean.cpu()
 
