@@ -7,7 +7,8 @@ default-size model, MLP 784-400-20 on mnist5k, for 2 epochs into a temporary fol
 sends POST /api/decode with a fresh random z each time over one keep-alive connection, one
 request at a time as the page does (a slider move waits for the previous answer), and times
 each round trip until the PNG bytes are in hand. Prints the median and 95th percentile, and
-the same for the decode + PNG work alone in-process (no HTTP), to show what HTTP adds.
+the same for the decode + PNG work alone in-process (no HTTP), to show what HTTP adds. A
+conditional run decodes under its first class (and the covariates of test example 0).
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ def main() -> None:
     model = vaelab.load(run, device="cpu")
     d = model.latent_dim
     arch = f"{model.config.net.upper()} {'x'.join(map(str, model.x_shape))}-{'-'.join(map(str, model.config.hidden))}-{d}"
+    given: dict[str, object] = {}  # the context of a conditional model: its first class, test example 0's covariates
+    if model.class_names:
+        given["label"] = model.class_names[0]
+    if any(v.kind == "continuous" for v in model.spec.context):
+        given["context_of"] = 0
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vaelab", "serve", run, "--port", str(port)],
@@ -83,7 +89,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         times = []
         for i in range(args.warmup + args.requests):
-            body = json.dumps({"z": torch.randn(d, generator=g).tolist()})
+            body = json.dumps({"z": torch.randn(d, generator=g).tolist(), **given})
             t0 = time.perf_counter()
             conn.request("POST", "/api/decode", body=body, headers={"Content-Type": "application/json"})
             response = conn.getresponse()
@@ -100,12 +106,13 @@ def main() -> None:
 
     from vaelab.serve import Explorer
 
-    ex = Explorer(model, map_points=0)
+    ex = Explorer(model, map_points=1)
+    c = ex.context(given.get("label"), given.get("context_of"))  # type: ignore[arg-type]
     local = []
     for i in range(args.warmup + args.requests):
         z = torch.randn(d, generator=g)
         t0 = time.perf_counter()
-        ex.decode(z)
+        ex.decode(z, c)
         if i >= args.warmup:
             local.append(1000 * (time.perf_counter() - t0))
 

@@ -2,7 +2,10 @@
 
 Three tiny trained runs: 8x8 digits with a 2-D latent space (the map is the latents), the same
 with 3-D latents (the map is a PCA plane), and 16-D real vectors without labels (bar charts)
-under a mixture-of-Gaussians prior (no per-dimension KL).
+under a mixture-of-Gaussians prior (no per-dimension KL). Two conditional ones: digits given
+the label (the page's class selector), and digits given the label and a continuous covariate
+``dose`` under the prior p(z|c) (covariates come from a chosen test example); and the
+semi-supervised M2 (a classifier q(y|x); encoding under the predicted class).
 Every endpoint is called with good and bad input; bad input must be a 4xx with a one-line
 ``{"error": ...}`` and the server must go on answering. The run folder is never written to.
 """
@@ -14,6 +17,7 @@ import base64
 import hashlib
 import io
 import json
+import math
 import pickle
 import re
 import shutil
@@ -30,6 +34,8 @@ from starlette.testclient import TestClient
 
 import vaelab.runs
 from vaelab.cli import main
+from vaelab.data import load_data
+from vaelab.model import Classifier
 from vaelab.runs import interpolate_latents
 from vaelab.serve import Explorer, create_app
 from vaelab.serve.app import ApiError, Gate
@@ -54,7 +60,25 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         # a mixture prior: no per-dimension KL, dimensions ordered by activity
         "vec": train(out, "v", data=str(out / "vectors.npy"), hidden=[16], latent_dim=3, likelihood="gaussian",
                      prior="mog", prior_components=3),
+        # a conditional VAE: p(x|z, label), q(z|x, label)
+        "cond": train(out, "c", data="digits", condition_on=["label"], epochs=1, hidden=[16], latent_dim=2),
+        # conditional on the label and a covariate the page cannot set, under the prior p(z|c)
+        "cov": train(out, "cv", data=dose_data(out / "dose.npz"), condition_on=["label", "dose"], epochs=1,
+                     hidden=[16], latent_dim=2, prior="conditional"),
+        # the semi-supervised M2: a classifier q(y|x), the label a latent observed for 5 examples per class
+        "m2": train(out, "m2", data="digits", condition_on=["label"], semi_supervised=True, labels_per_class=5,
+                    epochs=1, hidden=[16], latent_dim=2),
     }
+
+
+def dose_data(path: Path) -> str:
+    """The digits with a random continuous covariate 'dose' beside the labels (an .npz file)."""
+    d = load_data("digits")
+    rng = np.random.default_rng(0)
+    x, y = torch.cat([d.train, d.val]).numpy(), torch.cat([d.train_labels, d.val_labels]).numpy()
+    np.savez(path, train=x, train_labels=y, train_dose=rng.normal(size=len(x)),
+             test=d.test.numpy(), test_labels=d.test_labels.numpy(), test_dose=rng.normal(1.0, 2.0, size=len(d.test)))
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +220,8 @@ def test_decode_point_lifts_through_the_projection(clients: dict[str, TestClient
     [
         (b"{not json", 400, "not valid JSON"),
         (b"[1, 2]", 400, "JSON object"),
+        (b'{"z": [' + b"9" * 5000 + b", 0]}", 400, "not valid JSON"),  # an integer too long for Python to read
+        (b"\xff\xfe", 400, "not valid JSON"),
         (b'{"z": [1, 2, 3]}', 422, "has 3 numbers; this model needs 2"),
         (b'{"z": [NaN, 0]}', 422, "NaN"),
         (b'{"z": [Infinity, 0]}', 422, "NaN or infinite"),
@@ -351,6 +377,230 @@ def test_pickled_npy_is_never_unpickled(clients: dict[str, TestClient]) -> None:
     assert "not a readable .npy" in error_of(clients["2d"].post("/api/upload?name=o.npy", content=buf.getvalue()), 422)
 
 
+# --- conditional models ---------------------------------------------------------------------------
+def test_conditional_info_lists_the_classes_and_the_map_uses_each_label(clients: dict[str, TestClient],
+                                                                          runs: dict[str, Path]) -> None:
+    info = clients["cond"].get("/api/info").json()
+    assert info["classes"] == [str(i) for i in range(10)] and info["context"] == ["label"]
+    assert info["conditional"] and info["family"] == "vae" and info["covariates"] == [] and not info["classifier"]
+    for plain in ("2d", "vec"):  # unconditional: no selector
+        other = clients[plain].get("/api/info").json()
+        assert other["classes"] is None and other["context"] == [] and not other["conditional"]
+    # every test example is encoded under its own label: q(z|x, c)
+    model = vaelab.load(runs["cond"], device="cpu")
+    batch = model.test_batch()
+    m = clients["cond"].get("/api/map").json()
+    np.testing.assert_allclose(m["coords"], model.encode(batch.x, c=batch.c).mean.numpy(), atol=1e-3)
+    assert m["labels"] == batch.c[:, 0].long().tolist()
+    assert m["contexts"][:3] == [{"label": str(int(v))} for v in batch.c[:3, 0]]
+    # the dimensions' KL is KL(q(z|x, c) || p(z)), averaged over the test set
+    q = model.encode(batch.x, c=batch.c)
+    mu, var = q.mean.double(), q.stddev.double() ** 2
+    kl = (0.5 * (mu**2 + var - 1 - var.log())).mean(0)
+    for d in info["dims"]:
+        assert d["kl"] == pytest.approx(float(kl[d["dim"]]), abs=1e-3)
+
+
+def test_conditional_decode_follows_the_chosen_class(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
+    c, z = clients["cond"], [0.4, -0.8]
+    three = c.post("/api/decode", json={"z": z, "label": 3}).json()
+    seven = c.post("/api/decode", json={"z": z, "label": 7}).json()
+    assert three["context"] == {"label": "3"} and seven["context"] == {"label": "7"}
+    assert three["z"] == seven["z"] == z
+    assert three["image"]["png"] != seven["image"]["png"]  # another class, another image
+    again = c.post("/api/decode", json={"z": z, "label": "3"}).json()  # by name: the same class
+    assert again["image"]["png"] == three["image"]["png"]
+    model = vaelab.load(runs["cond"], device="cpu")
+    for out, label in ((three, 3), (seven, 7)):
+        expected = model.decode(torch.tensor([z]), label=label).mean[0, 0].numpy()
+        np.testing.assert_allclose(png_array(out["image"]["png"]), expected, atol=1 / 255 + 1e-6)
+    p = c.post("/api/decode", json={"point": [0.1, 0.2], "label": 5}).json()
+    expected = model.decode(torch.tensor([[0.1, 0.2]]), label=5).mean[0, 0].numpy()
+    np.testing.assert_allclose(png_array(p["image"]["png"]), expected, atol=1 / 255 + 1e-6)
+
+
+def test_conditional_sample_and_interpolate_under_a_class(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
+    c = clients["cond"]
+    model = vaelab.load(runs["cond"], device="cpu")
+    five = c.get("/api/sample?n=4&seed=2&label=5").json()
+    assert len(five["images"]) == 4 and five["context"] == {"label": "5"}
+    torch.manual_seed(2)
+    z = torch.randn(4, 2)  # p(z|c) = N(0, I) for this model's prior, whatever the class
+    np.testing.assert_allclose(five["z"], z.numpy(), atol=1e-4)
+    x = model.decode(torch.tensor(five["z"]), label=5).mean[:, 0].numpy()
+    for image, e in zip(five["images"], x):
+        np.testing.assert_allclose(png_array(image["png"]), e, atol=1 / 255 + 1e-5)
+    one = c.get("/api/sample?n=4&seed=2&label=1").json()  # the same draws, decoded as another class
+    assert one["z"] == five["z"] and [i["png"] for i in one["images"]] != [i["png"] for i in five["images"]]
+    path = c.post("/api/interpolate", json={"from": {"index": 0}, "to": {"index": 1}, "steps": 4, "label": 2}).json()
+    assert path["context"] == {"label": "2"}
+    expected = model.decode(torch.tensor(path["z"]), label=2).mean[:, 0].numpy()
+    for image, e in zip(path["images"], expected):
+        np.testing.assert_allclose(png_array(image["png"]), e, atol=1 / 255 + 1e-5)
+
+
+def test_conditional_example_is_reconstructed_under_its_own_label(clients: dict[str, TestClient],
+                                                                   runs: dict[str, Path]) -> None:
+    model = vaelab.load(runs["cond"], device="cpu")
+    x, labels = model.test_set()
+    for i in (0, 4):
+        ex = clients["cond"].get(f"/api/example/{i}").json()
+        assert ex["label"] == int(labels[i]) and ex["context"] == {"label": str(int(labels[i]))} and ex["predicted"] is None
+        rec = model.reconstruct(x[i], label=int(labels[i]))[0, 0].numpy()
+        np.testing.assert_allclose(png_array(ex["reconstruction"]["png"]), rec, atol=1 / 255 + 1e-6)
+        np.testing.assert_allclose(ex["z"], model.encode(x[i], label=int(labels[i])).mean[0].numpy(), atol=1e-4)
+
+
+def test_conditional_upload_is_scored_under_the_chosen_class(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
+    c = clients["cond"]
+    row = npy_bytes(np.random.default_rng(2).random(64).astype(np.float32))
+    out = c.post("/api/upload?name=row.npy&label=6", content=row).json()
+    assert out["conditional"] and out["context"] == {"label": "6"} and out["predicted"] is None
+    model = vaelab.load(runs["cond"], device="cpu")
+    x = np.load(io.BytesIO(row)).reshape(1, 1, 8, 8)
+    np.testing.assert_allclose(out["z"], model.encode(x, label=6).mean[0].numpy(), atol=1e-4)
+    torch.manual_seed(1)
+    ll = model.log_likelihood(x, k=1000, label=6)  # log p(x|c), c = class 6
+    assert abs(ll.mean - out["log_px"]) < 5 * out["log_px_se"] + 0.01
+    assert out["elbo"] <= out["log_px"] + 3 * out["log_px_se"] + 3 * out["elbo_se"]
+    rec = model.decode(torch.tensor([out["z"]]), label=6).mean[0, 0].numpy()
+    np.testing.assert_allclose(png_array(out["reconstruction"]["png"]), rec, atol=1 / 255 + 1e-5)
+    says = error_of(c.post("/api/upload?name=row.npy", content=row), 422)
+    assert "scores an upload given a class" in says and "0, 1, 2" in says
+
+
+CLASSES = "0, 1, 2, 3, 4, 5, 6, 7, 8, 9"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "says"),
+    [
+        ("post", "/api/decode", {"z": [0, 0]}, f"give 'label', one of: {CLASSES}"),
+        ("post", "/api/decode", {"point": [0, 0], "label": None}, f"give 'label', one of: {CLASSES}"),
+        ("post", "/api/decode", {"z": [0, 0], "label": 10}, "class '10'"),
+        ("post", "/api/decode", {"z": [0, 0], "label": -1}, "class '-1'"),
+        ("post", "/api/decode", {"z": [0, 0], "label": "ten"}, "class 'ten'"),
+        ("post", "/api/decode", {"z": [0, 0], "label": True}, "class True"),
+        ("post", "/api/decode", {"z": [0, 0], "label": 2.5}, "class 2.5"),
+        ("post", "/api/decode", {"z": [0, 0], "label": [1] * 1000}, "class [1, 1,"),
+        ("post", "/api/decode", {"z": [0, 0], "label": "9" * 5000}, "class '99999"),
+        ("post", "/api/interpolate", {"from": {"index": 0}, "to": {"index": 1}, "label": 11}, "class '11'"),
+        ("get", "/api/sample?n=2&label=x", None, "class 'x'"),
+        ("get", "/api/sample?n=2", None, f"give 'label', one of: {CLASSES}"),
+        ("post", "/api/upload?name=a.npy&label=12", b"", "class '12'"),
+        ("post", "/api/upload?name=a.npy", b"", f"scores an upload given a class: give 'label', one of: {CLASSES}"),
+        ("post", "/api/decode", {"z": [0, 0], "label": 1, "context_of": 10_000}, "'context_of' must be between 0 and"),
+        ("get", "/api/sample?n=2&label=1&context_of=" + "9" * 5000, None, "'context_of' must be a whole number"),
+    ],
+)
+def test_conditional_bad_class_is_a_422_naming_the_classes(clients: dict[str, TestClient], method: str, path: str,
+                                                           body: Any, says: str) -> None:
+    c = clients["cond"]
+    if method == "get":
+        r = c.get(path)
+    else:
+        r = c.post(path, content=body) if isinstance(body, bytes) else c.post(path, json=body)
+    message = error_of(r, 422)
+    assert says in message and len(message) < 300
+    if says.startswith("class"):
+        assert CLASSES in message  # names the valid classes
+    assert c.post("/api/decode", json={"z": [0, 0], "label": 0}).status_code == 200  # still serving
+
+
+def test_unconditional_model_refuses_a_class(clients: dict[str, TestClient]) -> None:
+    c = clients["2d"]
+    assert "unconditional" in error_of(c.post("/api/decode", json={"z": [0, 0], "label": 1}), 422)
+    assert "'context_of'" in error_of(c.get("/api/sample?n=1&context_of=0"), 422)
+    assert "unconditional" in error_of(c.post("/api/upload?name=a.png&label=1", content=png_bytes((8, 8))), 422)
+
+
+def test_covariates_come_from_a_chosen_test_example(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
+    c = clients["cov"]
+    info = c.get("/api/info").json()
+    assert info["context"] == ["label", "dose"] and info["covariates"] == ["dose"] and info["classes"] == [str(i) for i in range(10)]
+    model = vaelab.load(runs["cov"], device="cpu")
+    batch = model.test_batch()  # c [N, 2]: label, dose
+    assert "dose cannot be chosen here: give 'context_of'" in error_of(c.post("/api/decode", json={"z": [0, 0], "label": 3}), 422)
+    z = [0.3, 0.1]
+    out = c.post("/api/decode", json={"z": z, "label": 3, "context_of": 7}).json()
+    dose = float(batch.c[7, 1])
+    assert out["context"] == {"label": "3", "dose": pytest.approx(dose, abs=1e-5)}
+    expected = model.decode(torch.tensor([z]), c=torch.tensor([[3.0, dose]])).mean[0, 0].numpy()
+    np.testing.assert_allclose(png_array(out["image"]["png"]), expected, atol=1 / 255 + 1e-6)
+    own = c.post("/api/decode", json={"z": z, "context_of": 7}).json()  # no label: the example's own
+    assert own["context"]["label"] == str(int(batch.c[7, 0]))
+    ex = c.get("/api/example/7").json()
+    assert ex["context"] == own["context"]
+    # z ~ p(z|c), a Gaussian whose mean and scale depend on c: the same seed, the same draws
+    s = c.get("/api/sample?n=3&seed=4&label=1&context_of=2").json()
+    ctx = torch.tensor([[1.0, float(batch.c[2, 1])]]).expand(3, -1)
+    prior = model.vae.prior_distribution(ctx)
+    assert tuple(prior.batch_shape) == (3,)
+    torch.manual_seed(4)
+    np.testing.assert_allclose(s["z"], prior.sample().numpy(), atol=1e-4)
+    up = c.post("/api/upload?name=r.npy&label=2&context_of=2", content=npy_bytes(np.full(64, 0.5, np.float32))).json()
+    assert up["context"] == {"label": "2", "dose": pytest.approx(float(batch.c[2, 1]), abs=1e-5)}
+    assert "'context_of' must be a whole number" in error_of(c.post("/api/decode", json={"z": z, "context_of": "x"}), 422)
+    assert "'context_of' must be between 0 and" in error_of(c.post("/api/decode", json={"z": z, "label": 1, "context_of": 10**6}), 422)
+
+
+def test_m2_shows_the_predicted_class_and_generates_under_the_chosen_one(clients: dict[str, TestClient],
+                                                                         runs: dict[str, Path]) -> None:
+    m2 = vaelab.load(runs["m2"], device="cpu")
+    assert isinstance(m2.vae, Classifier) and not m2.conditional
+    c = clients["m2"]
+    info = c.get("/api/info").json()
+    assert info["family"] == "m2" and info["classifier"] and not info["conditional"] and info["classes"][3] == "3"
+    x, labels = m2.test_set()
+    with torch.no_grad():
+        probs = m2.vae.classify(x).probs  # [N, 10]
+    # a test example: its label, the classifier's prediction, and its reconstruction under that class
+    ex = c.get("/api/example/5").json()
+    k = int(probs[5].argmax())
+    assert ex["predicted"] == {"class": str(k), "id": k, "probability": pytest.approx(float(probs[5, k]), abs=1e-4)}
+    assert ex["label"] == int(labels[5]) and ex["context"] == {"label": str(k)}
+    np.testing.assert_allclose(ex["z"], m2.encode(x[5], label=k).mean[0].numpy(), atol=1e-4)
+    rec = m2.decode(torch.tensor([ex["z"]]), label=k).mean[0, 0].numpy()
+    np.testing.assert_allclose(png_array(ex["reconstruction"]["png"]), rec, atol=1 / 255 + 1e-5)
+    # generation under the chosen class
+    a, b = (c.post("/api/decode", json={"z": [0.2, 0.2], "label": y}).json() for y in (1, 8))
+    assert a["image"]["png"] != b["image"]["png"] and b["context"] == {"label": "8"}
+    expected = m2.decode(torch.tensor([[0.2, 0.2]]), label=8).mean[0, 0].numpy()
+    np.testing.assert_allclose(png_array(b["image"]["png"]), expected, atol=1 / 255 + 1e-6)
+    s = c.get("/api/sample?n=3&seed=5&label=4").json()
+    torch.manual_seed(5)
+    np.testing.assert_allclose(s["z"], torch.randn(3, 2).numpy(), atol=1e-4)  # p(z) = N(0, I) for every class
+    assert s["context"] == {"label": "4"}
+    assert "give 'label'" in error_of(c.get("/api/sample?n=2"), 422)
+    # an upload needs no class: the classifier's prediction with its probabilities, log p(x) over (y, z)
+    up = c.post("/api/upload?name=x.npy", content=npy_bytes(x[9].numpy())).json()
+    assert up["predicted"]["id"] == int(probs[9].argmax()) and not up["conditional"]
+    assert up["predicted"]["probabilities"] == pytest.approx(probs[9].tolist(), abs=1e-4)
+    assert up["predicted"]["probability"] == pytest.approx(float(probs[9].max()), abs=1e-4)
+    assert up["elbo_se"] is None and up["context"] == {"label": up["predicted"]["class"]}
+    torch.manual_seed(1)
+    ll = m2.log_likelihood(x[9], k=1000)
+    assert abs(ll.mean - up["log_px"]) < 5 * up["log_px_se"] + 0.01
+    # the ELBO is M2's U(x) with 100 draws of z: against 400 single-draw estimates, within 5 standard errors
+    single = m2.elbo(x[9:10].expand(400, -1, -1, -1), k=1).elbo.double()  # [400]
+    se = float(single.std()) * math.sqrt(1 / 100 + 1 / 400)
+    assert abs(up["elbo"] - float(single.mean())) < 5 * se + 1e-3
+    assert up["elbo"] <= up["log_px"] + 3 * up["log_px_se"] + 3 * se
+    says = error_of(c.post("/api/upload?name=x.npy&label=3", content=npy_bytes(x[9].numpy())), 422)
+    assert "without a class" in says
+
+
+def test_cli_serve_names_the_conditioning(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    from vaelab.serve import serve
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    serve(runs["cov"], host="127.0.0.1", port=0)
+    assert "conditional on label, dose" in capsys.readouterr().out
+
+
 # --- the page, safety ---------------------------------------------------------------------------
 def test_page_and_its_files_load_nothing_from_elsewhere(clients: dict[str, TestClient]) -> None:
     c = clients["2d"]
@@ -378,6 +628,14 @@ def test_a_session_never_writes_into_the_run_folder(runs: dict[str, Path]) -> No
     c.post("/api/interpolate", json={"from": {"index": 0}, "to": {"index": 1}})
     c.post("/api/upload?name=a.png", content=png_bytes((8, 8))), c.post("/api/upload?name=b.txt", content=b"text")
     assert folder_digest(runs["3d"]) == before
+    for run in ("cond", "m2"):  # the conditional and semi-supervised ones too
+        before = folder_digest(runs[run])
+        c = TestClient(create_app(runs[run]))
+        c.get("/api/info"), c.get("/api/example/0"), c.get("/api/sample?n=3&label=2")
+        c.post("/api/decode", json={"z": [0, 1], "label": 4}), c.post("/api/decode", json={"z": [0, 1], "label": 40})
+        c.post("/api/interpolate", json={"from": {"index": 0}, "to": {"index": 1}, "label": "3"})
+        c.post("/api/upload?name=a.png" + ("&label=1" if run == "cond" else ""), content=png_bytes((8, 8)))
+        assert folder_digest(runs[run]) == before
 
 
 def test_gate_runs_one_call_at_a_time_and_answers_503_when_full() -> None:

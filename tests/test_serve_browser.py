@@ -4,7 +4,8 @@
 One walk through the page, as a person would: the map draws, hovering shows an example, a click
 decodes, a slider re-decodes, new samples come, an uploaded PNG is scored, a text file is
 refused with a message and the page goes on working. No console errors other than the one
-422 answer the text file is meant to get.
+422 answer the text file is meant to get. A second walk through the page of a conditional
+model: the class selector re-decodes the chosen point, the samples and the upload's score.
 """
 
 from __future__ import annotations
@@ -36,16 +37,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def train(tmp_path_factory: pytest.TempPathFactory, **kw: Any) -> Path:
     model, _ = vaelab.runs.train(data="digits", hidden=[32], latent_dim=2, epochs=2, eval_k=0, device="cpu",
                                  out=str(tmp_path_factory.mktemp("runs")), name="r", figures=False, progress=False,
-                                 log=lambda m: None)
+                                 log=lambda m: None, **kw)
     return model.run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train(tmp_path_factory, condition_on=["label"])
 
 
 @pytest.fixture
 def server(run_dir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    yield from serving(run_dir)
+
+
+@pytest.fixture
+def conditional_server(conditional_run: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    yield from serving(conditional_run)
+
+
+def serving(run_dir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``python -m vaelab serve RUN`` on a free port, once it answers; stopped afterwards."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vaelab", "serve", str(run_dir), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -99,6 +119,7 @@ def test_explorer_page_end_to_end(server: tuple[str, subprocess.Popen[str]], tmp
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
         assert "Latent space explorer" in page.title() + page.inner_text("h1")
         assert "digits" in page.inner_text("#summary")
+        assert page.is_hidden("#context-bar")  # an unconditional model has no class to choose
 
         # the map has drawn its points: many pixels in the label colours, not just background
         coloured = page.evaluate("""() => {
@@ -166,3 +187,66 @@ def test_explorer_page_end_to_end(server: tuple[str, subprocess.Popen[str]], tmp
     out, err = proc.communicate(timeout=15)
     assert f"open {url} in a browser" in out
     assert "Traceback" not in err
+
+
+def ring_png(path: Path) -> Path:
+    img = Image.new("L", (56, 56), 0)
+    for a in np.linspace(0, 2 * np.pi, 400):
+        img.putpixel((int(28 + 18 * np.cos(a)), int(28 + 22 * np.sin(a))), 255)
+    img.save(path)
+    return path
+
+
+def test_conditional_explorer_decodes_under_the_chosen_class(conditional_server: tuple[str, subprocess.Popen[str]],
+                                                             tmp_path: Path) -> None:
+    url, proc = conditional_server
+    ring = ring_png(tmp_path / "ring.png")
+    with browser_page() as (page, errors):
+        page.goto(url)
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        assert page.is_visible("#context-bar") and page.is_visible("#class-select")
+        assert page.locator("#class-select option").count() == 10
+        assert "log p(x|c)" in page.inner_text("#context-hint")
+        # the chosen point is test example 0's reconstruction, so the selector shows its label
+        first_label = page.evaluate("() => state.map.labels[0]")
+        assert page.input_value("#class-select") == str(first_label)
+        assert page.inner_text("#current-context") == f"decoded as class {first_label}"
+
+        # another class: the chosen point and the samples are decoded again, under it
+        other = str((first_label + 5) % 10)
+        point, sample = src(page, "#current"), src(page, "#samples > div:first-child")
+        page.select_option("#class-select", other)
+        wait_changed(page, "#current", point)
+        wait_changed(page, "#samples > div:first-child", sample)
+        assert page.inner_text("#current-context") == f"decoded as class {other}"
+        assert f"class {other}" in page.inner_text("#sample-title")
+        # ... and back: the same images as before (a class, not chance, made the change)
+        page.select_option("#class-select", str(first_label))
+        page.wait_for_function("src => document.querySelector('#current img').src === src", arg=point, timeout=15_000)
+        page.wait_for_function("src => document.querySelector('#samples > div:first-child img').src === src",
+                               arg=sample, timeout=15_000)
+
+        # hovering a point shows its input, its reconstruction under its own label, and the label
+        box = page.locator("#map").bounding_box()
+        u, v = page.evaluate("() => px(state.map.coords[3])")
+        page.mouse.move(box["x"] + u, box["y"] + v)
+        page.wait_for_selector("#hover-rec img", timeout=15_000)
+        assert "label" in page.inner_text("#hover-text")
+
+        # an upload is scored under the selected class, and again under a newly chosen one
+        page.set_input_files("#file", str(ring))
+        page.wait_for_selector("#upload-result:not([hidden]) #up-rec img", timeout=30_000)
+        assert page.inner_text("#up-logpx-name") == "log p(x|c)"
+        assert f"class {first_label}" in page.inner_text("#up-class")
+        assert "scored under c = class" in page.inner_text("#up-explain")
+        page.locator("#legend span").nth(int(other)).click()  # the legend chooses a class too
+        assert page.input_value("#class-select") == other
+        page.wait_for_function("k => document.getElementById('up-class').textContent.includes('class ' + k)",
+                               arg=other, timeout=30_000)
+
+        shot = tmp_path / "conditional.png"
+        page.screenshot(path=str(shot), full_page=True)
+        pixels = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=np.float64)
+        assert pixels.shape[0] > 800 and pixels.std() > 20
+        assert errors == [], errors
+    assert proc.poll() is None

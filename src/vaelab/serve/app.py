@@ -12,6 +12,13 @@ static page that uses it.
     POST /api/upload?name=F     the file's raw bytes (PNG/JPEG/.npy, at most 5 MB) -> posterior,
                                 reconstruction, ELBO and log p(x) with its standard error
 
+A model with a context (conditional VAE, M2) decodes, samples and interpolates under the
+context the request names: ``"label"`` (a class id or name; a query parameter for GET
+/api/sample and POST /api/upload) and, for a model that also conditions on continuous
+covariates, ``"context_of"`` (a test example whose context to use). A conditional VAE scores
+an upload under it too (log p(x|c)); M2 scores without it. /api/info lists the classes; an
+unknown class is a 422 that names them all.
+
 Bad input is a 4xx answer ``{"error": "..."}`` (400 malformed, 413 too large, 422 invalid
 values or files, 503 busy) and the server keeps serving. All torch work runs one call at a
 time in a worker thread under ``torch.no_grad()``; a :class:`Gate` admits a few calls at
@@ -111,8 +118,8 @@ async def _json(request: Request) -> dict[str, Any]:
     raw = await _body(request, MAX_JSON_BYTES, "the request")
     try:
         doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ApiError(400, f"the request body is not valid JSON ({err})") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+        raise ApiError(400, f"the request body is not valid JSON ({_short(err, 120)})") from None
     if not isinstance(doc, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -131,14 +138,20 @@ def _vector(value: Any, n: int, what: str) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float32)
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` (``str`` for an exception) of a value from a request, cut to ``limit`` characters."""
+    text = str(value) if isinstance(value, Exception) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _int(value: Any, lo: int, hi: int, what: str) -> int:
     if isinstance(value, str):
         try:
             value = int(value)
         except ValueError:
-            raise ApiError(422, f"{what} must be a whole number, got {value!r}") from None
+            raise ApiError(422, f"{what} must be a whole number, got {_short(value)}") from None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ApiError(422, f"{what} must be a whole number, got {value!r}")
+        raise ApiError(422, f"{what} must be a whole number, got {_short(value)}")
     if not lo <= value <= hi:
         raise ApiError(422, f"{what} must be between {lo} and {hi}, got {value}")
     return value
@@ -164,6 +177,11 @@ def create_app(
     d = ex.model.latent_dim
     info = ex.info()
     the_map = ex.map()
+
+    def context(label: Any, context_of: Any, doing: str = "decodes") -> torch.Tensor | None:
+        """The context a request names (see :meth:`Explorer.context`), or a 422."""
+        i = None if context_of is None else _int(context_of, 0, max(0, len(ex.x) - 1), "'context_of'")
+        return ex.context(label, i, doing)
 
     def end(value: Any, what: str) -> torch.Tensor:
         """An interpolation end: {"z": [...]}, {"index": i} or {"point": [x, y]}."""
@@ -194,15 +212,17 @@ def create_app(
         doc = await _json(request)
         if ("z" in doc) == ("point" in doc):
             raise ApiError(422, "send either {\"z\": [" + f"{d} numbers]}} or {{\"point\": [x, y]}}")
+        c = context(doc.get("label"), doc.get("context_of"))
         if "z" in doc:
-            return JSONResponse(await gate.run(ex.decode, _vector(doc["z"], d, "'z'")))
-        return JSONResponse(await gate.run(ex.decode_point, _vector(doc["point"], 2, "'point'")))
+            return JSONResponse(await gate.run(ex.decode, _vector(doc["z"], d, "'z'"), c))
+        return JSONResponse(await gate.run(ex.decode_point, _vector(doc["point"], 2, "'point'"), c))
 
     async def api_sample(request: Request) -> Response:
         n = _int(request.query_params.get("n", "16"), 1, MAX_SAMPLES, "'n'")
         seed = request.query_params.get("seed")
         seed_value = None if seed is None else _int(seed, 0, 2**63 - 1, "'seed'")
-        return JSONResponse(await gate.run(ex.sample, n, seed_value))
+        c = context(request.query_params.get("label"), request.query_params.get("context_of"))
+        return JSONResponse(await gate.run(ex.sample, n, seed_value, c))
 
     async def api_interpolate(request: Request) -> Response:
         doc = await _json(request)
@@ -211,13 +231,17 @@ def create_app(
         method = doc.get("method", "linear")
         if method not in ("linear", "spherical"):
             raise ApiError(422, f"'method' must be 'linear' or 'spherical', got {method!r}")
-        return JSONResponse(await gate.run(ex.interpolate, z0, z1, steps, method))
+        c = context(doc.get("label"), doc.get("context_of"))
+        return JSONResponse(await gate.run(ex.interpolate, z0, z1, steps, method, c))
 
     async def api_upload(request: Request) -> Response:
         name = (request.query_params.get("name") or request.headers.get("x-filename") or "the upload")[:200]
+        label, context_of = request.query_params.get("label"), request.query_params.get("context_of")
+        free = ex.classifier is not None and label is None and context_of is None  # M2 scores x without a class
+        c = None if free else context(label, context_of, "scores an upload")
         data = await _body(request, MAX_UPLOAD_BYTES, f"'{name}'")
         prepared = await run_in_threadpool(prepare_upload, data, name, ex.shape, ex.background)  # off the event loop
-        out = await gate.run(ex.score, prepared.x)
+        out = await gate.run(ex.score, prepared.x, 0, c)
         return JSONResponse({"name": name, "notes": prepared.notes, **out})
 
     async def api_missing(request: Request) -> Response:

@@ -55,7 +55,13 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765, out: TextI
         print(f"warning: listening on {host}, not only this computer: anyone who can reach it can use "
               "the explorer (it has no login)", file=sys.stderr, flush=True)
     ex = app.state.explorer
-    print(f"exploring {ex.model.run_dir} ({ex.model.latent_dim}-D latent space, {len(ex.x)} test examples on the map)", file=out)
+    given = ""
+    if ex.classifier is not None and ex.label is not None:
+        given = f"; semi-supervised, {len(ex.label.names())} classes"
+    elif ex.variables:
+        given = f"; conditional on {', '.join(v.name for v in ex.variables)}"
+    print(f"exploring {ex.model.run_dir} ({ex.model.latent_dim}-D latent space, {len(ex.x)} test examples on the map{given})",
+          file=out)
     here = f" (from this computer: http://127.0.0.1:{bound_port}/)" if host in ("0.0.0.0", "::", "") else ""
     print(f"open http://{shown}:{bound_port}/ in a browser{here} (Ctrl+C stops the server)", file=out, flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")

@@ -16,6 +16,10 @@ const state = {
   upload: null,     // [x, y] of the last upload on the map
   path: null,       // the interpolation path on the map: {coords, a, b}
   ends: {a: {index: 0}, b: {index: 1}},
+  cls: null,        // the class every decoded image is generated under (a name; conditional models, M2)
+  contextOf: null,  // the test example whose covariates are used (models with continuous covariates)
+  sampleSeed: 1,    // the samples' seed: a new one per click, the same one when the class changes
+  file: null,       // the last uploaded file (a conditional model rescores it under a new class)
 };
 
 // ---------------------------------------------------------------------------------- plumbing
@@ -255,12 +259,21 @@ function nearest(u, v) {
   return best;
 }
 
+function classColour(id) {  // the map's colour of class id
+  const i = (state.map.classes || []).indexOf(id);
+  return i < 0 ? "#9aa1af" : PALETTE[i % PALETTE.length];
+}
+
+const className = (id) => (state.info.classes ? state.info.classes[id] : String(id));
+
 function legend() {
-  const box = $("legend"), classes = state.map.classes;
+  const box = $("legend"), classes = state.map.classes, selectable = state.info.classes !== null;
   if (!classes) { box.replaceChildren(el("span", {text: "no labels: points in one colour"})); return; }
   const shown = classes.slice(0, 30).map((c, i) => {
     const dot = el("i"); dot.style.background = PALETTE[i % PALETTE.length];
-    return el("span", {}, [dot, `label ${c}`]);
+    const item = el("span", selectable ? {class: "pick", title: `decode as class ${className(c)}`} : {}, [dot, `label ${className(c)}`]);
+    if (selectable) item.addEventListener("click", () => setClass(className(c)));
+    return item;
   });
   box.replaceChildren(...shown);
 }
@@ -273,6 +286,11 @@ function mapHint() {
       `(${Math.round(p.explained[0] * 100)}% and ${Math.round(p.explained[1] * 100)}% of their variance). ` +
       "A click is lifted back as z = mean + coordinates · components; the other directions stay at the data mean. ";
   }
+  if (info.conditional) {
+    text += `Each example is encoded given its own ${info.context.join(" and ")}: the class is the decoder's to know, so z need not carry it and the classes may overlap. `;
+  } else if (info.classifier) {
+    text += "Each example is encoded under the class the classifier q(y|x) predicts for it. ";
+  }
   text += "Hover a point to see its input and reconstruction; click it to choose it, or click an empty spot to decode that point.";
   $("map-hint").textContent = text;
 }
@@ -281,8 +299,19 @@ const hoverExample = latestOnly(async (i) => {
   const ex = await api(`/api/example/${i}`);
   show($("hover-input"), ex.input);
   show($("hover-rec"), ex.reconstruction);
-  $("hover-text").textContent = `test example ${ex.index}` + (ex.label === null ? "" : ` · label ${ex.label}`);
+  $("hover-text").textContent = `test example ${ex.index}` + (ex.label === null ? "" : ` · label ${className(ex.label)}`) +
+    covariateText(ex.context, " · ") + (ex.predicted ? ` · classifier: ${predictedText(ex.predicted)}` : "");
 });
+
+function predictedText(p) {
+  return `${p.class} (${(100 * p.probability).toFixed(p.probability > 0.999 || p.probability < 0.001 ? 1 : 0)}%)`;
+}
+
+function covariateText(context, sep) {  // the continuous variables of a context {name: value}
+  if (!context) return "";
+  const parts = state.info.covariates.map((name) => `${name} ${fmt(context[name], 3)}`);
+  return parts.length ? sep + parts.join(", ") : "";
+}
 
 function onMapMove(event) {
   const r = $("map").getBoundingClientRect(), i = nearest(event.clientX - r.left, event.clientY - r.top);
@@ -299,7 +328,7 @@ async function onMapClick(event) {
   try {
     if (i >= 0) await chooseExample(i);
     else {
-      const out = await post("/api/decode", {point: unpx(u, v)});
+      const out = await post("/api/decode", {point: unpx(u, v), ...ctx()});
       choose(out.z, out.image, `map point (${fmt(unpx(u, v)[0])}, ${fmt(unpx(u, v)[1])})`);
     }
   } catch (err) { toast(err.message); }
@@ -314,9 +343,12 @@ function choose(z, image, source) {
   drawMap();
 }
 
-async function chooseExample(i) {
+async function chooseExample(i, refresh = true) {
   const ex = await api(`/api/example/${i}`);
-  choose(ex.z, ex.reconstruction, `reconstruction of test example ${i}` + (ex.label === null ? "" : ` (label ${ex.label})`));
+  // its reconstruction was decoded under its own context: the page takes that context over
+  const changed = adopt(ex.context, i);
+  choose(ex.z, ex.reconstruction, `reconstruction of test example ${i}` + (ex.label === null ? "" : ` (label ${className(ex.label)})`));
+  if (changed && refresh) await refreshOthers();
 }
 
 function setCurrent(image, source) {
@@ -324,12 +356,131 @@ function setCurrent(image, source) {
   show(box, image);
   box.dataset.version = String(Number(box.dataset.version) + 1);
   if (source !== undefined) $("current-source").textContent = source;
+  $("current-context").textContent = contextText("decoded");
 }
 
 const decodeZ = latestOnly(async (z) => {
-  const out = await post("/api/decode", {z});
+  const out = await post("/api/decode", {z, ...ctx()});
   setCurrent(out.image);
 });
+
+// ------------------------------------------------------------- the context: class, covariates
+// A conditional model (or M2) decodes under a context the page chooses: the class selector and,
+// for continuous covariates the page cannot set, those of a test example.
+function ctx() {
+  const c = {};
+  if (state.cls !== null) c.label = state.cls;
+  if (state.contextOf !== null) c.context_of = state.contextOf;
+  return c;
+}
+
+function ctxQuery(forUpload = false) {
+  if (forUpload && !state.info.conditional) return "";  // M2 scores without a class
+  return Object.entries(ctx()).map(([k, v]) => `&${k}=${encodeURIComponent(v)}`).join("");
+}
+
+function contextParts() {  // the chosen context in words: "class 3", "class 3, dose of test example 7"
+  const parts = [];
+  if (state.cls !== null) parts.push(`class ${state.cls}`);
+  if (state.contextOf !== null) parts.push(`${state.info.covariates.join(", ")} of test example ${state.contextOf}`);
+  return parts.join(", ");
+}
+
+const contextText = (verb) => (contextParts() ? `${verb} as ${contextParts()}` : "");
+
+function setupContext() {
+  const info = state.info;
+  if (!info.context.length) return;
+  $("context-bar").hidden = false;
+  const hint = [];
+  if (info.classes) {
+    const select = $("class-select");
+    select.replaceChildren(...info.classes.map((name) => el("option", {value: name, text: name})));
+    state.cls = info.classes[0];
+    $("class-field").hidden = false;
+    select.addEventListener("change", () => setClass(select.value));
+  }
+  if (info.covariates.length) {
+    state.contextOf = 0;
+    $("context-of-name").textContent = `${info.covariates.join(", ")} of test example`;
+    $("context-of").max = String(Math.max(0, state.map.coords.length - 1));
+    $("context-field").hidden = false;
+    $("context-of").addEventListener("change", () => {
+      const n = state.map.coords.length, i = Math.round(Number($("context-of").value));
+      if (!(i >= 0 && i < n)) { toast(`choose a test example from 0 to ${n - 1}`); showContext(); return; }
+      state.contextOf = i; showContext(); refreshAll();
+    });
+  }
+  if (info.classifier) {
+    hint.push("This semi-supervised model (M2) needs no class to encode: its classifier q(y|x) predicts one, shown for " +
+      "hovered points and uploads. Its decoder p(x|y, z) generates under the class chosen here: the chosen point, " +
+      "the sliders, the samples and the interpolation. Choosing a test example or an upload selects its predicted class.");
+  } else {
+    if (info.classes) {
+      hint.push("This model is conditional on the class: the chosen point, the sliders, the samples and the interpolation " +
+        "are decoded under the class chosen here, and an upload is encoded and scored under it: log p(x|c). " +
+        "Hovered test examples use their own label. Choosing a test example selects its class.");
+    }
+    if (info.covariates.length) {
+      hint.push(`The page cannot set the continuous ${info.covariates.length > 1 ? "covariates" : "covariate"} ` +
+        `${info.covariates.join(", ")}: decoding and scoring use the values of the test example given here ` +
+        "(choosing a test example on the map takes its values).");
+    }
+  }
+  $("context-hint").textContent = hint.join(" ");
+  showContext();
+}
+
+function showContext() {  // the bar, the captions and the titles that name the context
+  if (state.cls !== null) {
+    $("class-select").value = state.cls;
+    $("class-swatch").style.background = classColour(state.info.classes.indexOf(state.cls));
+  }
+  if (state.contextOf !== null) {
+    $("context-of").value = String(state.contextOf);
+    const c = state.map.contexts ? state.map.contexts[state.contextOf] : null;
+    $("context-values").textContent = c ? covariateText(c, "").trim() : "";
+  }
+  $("current-context").textContent = contextText("decoded");
+  if (state.info.context.length) {
+    $("sample-title").textContent = `Samples from the prior, ${contextParts()}`;
+    $("sample-hint").textContent = (state.info.classifier
+      ? "Fresh z ~ p(z), the model's prior (the same for every class), decoded by p(x|y, z) (its mean) with y the class chosen above"
+      : "Fresh z ~ p(z|c), the model's prior given the context chosen above, decoded (the decoder's mean) under that context") +
+      "; changing it re-decodes the same draws. Click one to explore it.";
+  }
+}
+
+function adopt(context, index) {  // take over a test example's (or an upload's) context; whether it changed
+  if (!context) return false;
+  let changed = false;
+  if (state.cls !== null && context.label !== undefined && context.label !== state.cls) { state.cls = context.label; changed = true; }
+  if (state.contextOf !== null && index !== null && index !== state.contextOf) { state.contextOf = index; changed = true; }
+  showContext();
+  return changed;
+}
+
+function setClass(name) {
+  if (state.cls === null || name === state.cls) return;
+  state.cls = name;
+  showContext();
+  refreshAll();
+}
+
+// everything decoded under the chosen context, decoded again (quick changes collapse into the last)
+const refreshAll = latestOnly(async () => {
+  if (state.z) {
+    const out = await post("/api/decode", {z: state.z.slice(), ...ctx()});
+    setCurrent(out.image);
+  }
+  await refreshOthers();
+});
+
+async function refreshOthers() {  // the samples, the interpolation and a conditional model's upload score
+  await sample(false);
+  await interpolate();
+  if (state.file && state.info.conditional) await upload(state.file, true);
+}
 
 function buildSliders() {
   const box = $("sliders"), dims = state.info.dims;
@@ -381,7 +532,7 @@ function endText(end) {
 async function interpolate() {
   const steps = Number($("steps").value), method = $("method").value;
   try {
-    const out = await post("/api/interpolate", {from: state.ends.a, to: state.ends.b, steps, method});
+    const out = await post("/api/interpolate", {from: state.ends.a, to: state.ends.b, steps, method, ...ctx()});
     const strip = $("interp-strip");
     strip.replaceChildren(...out.images.map((im, i) => {
       const box = el("div", {class: "x-small", title: `step ${i + 1} of ${steps}: click to explore`});
@@ -401,9 +552,10 @@ function setEnd(which, end) {
 }
 
 // ------------------------------------------------------------------------------------ samples
-async function sample() {
+async function sample(fresh = true) {
+  if (fresh) state.sampleSeed = Math.floor(Math.random() * 2 ** 31);
   try {
-    const out = await api("/api/sample?n=16");
+    const out = await api(`/api/sample?n=16&seed=${state.sampleSeed}${ctxQuery()}`);
     const grid = $("samples");
     grid.replaceChildren(...out.images.map((im, i) => {
       const box = el("div", {class: "x-small", title: "click to explore this sample"});
@@ -416,9 +568,10 @@ async function sample() {
 }
 
 // ----------------------------------------------------------------------------- your own input
-async function upload(file) {
+async function upload(file, rescore = false) {
   const error = $("upload-error");
   error.hidden = true;
+  state.file = file;
   if (file.size > MAX_UPLOAD) {
     error.textContent = `'${file.name}' is ${(file.size / 1048576).toFixed(1)} MB; the limit is 5 MB.`;
     error.hidden = false;
@@ -426,10 +579,11 @@ async function upload(file) {
   }
   $("drop-text").textContent = `scoring '${file.name}'…`;
   try {
-    const out = await api(`/api/upload?name=${encodeURIComponent(file.name)}`,
+    const out = await api(`/api/upload?name=${encodeURIComponent(file.name)}${ctxQuery(true)}`,
       {method: "POST", headers: {"Content-Type": "application/octet-stream"}, body: file});
-    showUpload(out);
+    await showUpload(out, rescore);
   } catch (err) {
+    state.file = null;
     error.textContent = err.message;
     error.hidden = false;
   } finally {
@@ -437,26 +591,51 @@ async function upload(file) {
   }
 }
 
-function showUpload(out) {
+async function showUpload(out, rescore) {
   $("upload-result").hidden = false;
   show($("up-input"), out.input);
   show($("up-rec"), out.reconstruction);
+  const lp = out.conditional ? "log p(x|c)" : "log p(x)";
+  const q = out.conditional ? "q(z|x, c)" : out.predicted ? "q(z|x, y)" : "q(z|x)";
+  const given = out.context ? Object.entries(out.context).map(([k, v]) => k === "label" ? `class ${v}` : `${k} ${fmt(v, 3)}`).join(", ") : "";
+  $("up-logpx-name").textContent = lp;
+  $("up-posterior-title").textContent = `Posterior ${q}: mean ± one standard deviation`;
+  $("up-class-row").hidden = !(out.conditional || out.predicted);
+  if (out.predicted) {
+    $("up-class-name").textContent = "classifier q(y|x)";
+    $("up-class").textContent = predictedText(out.predicted);
+  } else if (out.conditional) {
+    $("up-class-name").textContent = "scored under";
+    $("up-class").textContent = given + " (chosen above)";
+  }
   $("up-logpx").textContent = `${fmt(out.log_px)} ± ${fmt(out.log_px_se)} nats`;
-  $("up-elbo").textContent = `${fmt(out.elbo)} ± ${fmt(out.elbo_se)} nats  (reconstruction ${fmt(out.reconstruction_term)}, KL ${fmt(out.kl)})`;
+  const elboSe = out.elbo_se === null ? "" : ` ± ${fmt(out.elbo_se)}`;
+  $("up-elbo").textContent = `${fmt(out.elbo)}${elboSe} nats  (reconstruction ${fmt(out.reconstruction_term)}, KL ${fmt(out.kl)})`;
   $("up-ess").textContent = `${fmt(out.ess, 0)} of ${out.log_px_k} samples`;
-  let explain = `log p(x) is estimated by importance sampling with K = ${out.log_px_k} draws from q(z|x). ` +
+  let explain = "";
+  if (out.conditional) {
+    explain += `This model is conditional: the upload is encoded by ${q} and scored under c = ${given}, the context chosen ` +
+      "above; choose another class to score it under that one. ";
+  } else if (out.predicted) {
+    explain += `This model's classifier q(y|x) gives class ${predictedText(out.predicted)}; the posterior ${q} and the ` +
+      "reconstruction use y = that class, while log p(x) and the ELBO sum over all classes. ";
+  }
+  explain += `${lp} is estimated by importance sampling with K = ${out.log_px_k} draws from ${out.predicted ? "q(y|x) q(z|x, y)" : q}. ` +
     `± is one standard error of that estimate, from the spread of ${out.log_px_groups} independent groups of ` +
     `${out.log_px_k / out.log_px_groups} draws; a finite K biases it low, so the true value is likely a little higher. ` +
-    `The ELBO uses ${out.elbo_k} draws for the reconstruction term (± its standard error) and the KL in closed form; ` +
-    "it is a lower bound on log p(x). A low effective sample size means the estimate rests on few draws.";
+    `The ELBO uses ${out.elbo_k} draws for the reconstruction term${out.elbo_se === null ? "" : " (± its standard error)"}; ` +
+    `it is a lower bound on ${lp}. A low effective sample size means the estimate rests on few draws.`;
   if (out.likelihood === "bernoulli" && !out.binary) {
-    explain += " With a Bernoulli likelihood and grey values, log p(x) is a cross-entropy score rather than a normalised density.";
+    explain += ` With a Bernoulli likelihood and grey values, ${lp} is a cross-entropy score rather than a normalised density.`;
   }
   $("up-explain").textContent = explain;
   $("up-notes").replaceChildren(...out.notes.map((n) => el("li", {text: n})));
   drawPosterior(out.z, out.std);
   state.upload = out.coords;
+  if (rescore) { drawMap(); return; }  // a new class: only the score changes, the chosen point stays
+  const changed = out.predicted ? adopt({label: out.predicted.class}, null) : false;
   choose(out.z, out.reconstruction, `reconstruction of '${out.name}'`);
+  if (changed) await refreshOthers();
 }
 
 function drawPosterior(mean, std) {
@@ -504,6 +683,7 @@ async function start() {
   }
   if (state.info.x_kind === "vector") document.body.classList.add("vector");
   summary(state.info);
+  setupContext();
   mapHint();
   legend();
   buildSliders();
@@ -527,12 +707,12 @@ async function start() {
   const n = state.map.coords.length;
   if (n > 0) {
     $("idx-a").max = $("idx-b").max = String(n - 1);
-    await chooseExample(0).catch((err) => toast(err.message));
+    await chooseExample(0, false).catch((err) => toast(err.message));
     if (n > 1) await interpolate();
     else { state.ends = {a: {index: 0}, b: {z: new Array(state.info.latent_dim).fill(0)}}; $("end-b-text").textContent = endText(state.ends.b); }
   } else {
     const zero = new Array(state.info.latent_dim).fill(0);
-    const out = await post("/api/decode", {z: zero}).catch((err) => toast(err.message));
+    const out = await post("/api/decode", {z: zero, ...ctx()}).catch((err) => toast(err.message));
     if (out) choose(out.z, out.image, "the prior's mean z = 0");
     state.ends = {a: {z: zero}, b: {z: zero.map((_, i) => (i === 0 ? 2 : 0))}};
     $("end-a-text").textContent = $("end-b-text").textContent = "a chosen point";
