@@ -19,7 +19,9 @@ from torch import nn
 from linear_gaussian import LinearGaussian, kl_gaussians
 from vaelab.build import build_vae
 from vaelab.data import load_data
-from vaelab.evaluation import evaluate, format_table, inference_gaps, latent_diagnostics, log_likelihood
+from vaelab.errors import VaelabError
+from vaelab.evaluation import EvalSettings, evaluate, format_table, inference_gaps, latent_diagnostics, log_likelihood
+from vaelab.evaluation.suite import EvaluationSummary
 from vaelab.objectives import elbo
 
 Z = 4.0  # tolerance in standard errors
@@ -53,15 +55,16 @@ def evaluation(lg: LinearGaussian, x: torch.Tensor):
 
 def test_log_px_matches_the_exact_value_within_its_standard_error(lg, x, evaluation) -> None:
     exact = lg.log_px(x)  # [N]
-    ev = evaluation.to_dict()
-    assert ev["k"] == 5000 and ev["n"] == 20
-    assert abs(ev["log_px"] - float(exact.mean())) < Z * ev["log_px_mc_stderr"]
+    ev = evaluation.summary()
+    assert ev.k == 5000 and ev.n == 20
+    assert abs(ev.log_px - float(exact.mean())) < Z * ev.log_px_mc_stderr
     # per example too, each within its own delta-method error sqrt(1/ESS - 1/K)
     se = evaluation.log_px_mc_se
     assert bool(((evaluation.likelihood.per_example - exact).abs() < Z * se + 1e-9).all())
-    assert 1 <= ev["ess_min"] <= ev["ess_median"] <= 5000
-    assert ev["log_px_stderr"] == pytest.approx(float(evaluation.likelihood.per_example.std() / math.sqrt(20)))
-    assert "bits_per_dim" not in ev  # a Gaussian likelihood on real data: a density, no bits
+    assert 1 <= ev.ess_min <= ev.ess_median <= 5000
+    assert ev.log_px_stderr == pytest.approx(float(evaluation.likelihood.per_example.std() / math.sqrt(20)))
+    assert ev.bits_per_dim is None  # a Gaussian likelihood on real data: a density, no bits
+    assert "bits_per_dim" not in evaluation.to_dict()
 
 
 def test_exact_posterior_as_proposal_gives_log_px_exactly_and_full_ess(lg, x) -> None:
@@ -82,8 +85,8 @@ def test_elbo_and_its_terms_match_closed_forms(lg, x, evaluation) -> None:
     torch.testing.assert_close(terms.elbo, terms.reconstruction - terms.kl)
     err = terms.elbo - exact_elbo  # Monte Carlo only
     assert abs(float(err.mean())) < Z * float(err.std()) / math.sqrt(20)
-    ev = evaluation.to_dict()
-    assert ev["distortion"] == -ev["reconstruction"] and ev["elbo"] == pytest.approx(ev["reconstruction"] - ev["kl"])
+    ev = evaluation.summary()
+    assert ev.distortion == -ev.reconstruction and ev.elbo == pytest.approx(ev.reconstruction - ev.kl)
 
 
 # --- the gap split ------------------------------------------------------------------------------
@@ -97,10 +100,10 @@ def test_gap_split_matches_closed_forms(lg, x, evaluation) -> None:
     approximation = lg.elbo_gap(x, m, mean_field)  # KL(best mean-field q || p(z|x)), [N]
     inference = lg.elbo_gap(x, m + SHIFT, mean_field * INFLATE**2)  # KL(encoder q || p(z|x))
     assert float((inference - approximation).mean()) > 0.3  # the encoder is clearly suboptimal
-    assert abs(g["approximation_gap"] - float(approximation.mean())) < Z * g["approximation_gap_mc_stderr"]
-    assert abs(g["amortization_gap"] - float((inference - approximation).mean())) < Z * g["amortization_gap_mc_stderr"] + 0.01
-    assert abs(g["inference_gap"] - float(inference.mean())) < Z * g["inference_gap_mc_stderr"]
-    assert g["inference_gap"] == pytest.approx(g["approximation_gap"] + g["amortization_gap"])
+    assert abs(g.approximation_gap - float(approximation.mean())) < Z * g.approximation_gap_mc_stderr
+    assert abs(g.amortization_gap - float((inference - approximation).mean())) < Z * g.amortization_gap_mc_stderr + 0.01
+    assert abs(g.inference_gap - float(inference.mean())) < Z * g.inference_gap_mc_stderr
+    assert g.inference_gap == pytest.approx(g.approximation_gap + g.amortization_gap)
 
 
 def test_local_optimisation_finds_the_optimal_mean_field_posterior(lg, x, evaluation) -> None:
@@ -182,7 +185,7 @@ def test_posterior_equal_to_the_prior_is_collapsed() -> None:
     assert d.collapsed and d.active_units == 0
     assert d.kl == pytest.approx(0.0, abs=1e-6) and d.mutual_information == pytest.approx(0.0, abs=1e-9)
     assert "posterior collapse" in d.warnings[0]
-    assert d.to_dict()["collapsed"] is True
+    assert d.to_dict()["collapsed"] is True and d.summary().collapsed is True
 
 
 # --- the result as data ----------------------------------------------------------------------
@@ -192,7 +195,8 @@ def test_evaluation_is_json_seeded_and_leaves_the_callers_random_state(lg, x) ->
     vae = lg.vae(lg.mean_field_encoder(shift=SHIFT))
     state = torch.random.get_rng_state()
     options = dict(k=50, mi_samples=100, gap_examples=4, gap_steps=20, gap_eval_samples=50, seed=3)
-    first = evaluate(vae, x, **options).to_dict(per_example=True)
+    result = evaluate(vae, x, **options)
+    first = result.to_dict(per_example=True)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert evaluate(vae, x, **options).to_dict(per_example=True) == first
     json.dumps(first, allow_nan=False)  # no NaN anywhere
@@ -205,7 +209,7 @@ def test_evaluation_is_json_seeded_and_leaves_the_callers_random_state(lg, x) ->
         assert key in first["gaps"], key
     assert first["settings"] | options == first["settings"]  # every setting is recorded
     assert len(first["per_example"]["log_px"]) == 20
-    table = format_table(first)
+    table = format_table(result.summary())
     for row in ("ELBO", "reconstruction", "KL", "-log p(x), K=50", "active units", "approximation gap", "nats"):
         assert row in table
 
@@ -213,12 +217,13 @@ def test_evaluation_is_json_seeded_and_leaves_the_callers_random_state(lg, x) ->
 def test_bits_per_dimension_only_for_discrete_data() -> None:
     vae = build_vae((64,), latent_dim=2, hidden=[8])
     binary = (_digits()[:10] > 0.5).float()
-    ev = evaluate(vae, binary, k=5, mi_samples=10, gap_examples=0).to_dict()
-    assert ev["bits_per_dim"] == pytest.approx(-ev["log_px"] / (64 * math.log(2)))
-    assert ev["gaps"] is None
-    grey = evaluate(vae, _digits()[:10], k=5, mi_samples=10, gap_examples=0).to_dict()
-    assert "bits_per_dim" not in grey
-    assert "log_px" not in evaluate(vae, binary, k=0, mi_samples=0).to_dict()
+    ev = evaluate(vae, binary, k=5, mi_samples=10, gap_examples=0).summary()
+    assert ev.bits_per_dim == pytest.approx(-ev.log_px / (64 * math.log(2)))
+    assert ev.gaps is None and ev.to_dict()["gaps"] is None
+    grey = evaluate(vae, _digits()[:10], k=5, mi_samples=10, gap_examples=0)
+    assert grey.summary().bits_per_dim is None and "bits_per_dim" not in grey.to_dict()
+    ll_free = evaluate(vae, binary, k=0, mi_samples=0)
+    assert ll_free.summary().log_px is None and "log_px" not in ll_free.to_dict()
 
 
 @pytest.mark.parametrize("posterior,prior", [("iaf", "normal"), ("gaussian", "mog")])
@@ -233,6 +238,94 @@ def test_flows_and_mixture_priors_get_latent_health_and_the_gaps_they_allow(post
     assert lat.mutual_information + lat.marginal_kl == pytest.approx(lat.kl, abs=1e-9)
     if posterior == "gaussian":  # diagonal encoder, Monte-Carlo KL against the mixture prior
         g = ev.gaps.summary()
-        assert g["inference_gap"] == pytest.approx(g["approximation_gap"] + g["amortization_gap"])
+        assert g.inference_gap == pytest.approx(g.approximation_gap + g.amortization_gap)
     else:
         assert ev.gaps is None and any("diagonal Gaussian" in w for w in ev.warnings)
+
+
+# --- the summary: typed across layers, JSON at the edge ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(lg: LinearGaussian, x: torch.Tensor):
+    vae = lg.vae(lg.mean_field_encoder(shift=SHIFT))
+    return evaluate(vae, x, k=50, mi_samples=100, gap_examples=4, gap_steps=20, gap_eval_samples=50, seed=3)
+
+
+def test_summary_round_trips_through_json_and_holds_the_evaluations_numbers(small) -> None:
+    summary = small.summary(data="twenty draws", per_example=True)
+    doc = json.loads(json.dumps(summary.to_dict(), allow_nan=False))
+    assert doc == small.to_dict(per_example=True) | {"data": "twenty draws"}  # the same JSON as before
+    back = EvaluationSummary.from_dict(doc, source="eval.json")
+    assert back == summary and back.to_dict() == doc
+    # attributes, not keys: the figures themselves
+    assert summary.n == 20 and summary.k == 50 and summary.units == "nats per example"
+    assert summary.log_px == pytest.approx(float(small.likelihood.per_example.mean()), rel=1e-12)
+    assert summary.nll == -summary.log_px and summary.kl == pytest.approx(float(small.terms.kl.mean()), rel=1e-12)
+    assert summary.latents.active_units == small.latents.active_units
+    assert summary.latents.kl_per_dim == pytest.approx(small.latents.kl_per_dim.tolist(), rel=1e-12)
+    assert summary.gaps.n == 4 and summary.gaps.settings.steps == 20
+    assert summary.settings == EvalSettings(k=50, mi_samples=100, gap_examples=4, gap_steps=20,
+                                            gap_eval_samples=50, seed=3)
+    assert summary.device == "cpu" and summary.per_example.log_px == tuple(small.likelihood.per_example.tolist())
+    assert summary.accuracy is None and summary.conditional_on == () and summary.given == ""
+
+
+def test_summary_reads_files_of_older_versions() -> None:
+    # vaelab 0.1.0 wrote these keys only (TrainedModel.evaluate returned a dict)
+    old = {"n": 180, "elbo": -40.5, "reconstruction": -38.0, "kl": 2.5, "units": "nats per example",
+           "k": 1000, "log_px": -39.75, "log_px_stderr": 0.5, "nll": 39.75, "bits_per_dim": 0.9}
+    ev = EvaluationSummary.from_dict(old, source="old/eval.json")
+    assert (ev.n, ev.elbo, ev.k, ev.nll, ev.bits_per_dim) == (180, -40.5, 1000, 39.75, 0.9)
+    assert ev.elbo_stderr is None and ev.log_px_mc_stderr is None and ev.ess_median is None
+    assert ev.latents is None and ev.gaps is None and ev.settings is None and ev.warnings == ()
+    table = format_table(ev)
+    assert "-log p(x), K=1000" in table and "39.75 ± 0.50 nats" in table and "ESS" not in table
+    assert format_table(old) == table  # the JSON itself is read the same way
+    # a newer file's unknown keys are ignored; integers are accepted where numbers are declared
+    newer = EvaluationSummary.from_dict({**old, "elbo": -40, "something_new": [1, 2]}, source="new.json")
+    assert newer.elbo == -40.0 and isinstance(newer.elbo, float)
+
+
+@pytest.mark.parametrize("change,named", [
+    (lambda d: d.pop("elbo"), "elbo is missing"),
+    (lambda d: d.update(n="180"), "n must be a whole number"),
+    (lambda d: d.update(n=True), "n must be a whole number"),
+    (lambda d: d["latents"]["active"].__setitem__(1, "yes"), r"latents\.active\[1\] must be true or false"),
+    (lambda d: d["gaps"]["settings"].update(steps=2.5), r"gaps\.settings\.steps must be a whole number"),
+    (lambda d: d["settings"].update(k=-1), "settings: evaluation setting k must be >= 0"),
+    (lambda d: d.update(warnings="none"), "warnings must be a list"),
+    (lambda d: d.update(latents=[]), "latents must be a JSON object"),
+])
+def test_a_malformed_file_is_one_line_naming_the_file_and_the_key(small, change, named: str) -> None:
+    doc = json.loads(json.dumps(small.to_dict()))
+    change(doc)
+    with pytest.raises(VaelabError, match=named) as info:
+        EvaluationSummary.from_dict(doc, source="runs/x/eval.json")
+    assert str(info.value).startswith("'runs/x/eval.json': ") and "\n" not in str(info.value)
+    with pytest.raises(VaelabError, match="must be a JSON object"):
+        EvaluationSummary.from_dict([doc], source="runs/x/eval.json")
+
+
+def test_read_names_a_missing_or_corrupt_file(small, tmp_path) -> None:
+    path = tmp_path / "eval.json"
+    with pytest.raises(VaelabError, match="not found"):
+        EvaluationSummary.read(path)
+    path.write_text("{not json")
+    with pytest.raises(VaelabError, match="eval.json' is not readable JSON"):
+        EvaluationSummary.read(path)
+    path.write_text(json.dumps(small.to_dict()))
+    assert EvaluationSummary.read(path) == small.summary()
+
+
+def test_table_of_a_conditional_and_of_a_semi_supervised_evaluation(small) -> None:
+    conditional = small.summary().replace(conditional_on=("label",))
+    table = format_table(conditional)
+    assert "-log p(x|label), K=50" in table and "KL(q(z|x,label) || p(z|label))" in table
+    assert conditional.to_dict()["conditional_on"] == ["label"]
+    # M2: the classifier's accuracy with its binomial standard error sqrt(a (1 - a) / N)
+    m2 = small.summary().replace(accuracy=0.9, accuracy_stderr=math.sqrt(0.9 * 0.1 / 20))
+    assert "classifier accuracy q(y|x)" in format_table(m2) and "90.00 ± 6.71 %" in format_table(m2)
+    back = EvaluationSummary.from_dict(json.loads(json.dumps(m2.to_dict())))
+    assert (back.accuracy, back.accuracy_stderr) == (0.9, m2.accuracy_stderr)
+    assert "classifier accuracy" not in format_table(small)  # no classifier: no row

@@ -1,7 +1,9 @@
-"""Every figure function writes a real, non-blank PNG, atomically, without global state."""
+"""Every figure function makes a real, non-blank PNG (its bytes, or a file written
+atomically), without global state."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -19,10 +21,11 @@ from vaelab.build import build_vae
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def read_png(path: Path) -> np.ndarray:
-    """Check that ``path`` is a PNG with visible content and return its pixels [H, W, C]."""
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    img = imread(path)
+def read_png(path: Path | bytes) -> np.ndarray:
+    """Check that ``path`` (or the bytes) is a PNG with visible content and return its pixels [H, W, C]."""
+    data = path if isinstance(path, bytes) else path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    img = imread(io.BytesIO(data))
     assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
     assert img[..., :3].std() > 0.02, "the picture is (nearly) one colour"
     return img
@@ -207,3 +210,66 @@ def test_import_leaves_matplotlib_global_state_alone() -> None:
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "svg"
+
+
+def test_without_a_path_every_figure_is_the_png_bytes_it_would_write(tmp_path: Path) -> None:
+    model = build_vae((1, 8, 8), latent_dim=2, hidden=[8])
+    z = torch.randn(50, 2, generator=torch.Generator().manual_seed(3))
+    figures = {
+        "image_grid": lambda p: plots.image_grid(images(9), p, title=""),
+        "reconstruction_grid": lambda p: plots.reconstruction_grid(vectors(4), vectors(4) + 1, p),
+        "training_curves": lambda p: plots.training_curves([epoch_record(e) for e in (1, 2, 3)], p),
+        "latent_manifold": lambda p: plots.latent_manifold(model, p, n=4),
+        "latent_scatter": lambda p: plots.latent_scatter(z, p, labels=torch.arange(50) % 4),
+        "interpolation_strip": lambda p: plots.interpolation_strip(images(5), p),
+        "class_grid": lambda p: plots.class_grid(images(6).reshape(2, 3, 1, 28, 28), p, row_labels=["a", "b"]),
+    }
+    for name, draw in figures.items():
+        png = draw(None)
+        assert isinstance(png, bytes), name
+        read_png(png)
+        assert draw(tmp_path / f"{name}.png").read_bytes() == png, name  # the same picture either way
+    assert len(list(tmp_path.iterdir())) == len(figures)  # only the files asked for
+
+
+def bands(png: bytes) -> np.ndarray:
+    """[H] True where an image row has non-white pixels right of the row labels."""
+    gray = imread(io.BytesIO(png))[..., :3].mean(-1)  # [H, W]
+    return (gray[:, gray.shape[1] // 3 : -4] < 0.9).any(1)
+
+
+def grid_rows(png: bytes) -> int:
+    """The rows of tiles of a grid: bands of non-white image rows between white gaps."""
+    dark = bands(png)
+    return int(dark[0]) + int((dark[1:] & ~dark[:-1]).sum())
+
+
+def row_gaps(png: bytes) -> np.ndarray:
+    """Heights (pixels) of the white gaps between consecutive rows of tiles."""
+    dark = bands(png)
+    starts, ends = np.flatnonzero(dark[1:] & ~dark[:-1]) + 1, np.flatnonzero(dark[:-1] & ~dark[1:]) + 1
+    return starts[1:] - ends[: len(starts) - 1]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 10, 20])
+def test_class_grid_draws_one_row_of_tiles_per_class(rows: int) -> None:
+    x = torch.zeros(rows, 6, 1, 8, 8)  # black tiles: every row of tiles is a dark band
+    x[..., 2:6, 3:5] = 1.0
+    png = plots.class_grid(x, row_labels=[f"class {k}" for k in range(rows)], title="")
+    apart = plots.class_grid(x, row_labels=[str(k) for k in range(rows)], separate_first=True, title="")
+    assert grid_rows(png) == rows and grid_rows(apart) == rows
+    plain_gaps, apart_gaps = row_gaps(png), row_gaps(apart)
+    assert len(plain_gaps) == len(apart_gaps) == rows - 1
+    if rows > 1:  # the first row set apart: a wider white gap below it than anywhere else
+        assert apart_gaps[0] > plain_gaps.max() and apart_gaps[0] > apart_gaps[1:].max(initial=0)
+
+
+@pytest.mark.parametrize("kind", DATA)
+def test_class_grid_of_every_kind_and_its_checks(kind: str) -> None:
+    x = DATA[kind](12)
+    grid = x.reshape(3, 4, *x.shape[1:])  # 3 classes x 4 examples
+    read_png(plots.class_grid(grid, row_labels=["zero", "one", "two"], title="by class"))
+    with pytest.raises(ValueError, match="3 rows but 2 row labels"):
+        plots.class_grid(grid, row_labels=["zero", "one"])
+    with pytest.raises(ValueError, match="rows, columns"):
+        plots.class_grid(x, row_labels=[str(i) for i in range(12)])

@@ -2,7 +2,7 @@
 
     vaelab train [--data NAME|PATH] [--config FILE] [--key value ...]   -> vaelab.train
     vaelab eval RUN [--k 1000] [--gap-examples 100] [--no-gap] [--json]  -> TrainedModel.evaluate
-    vaelab report RUN [-o FILE]                                         -> vaelab.report.write_report
+    vaelab report RUN [-o FILE] [--k 1000] [--seed 0] ...               -> vaelab.report.write_report
     vaelab sample RUN -n 64 [--label 3] -o FILE                         -> TrainedModel.sample
     vaelab encode RUN DATA -o FILE                                      -> TrainedModel.encode
     vaelab reconstruct RUN DATA -o FILE                                 -> TrainedModel.reconstruct
@@ -28,6 +28,7 @@ from . import registry
 from .config import TrainConfig, choices, load_config_file
 from .errors import VaelabError
 from .evaluation import EvalSettings
+from .evaluation.suite import EvaluationSummary
 
 __all__ = ["main", "cli"]
 
@@ -136,15 +137,15 @@ def train(config_file: str | None, resume: str | None, quiet: bool, **options: A
     summary = f"trained {result.epochs_done} epochs ({result.stopped}); best validation ELBO {result.best_val_elbo:.2f} nats at epoch {result.best_epoch}"
     click.echo(summary)
     if model.config.eval_k > 0:
-        ev = model.evaluate(k=model.config.eval_k, gap_examples=0).to_dict()  # the gap split: vaelab eval
-        ev["data"] = f"{model.config.data} (test split)"
-        write_eval(model.run_dir, ev)
+        ev = model.evaluate(k=model.config.eval_k, gap_examples=0).summary(  # the gap split: vaelab eval
+            data=f"{model.config.data} (test split)")
+        write_eval(model.run_dir, ev.to_dict())
         click.echo(_eval_table(ev))
     click.echo(f"run folder: {model.run_dir}")
 
 
-def _eval_table(ev: dict[str, Any]) -> str:
-    from .evaluation import format_table
+def _eval_table(ev: EvaluationSummary) -> str:
+    from .evaluation.suite import format_table
 
     return format_table(ev)
 
@@ -198,11 +199,10 @@ def eval_cmd(run: str, no_gap: bool, per_example: bool, data: str | None, as_jso
     else:
         x, _, c = _read_inputs(model, data)
         result = model.evaluate(settings, x=x, c=c)
-    ev = result.to_dict(per_example=per_example)
-    ev["data"] = data or f"{model.config.data} (test split)"
+    ev = result.summary(data=data or f"{model.config.data} (test split)", per_example=per_example)
     if data is None:
-        write_eval(model.run_dir, ev)
-    click.echo(json.dumps(ev, indent=2) if as_json else _eval_table(ev))
+        write_eval(model.run_dir, ev.to_dict())
+    click.echo(json.dumps(ev.to_dict(), indent=2) if as_json else _eval_table(ev))
 
 
 @cli.command()
@@ -210,23 +210,19 @@ def eval_cmd(run: str, no_gap: bool, per_example: bool, data: str | None, as_jso
 @click.option("-o", "--output", default=None, help="the HTML file to write [default: RUN/report.html]")
 @click.option("--reevaluate", is_flag=True,
               help="evaluate anew even when RUN/eval.json holds a complete evaluation (it is rewritten)")
-@click.option("--k", "k", type=click.IntRange(0), default=1000, show_default=True,
-              help="importance samples per example, when the report evaluates")
-@click.option("--gap-examples", type=click.IntRange(0), default=100, show_default=True,
-              help="examples for the gap split, when the report evaluates (0: skip it)")
-@click.option("--gap-steps", type=click.IntRange(0), default=300, show_default=True,
-              help="Adam steps of the per-example posterior optimisation, when the report evaluates")
-@click.option("--seed", type=int, default=0, show_default=True, help="random seed of the evaluation and the figures")
-def report(run: str, output: str | None, reevaluate: bool, k: int, gap_examples: int, gap_steps: int, seed: int) -> None:
+@_settings_options
+def report(run: str, output: str | None, reevaluate: bool, **options: Any) -> None:
     """Write one self-contained HTML page about a run: configuration, curves, evaluation, figures.
 
     The evaluation comes from RUN/eval.json when it is complete (as 'vaelab eval' writes it),
-    else it is computed with the options below and saved there.
+    else it is computed with the evaluation options below and saved there; --seed also seeds
+    the figures.
     """
     from .report import write_report
+    from .runs import load
 
-    path = write_report(run, output, reevaluate=reevaluate, k=k, gap_examples=gap_examples,
-                        gap_steps=gap_steps, seed=seed)
+    model = load(run)
+    path = write_report(model, output, reevaluate=reevaluate, settings=_settings(options, model))
     click.echo(f"wrote {path}")
 
 

@@ -2,10 +2,11 @@
 
 Every function draws on a fresh :class:`matplotlib.figure.Figure` rendered by the Agg canvas
 directly, so importing this module touches no global matplotlib state (no pyplot, no backend
-switch, no figure registry), and writes the PNG atomically: it renders to a temporary file
-in the target folder and moves it into place with ``os.replace``, so a reader never sees
-half a file. Each returns the path it wrote; missing parent folders are created. The file
-is always PNG, whatever the path's suffix.
+switch, no figure registry), and returns the PNG: as ``bytes`` when no path is given (so a
+page can embed it without temporary files), else written atomically to ``path`` (rendered
+in memory, then a temporary file in the target folder moved into place with ``os.replace``,
+so a reader never sees half a file), returning the path. Missing parent folders are
+created. The file is always PNG, whatever the path's suffix.
 
 Data come as a tensor or array ``[N, *shape]`` of examples, where one example is either
 
@@ -16,17 +17,19 @@ Data come as a tensor or array ``[N, *shape]`` of examples, where one example is
     >>> x = model.sample(64)                                  # [64, 1, 28, 28]
     >>> image_grid(x, "samples.png", title="Samples from p(x|z), z ~ p(z)")
     PosixPath('samples.png')
+    >>> png = image_grid(x)                                   # the PNG's bytes
 
 A ``title`` of ``None`` gives an informative default; ``""`` gives no title.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union, overload
 
 import numpy as np
 import torch
@@ -51,6 +54,7 @@ __all__ = [
     "latent_manifold",
     "latent_scatter",
     "interpolation_strip",
+    "class_grid",
 ]
 
 ArrayLike = Union[Tensor, np.ndarray]
@@ -105,21 +109,22 @@ def _tile(
     pad: int = _PAD,
     group_rows: int = 1,
     group_gap: int = 0,
+    first_gap: int = 0,
 ) -> tuple[np.ndarray, list[float], list[float]]:
     """Tile equally sized display images row by row onto a white canvas.
 
     ``None`` cells stay blank. Every ``group_rows`` rows an extra ``group_gap`` pixels of
-    space is added. ``pad`` pixels of white separate the tiles. Returns the canvas and the
-    pixel centres of its rows and columns.
+    space is added, and ``first_gap`` pixels after the first row. ``pad`` pixels of white
+    separate the tiles. Returns the canvas and the pixel centres of its rows and columns.
     """
     first = next(c for c in cells if c is not None)
     h, w = first.shape[:2]
     nrow = math.ceil(len(cells) / ncol)
     n_gaps = (nrow - 1) // group_rows
-    height = pad + nrow * (h + pad) + n_gaps * group_gap
+    height = pad + nrow * (h + pad) + n_gaps * group_gap + (first_gap if nrow > 1 else 0)
     width = pad + ncol * (w + pad)
     canvas = np.ones((height, width, *first.shape[2:]))
-    tops = [pad + r * (h + pad) + (r // group_rows) * group_gap for r in range(nrow)]
+    tops = [pad + r * (h + pad) + (r // group_rows) * group_gap + (first_gap if r > 0 else 0) for r in range(nrow)]
     lefts = [pad + c * (w + pad) for c in range(ncol)]
     for i, cell in enumerate(cells):
         if cell is not None:
@@ -234,36 +239,46 @@ def _title(fig: Figure, title: str | None, default: str) -> None:
         fig.suptitle(text, fontsize=11)
 
 
-def _save(fig: Figure, path: PathLike, *, crop: bool = False) -> Path:
-    """Render ``fig`` to PNG at ``path`` atomically (temp file in the same folder, then replace).
+def _save(fig: Figure, path: PathLike | None, *, crop: bool = False) -> Any:
+    """Render ``fig`` to PNG: its bytes when ``path`` is None, else written to ``path``
+    atomically (temp file in the same folder, then replace) and the path returned.
 
     ``crop`` trims the slack around fixed-aspect images (it costs a second draw); figures
     without it rely on their constrained layout for margins.
     """
+    FigureCanvasAgg(fig)  # attach the Agg canvas; no global backend involved
+    buf = io.BytesIO()
+    try:
+        bbox = {"bbox_inches": "tight", "pad_inches": 0.1} if crop else {}
+        fig.savefig(buf, format="png", dpi=DPI, **bbox)
+    finally:
+        fig.clear()  # drop artists and data now rather than at garbage collection
+    if path is None:
+        return buf.getvalue()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)  # attach the Agg canvas; no global backend involved
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"  # umask-default permissions
     try:
         with open(tmp, "xb") as f:
-            bbox = {"bbox_inches": "tight", "pad_inches": 0.1} if crop else {}
-            fig.savefig(f, format="png", dpi=DPI, **bbox)
+            f.write(buf.getvalue())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    finally:
-        fig.clear()  # drop artists and data now rather than at garbage collection
     return path
 
 
 # --------------------------------------------------------------------------- figures
 
 
+@overload
+def image_grid(x: ArrayLike, path: None = None, *, nrow: int | None = None, title: str | None = None) -> bytes: ...
+@overload
+def image_grid(x: ArrayLike, path: PathLike, *, nrow: int | None = None, title: str | None = None) -> Path: ...
 def image_grid(
-    x: ArrayLike, path: PathLike, *, nrow: int | None = None, title: str | None = None
-) -> Path:
+    x: ArrayLike, path: PathLike | None = None, *, nrow: int | None = None, title: str | None = None
+) -> Path | bytes:
     """A tiled grid of examples ``[N, *shape]``.
 
     Images are tiled on a white background (64 MNIST digits make a ~6 x 6 inch picture);
@@ -272,7 +287,7 @@ def image_grid(
 
     Args:
         x: examples ``[N, C, H, W]`` (C = 1 or 3) or ``[N, D]``.
-        path: the PNG to write.
+        path: where to write the PNG (``None``: return its bytes).
         nrow: examples per row (as in ``torchvision.utils.make_grid``); default
             ``ceil(sqrt(N))``.
         title: figure title; ``None`` gives ``"N examples"``.
@@ -298,9 +313,15 @@ def image_grid(
     return _save(fig, path, crop=is_image)
 
 
+@overload
+def reconstruction_grid(x: ArrayLike, x_rec: ArrayLike, path: None = None, *, n: int = 16,
+                        title: str | None = None) -> bytes: ...
+@overload
+def reconstruction_grid(x: ArrayLike, x_rec: ArrayLike, path: PathLike, *, n: int = 16,
+                        title: str | None = None) -> Path: ...
 def reconstruction_grid(
-    x: ArrayLike, x_rec: ArrayLike, path: PathLike, *, n: int = 16, title: str | None = None
-) -> Path:
+    x: ArrayLike, x_rec: ArrayLike, path: PathLike | None = None, *, n: int = 16, title: str | None = None
+) -> Path | bytes:
     """The first ``n`` inputs beside their reconstructions.
 
     Images: rows alternate "input" / "reconstruction" (labelled on the left), each
@@ -311,7 +332,7 @@ def reconstruction_grid(
     Args:
         x: inputs ``[N, *shape]``.
         x_rec: reconstructions of the same shape, e.g. ``model.decode(model.encode(x).mean).mean``.
-        path: the PNG to write.
+        path: where to write the PNG (``None``: return its bytes).
         n: how many examples to show (at most N).
         title: figure title; ``None`` gives ``"Inputs and their reconstructions"``.
     """
@@ -379,7 +400,11 @@ def _series(metrics: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
     return epochs, values
 
 
-def training_curves(metrics: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
+@overload
+def training_curves(metrics: Sequence[Mapping[str, Any]], path: None = None) -> bytes: ...
+@overload
+def training_curves(metrics: Sequence[Mapping[str, Any]], path: PathLike) -> Path: ...
+def training_curves(metrics: Sequence[Mapping[str, Any]], path: PathLike | None = None) -> Path | bytes:
     """Three panels, ELBO, reconstruction term and KL, each training vs validation by epoch.
 
     Args:
@@ -388,7 +413,7 @@ def training_curves(metrics: Sequence[Mapping[str, Any]], path: PathLike) -> Pat
             ``val_kl`` (values in nats per example). Missing, ``None`` or non-finite values
             are skipped; a record without ``epoch`` is placed at its 1-based position. The
             legend of the ELBO panel names the best validation ELBO and its epoch.
-        path: the PNG to write.
+        path: where to write the PNG (``None``: return its bytes).
     """
     fig = Figure(figsize=(13.0, 3.8), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 3)
@@ -423,10 +448,14 @@ def _tick_subset(n: int, most: int = 7) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(n, most))})
 
 
+@overload
+def latent_manifold(model: VAE, path: None = None, *, n: int = 20, span: float | None = None) -> bytes: ...
+@overload
+def latent_manifold(model: VAE, path: PathLike, *, n: int = 20, span: float | None = None) -> Path: ...
 @torch.no_grad()
 def latent_manifold(
-    model: VAE, path: PathLike, *, n: int = 20, span: float | None = None
-) -> Path:
+    model: VAE, path: PathLike | None = None, *, n: int = 20, span: float | None = None
+) -> Path | bytes:
     """Decoder means over an ``n x n`` grid of 2-D latents, tiled into one picture.
 
     By default the grid follows the quantiles of the N(0, 1) prior: probabilities evenly
@@ -441,7 +470,7 @@ def latent_manifold(
 
     Args:
         model: a VAE with ``latent_dim == 2`` and image data ``(C, H, W)``.
-        path: the PNG to write.
+        path: where to write the PNG (``None``: return its bytes).
         n: tiles per side.
         span: ``None`` for the quantile grid, else the half-width of an even grid in z.
     """
@@ -493,15 +522,21 @@ def latent_manifold(
     return _save(fig, path, crop=True)
 
 
+@overload
+def latent_scatter(z_2d: ArrayLike, path: None = None, *, labels: ArrayLike | Sequence[Any] | None = None,
+                   title: str | None = None, xlabel: str = "z1", ylabel: str = "z2") -> bytes: ...
+@overload
+def latent_scatter(z_2d: ArrayLike, path: PathLike, *, labels: ArrayLike | Sequence[Any] | None = None,
+                   title: str | None = None, xlabel: str = "z1", ylabel: str = "z2") -> Path: ...
 def latent_scatter(
     z_2d: ArrayLike,
-    path: PathLike,
+    path: PathLike | None = None,
     *,
     labels: ArrayLike | Sequence[Any] | None = None,
     title: str | None = None,
     xlabel: str = "z1",
     ylabel: str = "z2",
-) -> Path:
+) -> Path | bytes:
     """A scatter plot of 2-D points, e.g. posterior means of a 2-D latent space.
 
     With ``labels``: up to 20 distinct labels (integers or strings) get one colour each and
@@ -510,7 +545,7 @@ def latent_scatter(
 
     Args:
         z_2d: points ``[N, 2]``.
-        path: the PNG to write.
+        path: where to write the PNG (``None``: return its bytes).
         labels: one label per point, or ``None``.
         title: figure title; ``None`` gives ``"Latent codes (N points)"``.
         xlabel, ylabel: axis labels.
@@ -559,7 +594,11 @@ def latent_scatter(
     return _save(fig, path)
 
 
-def interpolation_strip(x_path: ArrayLike, path: PathLike, *, title: str | None = None) -> Path:
+@overload
+def interpolation_strip(x_path: ArrayLike, path: None = None, *, title: str | None = None) -> bytes: ...
+@overload
+def interpolation_strip(x_path: ArrayLike, path: PathLike, *, title: str | None = None) -> Path: ...
+def interpolation_strip(x_path: ArrayLike, path: PathLike | None = None, *, title: str | None = None) -> Path | bytes:
     """Decoded examples along one or several interpolation paths.
 
     Images: one row of tiles per path, steps from left to right, the x axis labelled with
@@ -569,7 +608,7 @@ def interpolation_strip(x_path: ArrayLike, path: PathLike, *, title: str | None 
     Args:
         x_path: ``[steps, *shape]`` for one path or ``[rows, steps, *shape]`` for several,
             where ``shape`` is ``(C, H, W)`` or ``(D,)``.
-        path: the PNG to write.
+        path: where to write the PNG (``None``: return its bytes).
         title: figure title; ``None`` gives ``"Interpolation in latent space"``.
     """
     data = _numpy(x_path, "x_path")
@@ -625,6 +664,73 @@ def interpolation_strip(x_path: ArrayLike, path: PathLike, *, title: str | None 
         axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=list(axes[:rows]),
                      label="interpolation fraction t", shrink=0.9)
+        fig.supxlabel("dimension", fontsize=9)
+        fig.supylabel("value", fontsize=9)
+    _title(fig, title, default)
+    return _save(fig, path, crop=is_image)
+
+
+@overload
+def class_grid(x: ArrayLike, path: None = None, *, row_labels: Sequence[str], separate_first: bool = False,
+               title: str | None = None) -> bytes: ...
+@overload
+def class_grid(x: ArrayLike, path: PathLike, *, row_labels: Sequence[str], separate_first: bool = False,
+               title: str | None = None) -> Path: ...
+def class_grid(
+    x: ArrayLike,
+    path: PathLike | None = None,
+    *,
+    row_labels: Sequence[str],
+    separate_first: bool = False,
+    title: str | None = None,
+) -> Path | bytes:
+    """Rows of examples with a name each, e.g. samples of a conditional model, one row per class.
+
+    Images: a grid, row r labelled ``row_labels[r]`` on the left. Vectors: one panel per row
+    with its examples overlaid, example j in the same colour in every panel (so a column that
+    holds one latent code decoded under every class reads across the panels).
+
+    Args:
+        x: ``[rows, columns, *shape]`` with ``shape`` ``(C, H, W)`` or ``(D,)``.
+        path: where to write the PNG (``None``: return its bytes).
+        row_labels: one name per row.
+        separate_first: set the first row apart (e.g. the inputs above their decodings).
+        title: figure title; ``None`` gives ``"rows x columns examples"``.
+    """
+    data = _numpy(x, "x")
+    if data.ndim not in (3, 5) or data.shape[0] == 0 or data.shape[1] == 0:
+        raise VaelabError(f"x must be [rows, columns, *shape] with shape (C, H, W) or (D,), got {tuple(data.shape)}")
+    rows, cols = data.shape[:2]
+    if len(row_labels) != rows:
+        raise VaelabError(f"x has {rows} rows but {len(row_labels)} row labels were given; give one per row")
+    default = f"{rows} x {cols} examples"
+    is_image = _kind(data.shape[2:], "x") == "image"
+    if is_image:
+        images = _display(data.reshape(rows * cols, *data.shape[2:]))
+        canvas, centres, _ = _tile(list(images), cols, first_gap=3 * _PAD if separate_first else 0)
+        fig = _image_figure(canvas, cols, tile_width=data.shape[-1])
+        ax = fig.add_subplot()
+        _imshow(ax, canvas)
+        ax.set_xticks([])
+        ax.set_yticks(centres, list(row_labels), fontsize=8)
+        ax.tick_params(axis="y", length=0)
+    else:
+        ncol = min(rows, 4)
+        nrow = math.ceil(rows / ncol)
+        fig = Figure(figsize=(min(ncol * 3.0 + 0.8, _MAX_WIDTH), nrow * 2.1 + 0.8), dpi=DPI, layout="constrained")
+        axes = np.asarray(fig.subplots(nrow, ncol, sharex=True, sharey=True, squeeze=False)).ravel()
+        palette = colormaps["tab10" if cols <= 10 else "tab20"]
+        dims = np.arange(data.shape[2])
+        for r, ax in enumerate(axes):
+            if r >= rows:
+                ax.set_visible(False)
+                continue
+            for j in range(cols):
+                ax.plot(dims, data[r, j], color=palette(j % palette.N), linewidth=1.0)
+            ax.set_title(row_labels[r], fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylim(*_ylim(data))
         fig.supxlabel("dimension", fontsize=9)
         fig.supylabel("value", fontsize=9)
     _title(fig, title, default)

@@ -35,7 +35,7 @@ flagged when no unit is active or the average KL is below ``collapse_kl`` nats.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ from torch.distributions import Distribution, Independent, Normal, kl_divergence
 from ..model import VAE
 from .likelihood import _batches, _pairs
 
-__all__ = ["LatentDiagnostics", "latent_diagnostics", "kl_per_dimension", "ACTIVE_THRESHOLD"]
+__all__ = ["LatentDiagnostics", "LatentSummary", "latent_diagnostics", "kl_per_dimension", "ACTIVE_THRESHOLD"]
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): Var_x(E_q[z_d]) above this is an active unit
 COLLAPSE_KL = 0.1  # nats per example: below this the posterior carries (almost) nothing
@@ -89,26 +89,66 @@ class LatentDiagnostics:
     def collapsed(self) -> bool:
         return self.active_units == 0 or self.kl < self.collapse_kl
 
+    def summary(self) -> "LatentSummary":
+        """The numbers without the tensors: what ``eval.json`` keeps under ``latents``."""
+        return LatentSummary(
+            latent_dim=self.latent_dim,
+            kl=self.kl,
+            kl_per_dim=None if self.kl_per_dim is None else tuple(self.kl_per_dim.tolist()),
+            activity=tuple(self.activity.tolist()),
+            active_threshold=self.threshold,
+            active_units=self.active_units,
+            active=tuple(self.active.tolist()),
+            mutual_information=self.mutual_information,
+            mutual_information_stderr=self.mutual_information_stderr,
+            mutual_information_max=math.log(self.n),
+            marginal_kl=self.marginal_kl,
+            marginal_kl_stderr=self.marginal_kl_stderr,
+            mi_samples=self.mi_samples,
+            collapse_kl=self.collapse_kl,
+            collapsed=self.collapsed,
+            warnings=tuple(self.warnings),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values."""
-        return {
-            "latent_dim": self.latent_dim,
-            "kl": self.kl,
-            "kl_per_dim": None if self.kl_per_dim is None else self.kl_per_dim.tolist(),
-            "activity": self.activity.tolist(),
-            "active_threshold": self.threshold,
-            "active_units": self.active_units,
-            "active": self.active.tolist(),
-            "mutual_information": self.mutual_information,
-            "mutual_information_stderr": self.mutual_information_stderr,
-            "mutual_information_max": math.log(self.n),
-            "marginal_kl": self.marginal_kl,
-            "marginal_kl_stderr": self.marginal_kl_stderr,
-            "mi_samples": self.mi_samples,
-            "collapse_kl": self.collapse_kl,
-            "collapsed": self.collapsed,
-            "warnings": list(self.warnings),
-        }
+        """Plain JSON-ready values (:meth:`LatentSummary.to_dict`)."""
+        return self.summary().to_dict()
+
+
+@dataclass(frozen=True)
+class LatentSummary:
+    """Latent health as plain numbers (nats per example), the form that crosses into the
+    report and the explorer; :meth:`to_dict` is its JSON (``eval.json``'s ``latents``).
+
+    ``kl_per_dim`` ``[D]`` is ``None`` when the posterior is not a diagonal Gaussian;
+    ``activity`` ``[D]`` is Var_n(E_q[z_d|x_n]) and ``active`` ``[D]`` whether it exceeds
+    ``active_threshold``; ``mutual_information_max`` is log N, the ceiling of I(x; z).
+    """
+
+    latent_dim: int
+    kl: float
+    kl_per_dim: tuple[float, ...] | None
+    activity: tuple[float, ...]
+    active_threshold: float
+    active_units: int
+    active: tuple[bool, ...]
+    mutual_information: float
+    mutual_information_stderr: float
+    mutual_information_max: float
+    marginal_kl: float
+    marginal_kl_stderr: float
+    mi_samples: int
+    collapse_kl: float
+    collapsed: bool
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values: tuples become lists."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def kl_per_dimension(q: Distribution, p: Distribution) -> Tensor | None:

@@ -25,7 +25,7 @@ is biased low for finite K, so the approximation gap is, too (slightly).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -37,7 +37,7 @@ from ..model import VAE
 from ..objectives import KLMethod
 from .likelihood import K_CHUNK, log_likelihood
 
-__all__ = ["InferenceGaps", "inference_gaps", "optimal_posterior"]
+__all__ = ["InferenceGaps", "GapSummary", "GapSettings", "inference_gaps", "optimal_posterior"]
 
 
 @dataclass
@@ -76,7 +76,7 @@ class InferenceGaps:
         """ELBO(q*) - ELBO(q_phi), ``[n]``."""
         return self.elbo_optimal - self.elbo_encoder
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> "GapSummary":
         """Means over the examples with two standard errors each: ``*_stderr`` over examples
         (how much the mean would move with other examples) and ``*_mc_stderr`` (Monte Carlo,
         for these examples)."""
@@ -96,13 +96,64 @@ class InferenceGaps:
             "approximation_gap": (self.approximation_gap, mc(self.log_px_mc_se, self.elbo_optimal_mc_se)),
             "amortization_gap": (self.amortization_gap, mc(self.amortization_mc_se)),
         }
-        out: dict[str, Any] = {"n": n}
-        for key, (values, mc_se) in rows.items():
-            out[key] = float(values.mean())
-            out[f"{key}_stderr"] = over(values)
-            out[f"{key}_mc_stderr"] = mc_se
-        out["settings"] = dict(self.settings)
-        return out
+        values: dict[str, Any] = {}
+        for key, (per_example, mc_se) in rows.items():
+            values[key] = float(per_example.mean())
+            values[f"{key}_stderr"] = over(per_example)
+            values[f"{key}_mc_stderr"] = mc_se
+        return GapSummary(n=n, **values, settings=GapSettings(**self.settings))
+
+
+@dataclass(frozen=True)
+class GapSettings:
+    """How the gap split was computed: ``n`` examples, q* from ``steps`` Adam steps with
+    learning rate ``lr`` and ``samples`` draws per step, each final ELBO from
+    ``eval_samples`` draws."""
+
+    n: int
+    steps: int
+    lr: float
+    samples: int
+    eval_samples: int
+    optimizer: str
+    family: str
+    kl: str
+
+
+@dataclass(frozen=True)
+class GapSummary:
+    """The gap split as plain numbers (nats per example), the form that crosses into the
+    report and the explorer; :meth:`to_dict` is its JSON (``eval.json``'s ``gaps``).
+
+    Each quantity comes with ``*_stderr``, over the ``n`` examples (``None`` for one
+    example), and ``*_mc_stderr``, the Monte-Carlo error for these examples.
+    inference_gap = approximation_gap + amortization_gap.
+    """
+
+    n: int
+    log_px: float
+    log_px_stderr: float | None
+    log_px_mc_stderr: float
+    elbo_encoder: float
+    elbo_encoder_stderr: float | None
+    elbo_encoder_mc_stderr: float
+    elbo_optimal: float
+    elbo_optimal_stderr: float | None
+    elbo_optimal_mc_stderr: float
+    inference_gap: float
+    inference_gap_stderr: float | None
+    inference_gap_mc_stderr: float
+    approximation_gap: float
+    approximation_gap_stderr: float | None
+    approximation_gap_mc_stderr: float
+    amortization_gap: float
+    amortization_gap_stderr: float | None
+    amortization_gap_mc_stderr: float
+    settings: GapSettings
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values, ``settings`` as an object."""
+        return asdict(self)
 
 
 def _diagonal_parts(q: Distribution) -> tuple[Tensor, Tensor]:
@@ -254,7 +305,7 @@ def inference_gaps(
 
     Example:
         >>> g = inference_gaps(model, x_test, n=100)
-        >>> g.summary()["approximation_gap"], g.summary()["amortization_gap"]
+        >>> g.summary().approximation_gap, g.summary().amortization_gap
     """
     if device is None:
         device = next(model.parameters()).device

@@ -23,14 +23,26 @@ says (a warning is given).
 
 Every part is seeded separately from ``seed``, so a number does not change when another
 part's settings do, and the caller's random state is left as it was.
+
+The result, :class:`Evaluation`, keeps the per-example tensors; :meth:`Evaluation.summary`
+gives the numbers as an :class:`EvaluationSummary`, a frozen dataclass (with
+:class:`~vaelab.evaluation.diagnostics.LatentSummary`,
+:class:`~vaelab.evaluation.gaps.GapSummary` and the :class:`EvalSettings` inside) that the
+CLI, the report and the explorer read by attribute. JSON only at the edge:
+``EvaluationSummary.to_dict()`` is ``eval.json``, ``EvaluationSummary.from_dict`` /
+``.read`` read back the files of every vaelab version, checking each value's type.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Iterator
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from types import UnionType
+from typing import Any, Iterator, Mapping, Union, get_args, get_origin, get_type_hints
 
 import torch
 from torch import Tensor
@@ -40,11 +52,11 @@ from ..errors import VaelabError
 from ..model import VAE, Classifier
 from ..objectives import ELBO, KLMethod, data_elbo
 from ..context import Batch
-from .diagnostics import LatentDiagnostics, latent_diagnostics
-from .gaps import InferenceGaps, inference_gaps
+from .diagnostics import LatentDiagnostics, LatentSummary, latent_diagnostics
+from .gaps import GapSummary, InferenceGaps, inference_gaps
 from .likelihood import K_CHUNK, LogLikelihood, log_likelihood
 
-__all__ = ["Evaluation", "EvalSettings", "evaluate", "format_table"]
+__all__ = ["Evaluation", "EvaluationSummary", "PerExample", "EvalSettings", "evaluate", "format_table"]
 
 LOW_ESS = 0.01  # warn when the median ESS is below this fraction of K
 
@@ -97,7 +109,8 @@ class EvalSettings:
 
 @dataclass
 class Evaluation:
-    """Everything :func:`evaluate` measured; :meth:`to_dict` is the JSON of ``vaelab eval``."""
+    """Everything :func:`evaluate` measured, tensors included; :meth:`summary` gives the
+    numbers as an :class:`EvaluationSummary`, and :meth:`to_dict` its JSON (``eval.json``)."""
 
     n: int
     x_dim: int
@@ -106,7 +119,8 @@ class Evaluation:
     likelihood: LogLikelihood | None
     latents: LatentDiagnostics | None
     gaps: InferenceGaps | None
-    settings: dict[str, Any]
+    settings: EvalSettings
+    device: str
     notes: list[str] = field(default_factory=list)
     correct: Tensor | None = None  # [N] 1.0 where the model's classifier q(y|x) labels x right
     context: tuple[str, ...] = ()  # the conditioning variables: every figure is given them
@@ -120,7 +134,7 @@ class Evaluation:
     def accuracy_stderr(self) -> float | None:
         """Binomial standard error of the accuracy, sqrt(a (1 - a) / N)."""
         a = self.accuracy
-        return None if a is None else math.sqrt(a * (1 - a) / self.correct.numel())
+        return None if a is None or self.correct is None else math.sqrt(a * (1 - a) / self.correct.numel())
 
     @property
     def log_px_mc_se(self) -> Tensor | None:
@@ -135,53 +149,251 @@ class Evaluation:
             out += self.latents.warnings
         return out
 
-    def to_dict(self, per_example: bool = False) -> dict[str, Any]:
-        """JSON-ready numbers (no NaN: an undefined value is ``None``).
+    def summary(self, *, data: str | None = None, per_example: bool = False) -> "EvaluationSummary":
+        """The numbers (means with their standard errors), without the tensors.
 
-        Top-level keys: ``n``, ``units``, ``elbo``, ``reconstruction``, ``distortion``, ``kl``
-        (each with ``*_stderr``); with K > 0: ``k``, ``log_px``, ``log_px_stderr``,
-        ``log_px_mc_stderr``, ``nll``, ``ess_mean``/``ess_median``/``ess_min``, and
-        ``bits_per_dim`` for discrete data; then ``latents``, ``gaps`` (or ``None``),
-        ``warnings``, ``settings``, and with ``per_example`` the per-example arrays.
+        Args:
+            data: what was evaluated, in words (e.g. ``"mnist5k (test split)"``).
+            per_example: keep the per-example ELBO, terms, log p(x) and ESS too.
         """
         t = self.terms
-        out: dict[str, Any] = {"n": self.n, "units": "nats per example"}
+        means: dict[str, Any] = {}
         for key, values in (("elbo", t.elbo), ("reconstruction", t.reconstruction),
                             ("distortion", -t.reconstruction), ("kl", t.kl)):
-            out[key] = float(values.double().mean())
-            out[f"{key}_stderr"] = _stderr(values)
+            means[key] = float(values.double().mean())
+            means[f"{key}_stderr"] = _stderr(values)
         ll = self.likelihood
         if ll is not None:
             mc = self.log_px_mc_se
-            out.update({
-                "k": ll.k,
-                "log_px": ll.mean,
-                "log_px_stderr": _stderr(ll.per_example),
-                "log_px_mc_stderr": float(mc.double().pow(2).sum().sqrt() / self.n),
-                "nll": -ll.mean,
-                "ess_mean": float(ll.ess.mean()),
-                "ess_median": float(ll.ess.median()),
-                "ess_min": float(ll.ess.min()),
-            })
+            assert mc is not None
+            means.update(
+                k=ll.k, log_px=ll.mean, log_px_stderr=_stderr(ll.per_example),
+                log_px_mc_stderr=float(mc.double().pow(2).sum().sqrt() / self.n), nll=-ll.mean,
+                ess_mean=float(ll.ess.mean()), ess_median=float(ll.ess.median()), ess_min=float(ll.ess.min()),
+            )
             if self.discrete:
-                out["bits_per_dim"] = -ll.mean / (self.x_dim * math.log(2))
-        if self.correct is not None:
+                means["bits_per_dim"] = -ll.mean / (self.x_dim * math.log(2))
+        rows = None
+        if per_example:
+            rows = PerExample(elbo=tuple(t.elbo.tolist()), reconstruction=tuple(t.reconstruction.tolist()),
+                              kl=tuple(t.kl.tolist()),
+                              log_px=None if ll is None else tuple(ll.per_example.tolist()),
+                              ess=None if ll is None else tuple(ll.ess.tolist()))
+        return EvaluationSummary(
+            n=self.n, **means, accuracy=self.accuracy, accuracy_stderr=self.accuracy_stderr,
+            conditional_on=tuple(self.context),
+            latents=None if self.latents is None else self.latents.summary(),
+            gaps=None if self.gaps is None else self.gaps.summary(),
+            warnings=tuple(self.warnings), settings=self.settings, device=self.device,
+            per_example=rows, data=data,
+        )
+
+    def to_dict(self, per_example: bool = False) -> dict[str, Any]:
+        """The JSON of :meth:`summary` (see :meth:`EvaluationSummary.to_dict`)."""
+        return self.summary(per_example=per_example).to_dict()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerExample:
+    """Per-example values ``[N]`` (nats): the ELBO and its terms, and with K > 0 the
+    importance-sampled log p(x) and the ESS of its weights."""
+
+    elbo: tuple[float, ...]
+    reconstruction: tuple[float, ...]
+    kl: tuple[float, ...]
+    log_px: tuple[float, ...] | None = None
+    ess: tuple[float, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"elbo": list(self.elbo), "reconstruction": list(self.reconstruction),
+                               "kl": list(self.kl)}
+        if self.log_px is not None and self.ess is not None:
+            out.update(log_px=list(self.log_px), ess=list(self.ess))
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationSummary:
+    """What an evaluation found, as numbers with attributes: the result that crosses from
+    evaluation into the CLI, the report and the explorer. JSON only at the edge:
+    :meth:`to_dict` is ``eval.json``, :meth:`from_dict` / :meth:`read` read it back (files of
+    every vaelab version: a figure an older file lacks is ``None``).
+
+    All values in nats per example (``units``). ``*_stderr`` is the standard error over the
+    ``n`` examples (``None`` for one example), ``log_px_mc_stderr`` the Monte-Carlo error of
+    log p(x) for these examples. The log p(x) block (``k`` .. ``ess_min``) is ``None`` when
+    evaluated with K = 0; ``bits_per_dim`` only for discrete data; ``accuracy`` only for a
+    model with a classifier q(y|x) (M2) on labelled data; ``conditional_on`` names the
+    context variables of a conditional model, whose figures are all given them (log p(x|c)).
+    """
+
+    n: int
+    units: str = "nats per example"
+    elbo: float
+    elbo_stderr: float | None = None
+    reconstruction: float
+    reconstruction_stderr: float | None = None
+    distortion: float | None = None  # -reconstruction
+    distortion_stderr: float | None = None
+    kl: float
+    kl_stderr: float | None = None
+    k: int | None = None
+    log_px: float | None = None
+    log_px_stderr: float | None = None
+    log_px_mc_stderr: float | None = None
+    nll: float | None = None
+    ess_mean: float | None = None
+    ess_median: float | None = None
+    ess_min: float | None = None
+    bits_per_dim: float | None = None
+    accuracy: float | None = None
+    accuracy_stderr: float | None = None
+    conditional_on: tuple[str, ...] = ()
+    latents: LatentSummary | None = None
+    gaps: GapSummary | None = None
+    warnings: tuple[str, ...] = ()
+    settings: EvalSettings | None = None  # None in files of vaelab 0.1.0
+    device: str | None = None
+    per_example: PerExample | None = None
+    data: str | None = None  # what was evaluated, in words
+
+    @property
+    def given(self) -> str:
+        """``"|label"`` (the conditioning variables after a bar) or ``""``: for p(x{given})."""
+        return f"|{','.join(self.conditional_on)}" if self.conditional_on else ""
+
+    def replace(self, **changes: Any) -> "EvaluationSummary":
+        """A copy with some fields changed, e.g. ``summary.replace(data="mnist (test split)")``."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (no NaN: an undefined value is ``None``), the keys of ``eval.json``.
+
+        ``n``, ``units``, ``elbo``, ``reconstruction``, ``distortion``, ``kl`` (each with
+        ``*_stderr``); with K > 0 ``k``, ``log_px``, ``log_px_stderr``, ``log_px_mc_stderr``,
+        ``nll``, ``ess_mean``/``ess_median``/``ess_min``, and ``bits_per_dim`` for discrete
+        data; ``accuracy``/``accuracy_stderr`` and ``conditional_on`` when they apply; then
+        ``latents``, ``gaps`` (or ``None``), ``warnings``, ``settings`` (with ``device``), and
+        ``per_example`` and ``data`` when present.
+        """
+        out: dict[str, Any] = {"n": self.n, "units": self.units}
+        for key in ("elbo", "reconstruction", "distortion", "kl"):
+            out[key] = getattr(self, key)
+            out[f"{key}_stderr"] = getattr(self, f"{key}_stderr")
+        if self.k is not None:
+            for key in ("k", "log_px", "log_px_stderr", "log_px_mc_stderr", "nll", "ess_mean", "ess_median", "ess_min"):
+                out[key] = getattr(self, key)
+        if self.bits_per_dim is not None:
+            out["bits_per_dim"] = self.bits_per_dim
+        if self.accuracy is not None:
             out["accuracy"] = self.accuracy
             out["accuracy_stderr"] = self.accuracy_stderr
-        if self.context:
-            out["conditional_on"] = list(self.context)
+        if self.conditional_on:
+            out["conditional_on"] = list(self.conditional_on)
         out["latents"] = None if self.latents is None else self.latents.to_dict()
-        out["gaps"] = None if self.gaps is None else self.gaps.summary()
-        out["warnings"] = self.warnings
-        out["settings"] = dict(self.settings)
-        if per_example:
-            rows: dict[str, Any] = {"elbo": t.elbo.tolist(), "reconstruction": t.reconstruction.tolist(),
-                                    "kl": t.kl.tolist()}
-            if ll is not None:
-                rows["log_px"] = ll.per_example.tolist()
-                rows["ess"] = ll.ess.tolist()
-            out["per_example"] = rows
+        out["gaps"] = None if self.gaps is None else self.gaps.to_dict()
+        out["warnings"] = list(self.warnings)
+        out["settings"] = None if self.settings is None else {**self.settings.to_dict(), "device": self.device}
+        if self.per_example is not None:
+            out["per_example"] = self.per_example.to_dict()
+        if self.data is not None:
+            out["data"] = self.data
         return out
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "eval.json") -> "EvaluationSummary":
+        """Read :meth:`to_dict`'s JSON back, checking every value's type.
+
+        Files of older versions load: a key they lack is ``None`` (or empty); keys of newer
+        versions are ignored. A malformed file is a one-line :class:`VaelabError` naming
+        ``source`` and the key.
+        """
+        doc = _expect_object(d, source, "")
+        settings = doc.get("settings")
+        device = None
+        if settings is not None:
+            settings = dict(_expect_object(settings, source, "settings"))
+            device = _read(str | None, settings.pop("device", None), source, "settings.device")
+        summary = _read(cls, {key: value for key, value in doc.items() if key != "settings"}, source, "")
+        return replace(summary, settings=None if settings is None else _read(EvalSettings, settings, source, "settings"),
+                       device=device)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> "EvaluationSummary":
+        """An ``eval.json`` file (:meth:`from_dict`); a missing or corrupt file is a VaelabError."""
+        p = Path(path)
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise VaelabError(f"'{p}' not found; run 'vaelab eval' on the run folder to write it") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise VaelabError(f"'{p}' is not readable JSON ({err}); rewrite it with 'vaelab eval'") from None
+        return cls.from_dict(doc, source=str(p))
+
+
+# --------------------------------------------------------------------------- reading JSON
+
+
+def _expect_object(d: Any, source: str, where: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise VaelabError(f"'{source}': {where or 'the file'} must be a JSON object, got {_shown(d)}; "
+                          "rewrite it with 'vaelab eval'")
+    return d
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) < 40 else text[:37] + "..."
+
+
+def _read(tp: Any, value: Any, source: str, where: str) -> Any:
+    """``value`` (parsed JSON) as the declared type ``tp``: a frozen dataclass (its fields by
+    name; a missing field takes its default, one without a default is an error), ``X | None``,
+    ``tuple[X, ...]`` (a JSON list), ``int``, ``float`` (an int is accepted), ``bool`` or ``str``."""
+    def bad(what: str) -> VaelabError:
+        return VaelabError(f"'{source}': {where} must be {what}, got {_shown(value)}; rewrite it with 'vaelab eval'")
+
+    if is_dataclass(tp):
+        doc = _expect_object(value, source, where)
+        hints = get_type_hints(tp)
+        values = {}
+        for f in fields(tp):
+            path = f"{where}.{f.name}" if where else f.name
+            if f.name in doc:
+                values[f.name] = _read(hints[f.name], doc[f.name], source, path)
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise VaelabError(f"'{source}': {path} is missing; rewrite it with 'vaelab eval'")
+        try:
+            return tp(**values)
+        except VaelabError as err:  # a value out of its range (EvalSettings checks its own)
+            raise VaelabError(f"'{source}': {where}: {err}; rewrite it with 'vaelab eval'") from None
+    args = get_args(tp)
+    if get_origin(tp) in (Union, UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _read(inner, value, source, where)
+    if get_origin(tp) is tuple:
+        if not isinstance(value, list):
+            raise bad("a list")
+        return tuple(_read(args[0], item, source, f"{where}[{i}]") for i, item in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    raise TypeError(f"no JSON reader for {tp!r} ({where})")  # a field type this reader does not know
 
 
 def _stderr(values: Tensor) -> float | None:
@@ -223,7 +435,7 @@ def evaluate(
 
     Example:
         >>> ev = evaluate(model, x_test, k=5000)
-        >>> print(format_table(ev.to_dict()))
+        >>> print(format_table(ev.summary()))
     """
     st = (settings or EvalSettings()).replace(**changes) if changes else (settings or EvalSettings())
     k, k_chunk, batch_size, kl = st.k, st.k_chunk, st.batch_size, st.kl
@@ -231,7 +443,6 @@ def evaluate(
     if n < 1:
         raise ValueError("evaluate needs at least one example")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    settings_out: dict[str, Any] = {**st.to_dict(), "device": str(device)}
     seed = st.seed
     notes: list[str] = []
 
@@ -284,7 +495,7 @@ def evaluate(
     binary = bool(((x == 0) | (x == 1)).all())
     discrete = bool(getattr(model.decoder, "discrete", False)) or (binary and isinstance(model.decoder, BernoulliDecoder))
     return Evaluation(n=n, x_dim=math.prod(x.shape[1:]), discrete=discrete, terms=terms, likelihood=ll,
-                      latents=latents, gaps=gaps, settings=settings_out, notes=notes, correct=correct,
+                      latents=latents, gaps=gaps, settings=st, device=str(device), notes=notes, correct=correct,
                       context=tuple(v.name for v in model.context.variables) if c is not None and model.context is not None else ())
 
 
@@ -298,43 +509,49 @@ def _pm(value: float, se: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f} ± {se:.{places}f}"
 
 
-def format_table(ev: dict[str, Any]) -> str:
-    """A readable table of an evaluation dictionary (:meth:`Evaluation.to_dict`)."""
+def format_table(ev: EvaluationSummary | Evaluation | Mapping[str, Any]) -> str:
+    """A readable table of an evaluation: an :class:`EvaluationSummary`, an :class:`Evaluation`,
+    or the JSON of ``eval.json`` (read with :meth:`EvaluationSummary.from_dict`)."""
+    if isinstance(ev, Evaluation):
+        ev = ev.summary()
+    elif not isinstance(ev, EvaluationSummary):
+        ev = EvaluationSummary.from_dict(ev, source="the evaluation")
+    c = f",{','.join(ev.conditional_on)}" if ev.conditional_on else ""
     rows: list[tuple[str, str]] = [
-        ("test examples", f"{ev['n']}"),
-        ("ELBO", f"{_pm(ev['elbo'], ev.get('elbo_stderr'))} nats"),
-        ("  reconstruction E_q[log p(x|z)]", f"{_pm(ev['reconstruction'], ev.get('reconstruction_stderr'))} nats"),
-        ("  KL(q(z|x) || p(z)), the rate", f"{_pm(ev['kl'], ev.get('kl_stderr'))} nats"),
+        ("test examples", f"{ev.n}"),
+        ("ELBO", f"{_pm(ev.elbo, ev.elbo_stderr)} nats"),
+        ("  reconstruction E_q[log p(x|z)]", f"{_pm(ev.reconstruction, ev.reconstruction_stderr)} nats"),
+        (f"  KL(q(z|x{c}) || p(z{ev.given})), the rate", f"{_pm(ev.kl, ev.kl_stderr)} nats"),
     ]
-    if "log_px" in ev:
-        mc = ev.get("log_px_mc_stderr")
+    if ev.k is not None and ev.nll is not None:
+        mc = ev.log_px_mc_stderr
         extra = f" (Monte Carlo ± {mc:.3f})" if mc is not None else ""
-        given = f"|{','.join(ev['conditional_on'])}" if ev.get("conditional_on") else ""
-        rows.append((f"-log p(x{given}), K={ev['k']}", f"{_pm(ev['nll'], ev.get('log_px_stderr'))} nats{extra}"))
-    if "bits_per_dim" in ev:
-        rows.append(("bits per dimension", f"{ev['bits_per_dim']:.4f}"))
-    if ev.get("accuracy") is not None:
-        rows.append(("classifier accuracy q(y|x)", f"{100 * ev['accuracy']:.2f} ± {100 * ev['accuracy_stderr']:.2f} %"))
-    if "ess_median" in ev:
-        rows.append(("ESS of importance weights", f"median {ev['ess_median']:.1f}, min {ev['ess_min']:.1f} of K={ev['k']}"))
-    lat = ev.get("latents")
-    if lat:
+        rows.append((f"-log p(x{ev.given}), K={ev.k}", f"{_pm(ev.nll, ev.log_px_stderr)} nats{extra}"))
+    if ev.bits_per_dim is not None:
+        rows.append(("bits per dimension", f"{ev.bits_per_dim:.4f}"))
+    if ev.accuracy is not None:
+        se = "" if ev.accuracy_stderr is None else f" ± {100 * ev.accuracy_stderr:.2f}"
+        rows.append(("classifier accuracy q(y|x)", f"{100 * ev.accuracy:.2f}{se} %"))
+    if ev.ess_median is not None and ev.ess_min is not None:
+        rows.append(("ESS of importance weights", f"median {ev.ess_median:.1f}, min {ev.ess_min:.1f} of K={ev.k}"))
+    lat = ev.latents
+    if lat is not None:
         rows += [
-            ("active units", f"{lat['active_units']} of {lat['latent_dim']} (Var_x E_q[z_d] > {lat['active_threshold']:g})"),
-            ("  mutual information I(x;z)", f"{_pm(lat['mutual_information'], lat['mutual_information_stderr'])} nats "
-                                            f"(at most log N = {lat['mutual_information_max']:.2f})"),
-            ("  marginal KL(q(z) || p(z))", f"{_pm(lat['marginal_kl'], lat['marginal_kl_stderr'])} nats"),
-            ("  posterior collapsed", "YES" if lat["collapsed"] else "no"),
+            ("active units", f"{lat.active_units} of {lat.latent_dim} (Var_x E_q[z_d] > {lat.active_threshold:g})"),
+            ("  mutual information I(x;z)", f"{_pm(lat.mutual_information, lat.mutual_information_stderr)} nats "
+                                            f"(at most log N = {lat.mutual_information_max:.2f})"),
+            ("  marginal KL(q(z) || p(z))", f"{_pm(lat.marginal_kl, lat.marginal_kl_stderr)} nats"),
+            ("  posterior collapsed", "YES" if lat.collapsed else "no"),
         ]
-    gaps = ev.get("gaps")
-    if gaps:
+    gaps = ev.gaps
+    if gaps is not None:
         rows += [
-            (f"inference gap log p(x) - ELBO", f"{_pm(gaps['inference_gap'], gaps['inference_gap_stderr'])} nats "
-                                               f"({gaps['n']} examples)"),
-            ("  approximation gap", f"{_pm(gaps['approximation_gap'], gaps['approximation_gap_stderr'])} nats"),
-            ("  amortization gap", f"{_pm(gaps['amortization_gap'], gaps['amortization_gap_stderr'])} nats"),
+            ("inference gap log p(x) - ELBO", f"{_pm(gaps.inference_gap, gaps.inference_gap_stderr)} nats "
+                                              f"({gaps.n} examples)"),
+            ("  approximation gap", f"{_pm(gaps.approximation_gap, gaps.approximation_gap_stderr)} nats"),
+            ("  amortization gap", f"{_pm(gaps.amortization_gap, gaps.amortization_gap_stderr)} nats"),
         ]
     width = max(len(r[0]) for r in rows)
     lines = [f"{a:<{width}}  {b}" for a, b in rows]
-    lines += [f"warning: {w}" for w in ev.get("warnings", [])]
+    lines += [f"warning: {w}" for w in ev.warnings]
     return "\n".join(lines)

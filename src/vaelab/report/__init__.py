@@ -5,6 +5,7 @@
 """
 
 from .figures import kl_bars, latent_traversal, project_2d
-from .page import REPORT, SECTIONS, build_report, write_report
+from .page import REPORT, SECTIONS, build_report, sections, write_report
 
-__all__ = ["build_report", "write_report", "kl_bars", "latent_traversal", "project_2d", "REPORT", "SECTIONS"]
+__all__ = ["build_report", "write_report", "sections", "kl_bars", "latent_traversal", "project_2d", "REPORT",
+           "SECTIONS"]

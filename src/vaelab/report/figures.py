@@ -1,8 +1,8 @@
 """The report's own figures: KL per latent dimension, latent traversals, a 2-D view of codes.
 
 Like :mod:`vaelab.plots`, every function draws on a fresh Agg-rendered
-:class:`~matplotlib.figure.Figure` (no pyplot, no global state) and writes a PNG atomically;
-each returns the path it wrote.
+:class:`~matplotlib.figure.Figure` (no pyplot, no global state) and returns the PNG: its
+bytes, or, given a path, the path it wrote atomically.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Sequence, Union, overload
 
 import numpy as np
 import torch
@@ -34,26 +34,37 @@ DPI = 100
 _ACTIVE, _INACTIVE = "#2563eb", "#b6bcc6"
 
 
-def _save(fig: Figure, path: PathLike, *, crop: bool = False) -> Path:
-    """Render ``fig`` to PNG bytes and write them atomically to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save(fig: Figure, path: PathLike | None, *, crop: bool = False) -> Any:
+    """Render ``fig`` to PNG: its bytes when ``path`` is None, else written atomically to
+    ``path`` and the path returned."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     extra = {"bbox_inches": "tight", "pad_inches": 0.1} if crop else {}
-    fig.savefig(buf, format="png", dpi=DPI, **extra)
-    fig.clear()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI, **extra)
+    finally:
+        fig.clear()
+    if path is None:
+        return buf.getvalue()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
+@overload
+def kl_bars(activity: Sequence[float], path: None = None, *, kl_per_dim: Sequence[float] | None = None,
+            threshold: float = 0.01) -> bytes: ...
+@overload
+def kl_bars(activity: Sequence[float], path: PathLike, *, kl_per_dim: Sequence[float] | None = None,
+            threshold: float = 0.01) -> Path: ...
 def kl_bars(
     activity: Sequence[float],
-    path: PathLike,
+    path: PathLike | None = None,
     *,
     kl_per_dim: Sequence[float] | None = None,
     threshold: float = 0.01,
-) -> Path:
+) -> Path | bytes:
     """Bars per latent dimension: KL(q(z_d|x) || p(z_d)) in nats (when known) and the
     activity Var_x(E_q[z_d]) on a log scale with the active-unit threshold.
 
@@ -100,15 +111,21 @@ def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().to("cpu", torch.float64).numpy() if isinstance(x, Tensor) else np.asarray(x, np.float64)
 
 
+@overload
+def latent_traversal(decoded: Tensor | np.ndarray, values: Sequence[float], dims: Sequence[int], path: None = None,
+                     *, row_notes: Sequence[str] | None = None, title: str | None = None) -> bytes: ...
+@overload
+def latent_traversal(decoded: Tensor | np.ndarray, values: Sequence[float], dims: Sequence[int], path: PathLike,
+                     *, row_notes: Sequence[str] | None = None, title: str | None = None) -> Path: ...
 def latent_traversal(
     decoded: Tensor | np.ndarray,
     values: Sequence[float],
     dims: Sequence[int],
-    path: PathLike,
+    path: PathLike | None = None,
     *,
     row_notes: Sequence[str] | None = None,
     title: str | None = None,
-) -> Path:
+) -> Path | bytes:
     """Decoded means while one latent dimension moves and the others stay fixed.
 
     Args:
@@ -117,7 +134,7 @@ def latent_traversal(
         values: the ``steps`` values of the varied dimension (column labels).
         dims: the dimension varied in each row (row labels).
         row_notes: extra text per row label (e.g. the dimension's KL).
-        path: the PNG to write.
+        path: where to write the PNG (``None``: return its bytes).
     """
     data = _numpy(decoded)
     rows, steps = data.shape[:2]
