@@ -48,3 +48,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- the command line, refusing bad input ---------------------------------------------------
+
+
+@pytest.fixture
+def refused(capsys):
+    """``refused(argv, *culprits)`` runs ``vaelab ARGV`` in-process and asserts that it is
+    refused as vaelab refuses bad input: exit status 2, one line on stderr starting with
+    ``error:`` that names every culprit, no traceback. Returns the line."""
+    from vaelab.cli import main
+
+    def run(argv, *culprits):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in argv])
+        captured = capsys.readouterr()
+        assert info.value.code == 2, captured
+        assert "Traceback" not in captured.err
+        lines = captured.err.splitlines()
+        assert len(lines) == 1, captured.err
+        assert lines[0].startswith("error: "), lines[0]
+        for culprit in culprits:
+            assert culprit in lines[0], f"{culprit!r} not in {lines[0]!r}"
+        return lines[0]
+
+    return run

@@ -252,6 +252,26 @@ def _read_inputs(model: Any, source: str) -> tuple[np.ndarray, np.ndarray | None
     return x, y, c
 
 
+def _context_values(model: Any, text: str, n: int) -> np.ndarray:
+    """``--context 3,0.5``: one value per conditioning variable, repeated for ``n`` samples ``[n, P]``."""
+    variables, values = model.spec.context, [v.strip() for v in text.split(",")]
+    if not variables:
+        raise VaelabError("--context: this model is unconditional; leave it out")
+    if len(values) != len(variables):
+        raise VaelabError(f"--context has {len(values)} value(s); this model conditions on "
+                          f"{', '.join(v.name for v in variables)}: give one each, comma-separated")
+    row = []
+    for v, value in zip(variables, values):
+        if v.kind == "categorical":
+            row.append(float(v.class_id(value)))
+            continue
+        try:
+            row.append(float(value))
+        except ValueError:
+            raise VaelabError(f"--context: {v.name} must be a number, got {value!r}") from None
+    return np.repeat(np.asarray([row], dtype=np.float32), n, 0)
+
+
 def _outputs(path: str, suffixes: tuple[str, ...]) -> list[Path]:
     """``-o FILE`` names the output; siblings with the other suffixes are written beside it."""
     p = Path(path)
@@ -277,13 +297,17 @@ def _save_npy(path: Path, array: Any) -> None:
 @click.option("--draw", is_flag=True, help="draw x ~ p(x|z) instead of taking the decoder's mean")
 @click.option("--label", default=None,
               help="conditional or semi-supervised models: the class to generate (its id or name)")
-def sample(run: str, n: int, output: str, seed: int, draw: bool, label: str | None) -> None:
-    """Generate new examples: z ~ p(z), decoded by p(x|z) (given --label for a model with labels)."""
+@click.option("--context", default=None,
+              help="models with several conditioning variables: one value per variable, comma-separated, in "
+                   "model.json order (a class by id or name, covariates as numbers)")
+def sample(run: str, n: int, output: str, seed: int, draw: bool, label: str | None, context: str | None) -> None:
+    """Generate new examples: z ~ p(z), decoded by p(x|z) (given --label or --context for a model with labels)."""
     from .plots import image_grid
     from .runs import load
 
     model = load(run)
-    x = model.sample(n, mean=not draw, seed=seed, label=label)
+    c = None if context is None else _context_values(model, context, n)
+    x = model.sample(n, mean=not draw, seed=seed, label=label, c=c)
     png, npy = _outputs(output, (".png", ".npy"))
     given = f" given label {label}" if label is not None else ""
     image_grid(x[:256], png, title=f"{n} samples decoded from z ~ p(z){given}")

@@ -17,6 +17,7 @@ The unconditional model is the case ``c = None``: no variables, ``context_dim = 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -73,13 +74,21 @@ class Variable:
         return self.class_names or tuple(str(i) for i in range(self.classes))
 
     def class_id(self, value: Any) -> int:
-        """The id of a class given by id or by name, or a VaelabError listing the classes."""
+        """The id of a class given by name or by id (an integer, or its digits as text, as
+        ``--label 1`` gives it), or a VaelabError listing the classes. A name wins over an
+        id that reads the same."""
         names = self.names()
-        text = str(value)
-        if text in names:
-            return names.index(text)
+        text = str(value).strip()
+        if isinstance(value, (str, numbers.Integral)) and not isinstance(value, bool):
+            if text in names:
+                return names.index(text)
+            if isinstance(value, numbers.Integral) or text.isdigit():
+                i = int(text)
+                if 0 <= i < self.classes:
+                    return i
+        ids = f" (or their ids 0..{self.classes - 1})" if self.class_names else ""
         raise VaelabError(
-            f"class {text!r} is not one this model was trained on; choose one of: {', '.join(names)}"
+            f"class {text!r} is not one this model was trained on; choose one of: {', '.join(names)}{ids}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ builders of the chosen ``net``) and their own options as keyword arguments.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
 import torch

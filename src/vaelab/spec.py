@@ -156,10 +156,15 @@ class ModelSpec:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise VaelabError(f"{source}: {kind} must be an object with a 'name', got {entry!r}")
             options = {k: v for k, v in entry.items() if k != "name"}
-            part = registry.get(kind, entry["name"])
+            try:
+                part = registry.get(kind, entry["name"])
+            except VaelabError as err:  # name the file as well as the choices
+                raise VaelabError(f"{source}: {err}") from None
             extra = sorted(set(options) - {o.name for o in part.options})
             if extra:
-                raise VaelabError(f"{source}: {kind} {entry['name']!r} has no option(s) {', '.join(extra)}")
+                valid = ", ".join(o.name for o in part.options) or "none"
+                raise VaelabError(f"{source}: {kind} {entry['name']!r} has no option(s) {', '.join(extra)}; "
+                                  f"its options: {valid}")
             parts[kind] = PartSpec(entry["name"], options)
         shape = d["x_shape"]
         if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, kl_divergence
 
 from ..model import VAE
 from .likelihood import _batches, _pairs

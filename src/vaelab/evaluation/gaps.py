@@ -35,7 +35,8 @@ from torch.distributions import Distribution, Independent, Normal, kl_divergence
 from ..distributions import diagonal_gaussian
 from ..model import VAE
 from ..objectives import KLMethod
-from .likelihood import K_CHUNK, log_likelihood
+from .likelihood import log_likelihood
+from .settings import DEFAULTS
 
 __all__ = ["InferenceGaps", "GapSummary", "GapSettings", "inference_gaps", "optimal_posterior"]
 
@@ -189,9 +190,9 @@ def optimal_posterior(
     model: VAE,
     x: Tensor,
     *,
-    steps: int = 300,
-    lr: float = 0.05,
-    samples: int = 16,
+    steps: int = DEFAULTS.gap_steps,
+    lr: float = DEFAULTS.gap_lr,
+    samples: int = DEFAULTS.gap_samples,
     kl: KLMethod = "auto",
     c: Tensor | None = None,
 ) -> Distribution:
@@ -273,13 +274,13 @@ def inference_gaps(
     n: int = 100,
     log_px: Tensor | None = None,
     log_px_mc_se: Tensor | None = None,
-    k: int = 1000,
-    k_chunk: int = K_CHUNK,
-    steps: int = 300,
-    lr: float = 0.05,
-    samples: int = 16,
-    eval_samples: int = 1000,
-    batch_size: int = 100,
+    k: int = DEFAULTS.k,
+    k_chunk: int = DEFAULTS.k_chunk,
+    steps: int = DEFAULTS.gap_steps,
+    lr: float = DEFAULTS.gap_lr,
+    samples: int = DEFAULTS.gap_samples,
+    eval_samples: int = DEFAULTS.gap_eval_samples,
+    batch_size: int = DEFAULTS.batch_size,
     kl: KLMethod = "auto",
     indices: Tensor | None = None,
     device: torch.device | str | None = None,

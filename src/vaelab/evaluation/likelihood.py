@@ -21,13 +21,10 @@ from torch import Tensor
 from ..context import Batch
 from ..model import VAE
 from ..objectives import KLMethod, data_elbo
+from .settings import DEFAULTS, K_CHUNK  # noqa: F401  (K_CHUNK: also importable from here, as in 0.1.0)
 
-__all__ = ["LogLikelihood", "DatasetELBO", "log_likelihood", "dataset_elbo", "K_CHUNK"]
+__all__ = ["LogLikelihood", "DatasetELBO", "log_likelihood", "dataset_elbo"]
 
-# importance samples per forward pass, by default: with the default 100 examples, 5,000 rows
-# per pass ran the K=1000 estimate 1.5x faster than 10,000 for the MLP VAE on MNIST on our CPU
-# (the decoder's [rows, 784] output then stays in cache), and takes half the memory
-K_CHUNK = 50
 
 
 @dataclass
@@ -77,10 +74,10 @@ def _pairs(x: Tensor, c: Tensor | None, batch_size: int):
 def log_likelihood(
     model: VAE,
     x: Tensor,
-    k: int = 1000,
+    k: int = DEFAULTS.k,
     *,
-    batch_size: int = 100,
-    k_chunk: int = K_CHUNK,
+    batch_size: int = DEFAULTS.batch_size,
+    k_chunk: int = DEFAULTS.k_chunk,
     device: torch.device | str | None = None,
     c: Tensor | None = None,
 ) -> LogLikelihood:

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ..context import Variable
 from ..errors import VaelabError
-from ..evaluation import kl_per_dimension
+from ..evaluation import DEFAULTS, kl_per_dimension
 from ..model import Classifier
 from ..objectives import elbo
 from ..runs import TrainedModel, interpolate_latents, load, read_metrics
@@ -60,7 +60,7 @@ INACTIVE_KL = 0.01  # nats: a dimension whose mean KL is below this carries no i
 INACTIVE_ACTIVITY = 0.01  # Var_x(E_q[z_d|x]) below this: the posterior mean ignores x
 MAP_POINTS = 2000  # test examples drawn on the map at most (the first ones of the test split)
 LISTED_CLASSES = 40  # class names an error message lists at most
-LOG_PX_K = 1000  # importance samples for log p(x) of an upload
+LOG_PX_K = DEFAULTS.k  # importance samples for log p(x) of an upload (the evaluation's K)
 LOG_PX_GROUPS = 10  # ... drawn as this many independent groups, for the standard error
 ELBO_K = 100  # samples of E_q[log p(x|z)] in an upload's ELBO
 
