@@ -265,7 +265,7 @@ class LogisticMixtureDecoder(Decoder):
         self.mixtures = int(mixtures)
         self.bins = int(bins)
         self.min_scale = min_scale
-        self.params_per_value = 3 * self.mixtures
+        self.params_per_value = self.params_per_value_for(self.mixtures)
         self.support = Grid(self.bins)
         self.support_hint = f"divide 8-bit pixels by {self.bins - 1}"
 
@@ -318,4 +318,5 @@ def _laplace(shapes: Shapes, gaussian_scale: float, learn_scale: str) -> nn.Modu
 @register("likelihood", "logistic-mixture", options=(MIXTURES,), cls=LogisticMixtureDecoder,
           help="8-bit data k/255 (reports bits per dimension)")
 def _logistic_mixture(shapes: Shapes, mixtures: int) -> nn.Module:
-    return LogisticMixtureDecoder(shapes.decoder_net(3 * mixtures), shapes.x_shape, mixtures=mixtures)
+    return LogisticMixtureDecoder(shapes.decoder_net(LogisticMixtureDecoder.params_per_value_for(mixtures)),
+                                  shapes.x_shape, mixtures=mixtures)
