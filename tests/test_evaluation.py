@@ -173,6 +173,38 @@ def test_huge_kl_weight_is_reported_as_collapsed_and_a_healthy_model_is_not() ->
     assert healthy.mutual_information > 10 * max(collapsed.mutual_information, 1e-3)
 
 
+def test_collapse_is_graded_on_a_model_collapsed_on_purpose_and_on_a_healthy_one() -> None:
+    x = _digits()[:300]
+    torch.manual_seed(0)
+    strong = latent_diagnostics(_train(kl_weight=50.0), x, mi_samples=300)  # beta = 50: collapsed on purpose
+    torch.manual_seed(0)
+    healthy = latent_diagnostics(_train(kl_weight=1.0, steps=600), x, mi_samples=300)
+    torch.manual_seed(0)
+    early = latent_diagnostics(_train(kl_weight=1.0), x, mi_samples=300)  # 150 steps: I(x;z) is 20 % of log N
+    assert early.verdict == "mostly collapsed" and any(w.startswith("posterior mostly collapsed") for w in early.warnings)
+    assert strong.verdict == "collapsed" and strong.mutual_information < 0.1 * math.log(300)
+    (warning,) = [w for w in strong.warnings if w.startswith("posterior collapse")]
+    for remedy in ("--free-bits", "--warmup", "--beta", "--hidden"):
+        assert remedy in warning and any(remedy in r for r in strong.summary().remedies)
+    assert healthy.verdict == "healthy" and healthy.summary().remedies == ()
+    informative = healthy.summary().informative_units
+    assert len(informative) >= 2 and all(float(healthy.kl_per_dim[i]) > 0.1 for i in informative)
+    assert healthy.mutual_information > 0.3 * math.log(300)
+
+
+@pytest.mark.parametrize("mi,rate,units,verdict", [
+    (0.14, 0.22, 11, "collapsed"),  # the 3-epoch digits run of issue 14: 11 "active" units, 2 % of log N
+    (0.5, 3.0, 0, "collapsed"),  # nothing above 0.1 nats in any unit
+    (3.0, 0.4, 2, "collapsed"),  # a rate below 0.5 nats
+    (1.4, 5.0, 3, "mostly collapsed"),  # 20 % of log N
+    (5.0, 20.0, 10, "healthy"),
+])
+def test_collapse_verdict_reads_information_against_its_ceiling(mi: float, rate: float, units: int, verdict: str) -> None:
+    from vaelab.evaluation.diagnostics import collapse_verdict
+
+    assert collapse_verdict(mi, 1000, rate, units) == verdict  # log N = 6.91
+
+
 def test_posterior_equal_to_the_prior_is_collapsed() -> None:
     vae = build_vae((64,), latent_dim=3, hidden=[16])
     last = vae.encoder.net[-1]
@@ -198,7 +230,9 @@ def test_evaluation_is_json_seeded_and_leaves_the_callers_random_state(lg, x) ->
     result = evaluate(vae, x, **options)
     first = result.to_dict(per_example=True)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert evaluate(vae, x, **options).to_dict(per_example=True) == first
+    again = evaluate(vae, x, **options)
+    assert again.to_dict(per_example=True) == first  # wall times are attributes, not in the JSON
+    assert again.summary().estimates[0].seconds > 0 and "seconds" not in first["estimates"][0]
     json.dumps(first, allow_nan=False)  # no NaN anywhere
     for key in ("n", "units", "elbo", "elbo_stderr", "reconstruction", "distortion", "kl", "k", "log_px",
                 "log_px_stderr", "log_px_mc_stderr", "nll", "ess_median", "latents", "gaps", "warnings", "settings"):

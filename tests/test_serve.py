@@ -317,6 +317,7 @@ def test_upload_png_is_resized_encoded_and_scored(clients: dict[str, TestClient]
     assert out["name"] == "stroke.png" and any("resized from 40 x 40 to 8 x 8" in n for n in out["notes"])
     assert len(out["z"]) == len(out["std"]) == 2 and all(s > 0 for s in out["std"]) and len(out["coords"]) == 2
     assert out["log_px_k"] == 1000 and out["log_px_groups"] == 10 and 1 <= out["ess"] <= 1000
+    assert isinstance(out["khat"], float) and -1 <= out["khat"] < 50  # PSIS k-hat of the weights (median of groups)
     assert out["log_px_se"] > 0 and out["elbo"] <= out["log_px"] + 3 * out["log_px_se"] + 3 * out["elbo_se"]
     assert out["elbo"] == pytest.approx(out["reconstruction_term"] - out["kl"], abs=2e-3)
     # log p(x) agrees with TrainedModel.log_likelihood on the same input within the standard errors

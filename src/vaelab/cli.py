@@ -155,12 +155,13 @@ def _settings_options(f: Any) -> Any:
     defaults = EvalSettings()
     for fld in reversed(fields(EvalSettings)):
         low, open_ = fld.metadata["low"], fld.metadata["low_open"]
-        if fld.name == "kl":
-            kind: Any = click.Choice(["auto", "analytic", "mc"])
+        high, high_open = fld.metadata["high"], fld.metadata["high_open"]
+        if fld.metadata["choices"] is not None:
+            kind: Any = click.Choice(list(fld.metadata["choices"]))
         elif fld.type == "int":
-            kind = click.IntRange(min=None if low is None else int(low))
+            kind = click.IntRange(min=None if low is None else int(low), max=None if high is None else int(high))
         else:
-            kind = click.FloatRange(min=low, min_open=open_)
+            kind = click.FloatRange(min=low, min_open=open_, max=high, max_open=high_open)
         default = getattr(defaults, fld.name)
         f = click.option("--" + fld.name.replace("_", "-"), fld.name, type=kind, default=None,
                          help=f"{fld.metadata['help']} [default: {default}]")(f)
@@ -181,9 +182,11 @@ def _settings(options: dict[str, Any], model: Any) -> EvalSettings:
 @click.option("--data", default=None, help="data to evaluate instead of the run's test set (name or file)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def eval_cmd(run: str, no_gap: bool, per_example: bool, data: str | None, as_json: bool, **options: Any) -> None:
-    """Test ELBO and its terms, -log p(x) with its error and ESS, latent health and the gap split.
+    """Test ELBO and its terms, -log p(x) with its error, ESS and Pareto k-hat, latent health and the gap split.
 
-    Latent health: KL per dimension, active units, I(x;z), KL(q(z)||p(z)), collapse warning.
+    --estimator is (default, fast), mixture (encoder + q* + Laplace) or ais (--steps T --chains S);
+    --bdmc-examples N adds the BDMC bracket on N examples simulated from the model.
+    Latent health: KL per dimension, active units, I(x;z), KL(q(z)||p(z)), graded collapse verdict.
     Gap split: log p(x) - ELBO = approximation gap + amortization gap (needs K > 0).
     A conditional model is scored given each example's context: -log p(x|c).
     The result is also written to RUN/eval.json (when evaluating the run's own test set).

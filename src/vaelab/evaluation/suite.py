@@ -4,15 +4,21 @@ It gathers, in nats per example (sums over the dimensions of x and z):
 
 * the ELBO and its two terms, reconstruction E_q[log p(x|z)] (minus the *distortion*) and
   KL(q(z|x) || p(z)) (the *rate*), per example and averaged;
-* the importance-sampled log p(x) with K samples (:func:`~vaelab.evaluation.log_likelihood`),
-  its standard error over examples and its Monte-Carlo error, the effective sample size
-  (ESS) of the importance weights, and bits per dimension, -log p(x) / (D ln 2), when
+* log p(x) by the chosen ``estimator``: importance sampling with K samples from the encoder
+  (``is``, :func:`~vaelab.evaluation.log_likelihood`) or from a defensive mixture
+  (``mixture``, :mod:`~vaelab.evaluation.proposals`), or annealed importance sampling
+  (``ais``, :mod:`~vaelab.evaluation.ais`); encoder IS is run too whenever K > 0, and every
+  estimate that was run is kept side by side (``estimates``, each with its wall time). With
+  it: its standard error over examples and its Monte-Carlo error, the effective sample size
+  (ESS) of the weights, the Pareto k-hat of the importance weights (:mod:`~vaelab.evaluation.psis`;
+  a warning above 0.7), the BDMC bracket on simulated data when asked (``bdmc_examples``),
+  and bits per dimension, -log p(x) / (D ln 2), when
   log p(x|z) is a probability of discrete values (a Bernoulli likelihood on binary data, or
   a decoder marked ``discrete`` such as the discretized logistic mixture);
 * latent health (:func:`~vaelab.evaluation.latent_diagnostics`): KL per dimension, active
   units, I(x; z), KL(q(z) || p(z)), posterior collapse;
 * the inference gap split into approximation and amortization gaps on a subset
-  (:func:`~vaelab.evaluation.inference_gaps`).
+  (:func:`~vaelab.evaluation.inference_gaps`), with the tightest log p(x) that was run.
 
 Two standard errors, two questions. ``*_stderr`` is the spread over examples divided by
 sqrt(N): how far the average might move on another test set of the same size.
@@ -52,12 +58,19 @@ from ..errors import VaelabError
 from ..model import VAE, Classifier
 from ..objectives import ELBO, data_elbo
 from ..context import Batch
+from .ais import AISResult, BDMCResult, ais, bdmc, check_ais_model
 from .diagnostics import LatentDiagnostics, LatentSummary, latent_diagnostics
 from .gaps import GapSummary, InferenceGaps, inference_gaps
 from .likelihood import LogLikelihood, log_likelihood
+from .memory import check_fits
+from .proposals import mixture_proposal
+from .psis import KHAT_BAD
 from .settings import EvalSettings
 
-__all__ = ["Evaluation", "EvaluationSummary", "PerExample", "EvalSettings", "evaluate", "format_table"]
+__all__ = ["Evaluation", "EvaluationSummary", "EstimateSummary", "AISSummary", "AISTracePoint", "BDMCSummary",
+           "PerExample", "EvalSettings", "evaluate", "format_table", "ESTIMATOR_NAMES"]
+
+ESTIMATOR_NAMES = {"is": "encoder IS", "mixture": "mixture IS", "ais": "AIS"}  # in tables and the report
 
 LOW_ESS = 0.01  # warn when the median ESS is below this fraction of K
 
@@ -79,6 +92,9 @@ class Evaluation:
     notes: list[str] = field(default_factory=list)
     correct: Tensor | None = None  # [N] 1.0 where the model's classifier q(y|x) labels x right
     context: tuple[str, ...] = ()  # the conditioning variables: every figure is given them
+    estimates: dict[str, LogLikelihood] = field(default_factory=dict)  # every log p(x) estimate run, by estimator
+    ais: AISResult | None = None
+    bdmc: BDMCResult | None = None
 
     @property
     def accuracy(self) -> float | None:
@@ -95,7 +111,7 @@ class Evaluation:
     def log_px_mc_se(self) -> Tensor | None:
         """Per-example Monte-Carlo standard error of log p_hat(x), sqrt(1/ESS - 1/K) ``[N]``."""
         ll = self.likelihood
-        return None if ll is None else (1.0 / ll.ess - 1.0 / ll.k).clamp(min=0).sqrt()
+        return None if ll is None else ll.mc_se
 
     @property
     def warnings(self) -> list[str]:
@@ -125,6 +141,7 @@ class Evaluation:
                 k=ll.k, log_px=ll.mean, log_px_stderr=_stderr(ll.per_example),
                 log_px_mc_stderr=float(mc.double().pow(2).sum().sqrt() / self.n), nll=-ll.mean,
                 ess_mean=float(ll.ess.mean()), ess_median=float(ll.ess.median()), ess_min=float(ll.ess.min()),
+                estimator=ll.estimator, **_khat(ll),
             )
             if self.discrete:
                 means["bits_per_dim"] = -ll.mean / (self.x_dim * math.log(2))
@@ -133,7 +150,8 @@ class Evaluation:
             rows = PerExample(elbo=tuple(t.elbo.tolist()), reconstruction=tuple(t.reconstruction.tolist()),
                               kl=tuple(t.kl.tolist()),
                               log_px=None if ll is None else tuple(ll.per_example.tolist()),
-                              ess=None if ll is None else tuple(ll.ess.tolist()))
+                              ess=None if ll is None else tuple(ll.ess.tolist()),
+                              khat=None if ll is None or ll.khat is None else tuple(ll.khat.tolist()))
         return EvaluationSummary(
             n=self.n, **means, accuracy=self.accuracy, accuracy_stderr=self.accuracy_stderr,
             conditional_on=tuple(self.context),
@@ -141,6 +159,9 @@ class Evaluation:
             gaps=None if self.gaps is None else self.gaps.summary(),
             warnings=tuple(self.warnings), settings=self.settings, device=self.device,
             per_example=rows, data=data,
+            estimates=tuple(_estimate_summary(e) for e in self.estimates.values()),
+            ais=None if self.ais is None else _ais_summary(self.ais),
+            bdmc=None if self.bdmc is None else _bdmc_summary(self.bdmc),
         )
 
     def to_dict(self, per_example: bool = False) -> dict[str, Any]:
@@ -158,13 +179,128 @@ class PerExample:
     kl: tuple[float, ...]
     log_px: tuple[float, ...] | None = None
     ess: tuple[float, ...] | None = None
+    khat: tuple[float, ...] | None = None  # Pareto k-hat of the importance weights
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"elbo": list(self.elbo), "reconstruction": list(self.reconstruction),
                                "kl": list(self.kl)}
         if self.log_px is not None and self.ess is not None:
             out.update(log_px=list(self.log_px), ess=list(self.ess))
+        if self.khat is not None:
+            out["khat"] = list(self.khat)
         return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class EstimateSummary:
+    """One estimate of log p(x) (nats per example): by which ``estimator`` (``is``: importance
+    sampling from the encoder, ``mixture``: from the defensive mixture, ``ais``), with ``k``
+    samples (chains for AIS), its standard errors, the wall time, and for importance sampling
+    the Pareto k-hat of the weights (median, max, share of examples above 0.7)."""
+
+    estimator: str
+    k: int
+    n: int
+    log_px: float
+    log_px_stderr: float | None = None
+    log_px_mc_stderr: float | None = None
+    ess_median: float | None = None
+    khat_median: float | None = None
+    khat_max: float | None = None
+    khat_bad_share: float | None = None
+    # wall time: shown in the table of a fresh evaluation, left out of eval.json (which a seed fixes)
+    seconds: float | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        """In words, e.g. ``"encoder IS, K=1000"``."""
+        return f"{ESTIMATOR_NAMES.get(self.estimator, self.estimator)}, {'S' if self.estimator == 'ais' else 'K'}={self.k}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "seconds"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AISTracePoint:
+    """The AIS estimate of log p(x) with ``steps`` intermediate distributions (mean, stderr over examples)."""
+
+    steps: int
+    log_px: float
+    log_px_stderr: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "seconds"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AISSummary:
+    """How the AIS estimate was made: T ``steps``, S ``chains``, ``leapfrog`` steps per HMC
+    transition, the ``start`` of the path, the mean HMC ``acceptance`` rate and step size, and
+    ``trace``: the estimate at T/2^j .. T (separate runs), to see it converge."""
+
+    steps: int
+    chains: int
+    leapfrog: int
+    start: str
+    acceptance: float
+    step_size: float
+    seconds: float | None = field(default=None, compare=False)  # wall time, not in eval.json
+    trace: tuple[AISTracePoint, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "seconds"}
+        out["trace"] = [t.to_dict() for t in self.trace]
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class BDMCSummary:
+    """The BDMC bracket on ``n`` examples simulated from the model (nats per example): forward
+    AIS ``lower`` and reverse AIS ``upper`` bounds of log p(x) of the simulated data, and the
+    ``width`` upper - lower (how far forward AIS with these settings can be from the truth)."""
+
+    n: int
+    steps: int
+    chains: int
+    lower: float
+    lower_stderr: float | None
+    upper: float
+    upper_stderr: float | None
+    width: float
+    width_stderr: float | None
+    seconds: float | None = field(default=None, compare=False)  # wall time, not in eval.json
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "seconds"}
+
+
+def _khat(ll: LogLikelihood) -> dict[str, Any]:
+    if ll.khat is None:
+        return {}
+    return {"khat_median": float(ll.khat.median()), "khat_max": float(ll.khat.max()),
+            "khat_bad_share": float((ll.khat > KHAT_BAD).double().mean())}
+
+
+def _estimate_summary(ll: LogLikelihood) -> EstimateSummary:
+    mc = float(ll.mc_se.double().pow(2).sum().sqrt() / ll.per_example.numel())
+    return EstimateSummary(estimator=ll.estimator, k=ll.k, n=ll.per_example.numel(), log_px=ll.mean,
+                           log_px_stderr=_stderr(ll.per_example), log_px_mc_stderr=mc,
+                           ess_median=float(ll.ess.median()), seconds=ll.seconds, **_khat(ll))
+
+
+def _ais_summary(r: AISResult) -> AISSummary:
+    return AISSummary(steps=r.steps, chains=r.chains, leapfrog=r.leapfrog, start=r.start,
+                      acceptance=float(r.acceptance.mean()), step_size=float(r.step_size.mean()), seconds=r.seconds,
+                      trace=tuple(AISTracePoint(steps=t, log_px=float(v.mean()), log_px_stderr=_stderr(v))
+                                  for t, v in sorted(r.trace.items())))
+
+
+def _bdmc_summary(b: BDMCResult) -> BDMCSummary:
+    lo, up = b.lower.per_example, b.upper.per_example
+    return BDMCSummary(n=lo.numel(), steps=b.lower.steps, chains=b.lower.chains, lower=float(lo.mean()),
+                       lower_stderr=_stderr(lo), upper=float(up.mean()), upper_stderr=_stderr(up),
+                       width=float((up - lo).mean()), width_stderr=_stderr(up - lo),
+                       seconds=b.lower.seconds + b.upper.seconds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +316,10 @@ class EvaluationSummary:
     evaluated with K = 0; ``bits_per_dim`` only for discrete data; ``accuracy`` only for a
     model with a classifier q(y|x) (M2) on labelled data; ``conditional_on`` names the
     context variables of a conditional model, whose figures are all given them (log p(x|c)).
+    ``estimator`` names the estimator of the log p(x) block (``is``, ``mixture``, ``ais``;
+    ``None`` in older files, which were all ``is``); for AIS ``k`` is the number of chains S
+    and the ESS that of the chain weights. ``khat_*`` summarise the Pareto k-hat of the
+    importance weights; ``estimates`` hold every estimate that was run, side by side.
     """
 
     n: int
@@ -200,6 +340,10 @@ class EvaluationSummary:
     ess_mean: float | None = None
     ess_median: float | None = None
     ess_min: float | None = None
+    estimator: str | None = None  # which estimator gave log_px (None in files before it was recorded: is)
+    khat_median: float | None = None  # Pareto k-hat of the importance weights (median over examples)
+    khat_max: float | None = None
+    khat_bad_share: float | None = None  # share of examples whose k-hat is above 0.7
     bits_per_dim: float | None = None
     accuracy: float | None = None
     accuracy_stderr: float | None = None
@@ -211,6 +355,9 @@ class EvaluationSummary:
     device: str | None = None
     per_example: PerExample | None = None
     data: str | None = None  # what was evaluated, in words
+    estimates: tuple[EstimateSummary, ...] = ()  # every log p(x) estimate run, side by side
+    ais: AISSummary | None = None
+    bdmc: BDMCSummary | None = None
 
     @property
     def given(self) -> str:
@@ -226,18 +373,24 @@ class EvaluationSummary:
 
         ``n``, ``units``, ``elbo``, ``reconstruction``, ``distortion``, ``kl`` (each with
         ``*_stderr``); with K > 0 ``k``, ``log_px``, ``log_px_stderr``, ``log_px_mc_stderr``,
-        ``nll``, ``ess_mean``/``ess_median``/``ess_min``, and ``bits_per_dim`` for discrete
+        ``nll``, ``ess_mean``/``ess_median``/``ess_min``, ``estimator`` and (importance
+        sampling) ``khat_median``/``khat_max``/``khat_bad_share``, and ``bits_per_dim`` for discrete
         data; ``accuracy``/``accuracy_stderr`` and ``conditional_on`` when they apply; then
         ``latents``, ``gaps`` (or ``None``), ``warnings``, ``settings`` (with ``device``), and
-        ``per_example`` and ``data`` when present.
+        ``per_example`` and ``data`` when present, and ``estimates`` (every estimate side by
+        side), ``ais`` and ``bdmc`` when they were run.
         """
         out: dict[str, Any] = {"n": self.n, "units": self.units}
         for key in ("elbo", "reconstruction", "distortion", "kl"):
             out[key] = getattr(self, key)
             out[f"{key}_stderr"] = getattr(self, f"{key}_stderr")
         if self.k is not None:
-            for key in ("k", "log_px", "log_px_stderr", "log_px_mc_stderr", "nll", "ess_mean", "ess_median", "ess_min"):
+            for key in ("k", "log_px", "log_px_stderr", "log_px_mc_stderr", "nll", "ess_mean", "ess_median", "ess_min",
+                        "estimator"):
                 out[key] = getattr(self, key)
+            if self.khat_median is not None:
+                for key in ("khat_median", "khat_max", "khat_bad_share"):
+                    out[key] = getattr(self, key)
         if self.bits_per_dim is not None:
             out["bits_per_dim"] = self.bits_per_dim
         if self.accuracy is not None:
@@ -253,6 +406,12 @@ class EvaluationSummary:
             out["per_example"] = self.per_example.to_dict()
         if self.data is not None:
             out["data"] = self.data
+        if self.estimates:
+            out["estimates"] = [e.to_dict() for e in self.estimates]
+        if self.ais is not None:
+            out["ais"] = self.ais.to_dict()
+        if self.bdmc is not None:
+            out["bdmc"] = self.bdmc.to_dict()
         return out
 
     @classmethod
@@ -382,6 +541,10 @@ def evaluate(
             named like its fields change single settings, e.g. ``evaluate(model, x, k=5000)``.
             ``k = 0`` skips log p(x) and the gaps, ``mi_samples = 0`` latent health,
             ``gap_examples = 0`` the gap split; every part is seeded from ``seed``.
+            ``estimator`` picks the log p(x) reported (``is``, ``mixture`` or ``ais``); encoder
+            IS is run too whenever K > 0, so :attr:`Evaluation.estimates` holds them side by
+            side, and the gap split uses the highest (tightest) of them.
+            ``bdmc_examples > 0`` adds the BDMC bracket on that many simulated examples.
         c: the context ``[N, P]`` of a conditional model: then every figure is conditional
             (log p(x|c), KL(q(z|x,c) || p(z|c)), ...).
         labels: class ids ``[N]``: a model with a classifier (:class:`~vaelab.model.Classifier`,
@@ -400,6 +563,14 @@ def evaluate(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     seed = st.seed
     notes: list[str] = []
+    if st.estimator == "ais" or st.bdmc_examples > 0:
+        check_ais_model(model)  # refused before anything is computed (M2: a partly discrete latent)
+        examples = max(min(batch_size, n) if st.estimator == "ais" else 0, min(batch_size, st.bdmc_examples))
+        check_fits(model, x[:1].to(device), None if c is None else c[:1].to(device), examples * st.chains,
+                   what=f"AIS with {examples} examples x {st.chains} chains per pass", fix="lower --batch-size or --chains")
+    if st.estimator == "mixture" and (isinstance(model, Classifier) or not isinstance(model, VAE)):
+        raise VaelabError("the mixture proposal needs a VAE with continuous latents only; the semi-supervised M2's "
+                          "latent includes the discrete label: use --estimator is")
 
     def rows(i: int) -> Batch:
         return Batch(x[i : i + batch_size].to(device), None if c is None else c[i : i + batch_size].to(device))
@@ -410,15 +581,50 @@ def evaluate(
                    for key in ("elbo", "reconstruction", "kl")))
 
     ll = None
+    estimates: dict[str, LogLikelihood] = {}
+    ais_result = bdmc_result = None
     if k > 0:
         with _seeded(seed + 1, device):
-            ll = log_likelihood(model, x, k, batch_size=batch_size, k_chunk=k_chunk, device=device, c=c)
-        median_ess = float(ll.ess.median())
+            estimates["is"] = log_likelihood(model, x, k, batch_size=batch_size, k_chunk=k_chunk, device=device, c=c)
+    if st.estimator == "mixture" and k > 0:
+        def proposal(xb: Tensor, cb: Tensor | None) -> Any:
+            return mixture_proposal(model, xb, cb, steps=st.gap_steps, lr=st.gap_lr, samples=st.gap_samples, kl=kl)
+        with _seeded(seed + 4, device):
+            estimates["mixture"] = log_likelihood(model, x, k, batch_size=batch_size, k_chunk=k_chunk, device=device,
+                                                  c=c, proposal=proposal, estimator="mixture")
+    if st.estimator == "ais":
+        with _seeded(seed + 5, device):
+            ais_result = ais(model, x, steps=st.steps, chains=st.chains, leapfrog=st.leapfrog, step_size=st.step_size,
+                             target_accept=st.target_accept, start=st.ais_start, batch_size=batch_size,
+                             ladder=st.ais_ladder, c=c, device=device)
+        estimates["ais"] = ais_result.as_likelihood()
+        if ais_result.acceptance.mean() < 0.2 and st.steps > 1:
+            notes.append(f"the HMC transitions of AIS accepted only {100 * float(ais_result.acceptance.mean()):.0f} % "
+                         "of their moves: lower --step-size or raise --leapfrog")
+    if st.bdmc_examples > 0:
+        with _seeded(seed + 6, device):
+            bdmc_result = bdmc(model, st.bdmc_examples, steps=st.steps, chains=st.chains, leapfrog=st.leapfrog,
+                               step_size=st.step_size, target_accept=st.target_accept, start=st.ais_start,
+                               batch_size=batch_size, device=device,
+                               c=None if c is None else c[torch.arange(st.bdmc_examples) % n])
+    if estimates:
+        ll = estimates[st.estimator] if st.estimator in estimates else estimates["is"]
+    if "is" in estimates:
+        encoder_is = estimates["is"]
+        median_ess = float(encoder_is.ess.median())
         if median_ess < LOW_ESS * k:
             notes.append(
                 f"the importance weights are dominated by a few samples (median ESS {median_ess:.1f} "
                 f"of K = {k}): log p(x) may be underestimated by more than its Monte-Carlo error "
-                "says; a larger K tightens it"
+                "says; a larger K or a better proposal (--estimator mixture or ais) tightens it"
+            )
+    for name, e in estimates.items():
+        if e.khat is not None and bool((e.khat > KHAT_BAD).any()):
+            share = float((e.khat > KHAT_BAD).double().mean())
+            notes.append(
+                f"Pareto k-hat of the {ESTIMATOR_NAMES[name]} weights is above {KHAT_BAD} for {100 * share:.0f} % of "
+                f"the examples (median {float(e.khat.median()):.2f}): their log p(x) is unreliable and biased low "
+                "by more than its error says" + ("; try --estimator mixture or ais" if name == "is" else "")
             )
 
     latents = None
@@ -429,13 +635,14 @@ def evaluate(
 
     gaps = None
     if st.gap_examples > 0 and ll is not None:
-        mc_se = (1.0 / ll.ess - 1.0 / k).clamp(min=0).sqrt()
+        # the tightest estimate (the highest: every estimator here is a stochastic lower bound)
+        tight_name, tight = max(estimates.items(), key=lambda item: item[1].mean)
         try:
             with _seeded(seed + 3, device):
                 gaps = inference_gaps(
-                    model, x, n=st.gap_examples, log_px=ll.per_example, log_px_mc_se=mc_se,
+                    model, x, n=st.gap_examples, log_px=tight.per_example, log_px_mc_se=tight.mc_se,
                     steps=st.gap_steps, lr=st.gap_lr, samples=st.gap_samples, eval_samples=st.gap_eval_samples,
-                    batch_size=batch_size, kl=kl, device=device, c=c,
+                    batch_size=batch_size, kl=kl, device=device, c=c, log_px_estimator=tight_name,
                 )
         except ValueError as err:  # an encoder outside the diagonal Gaussian family
             notes.append(f"gap split skipped: {err}")
@@ -451,6 +658,7 @@ def evaluate(
     discrete = bool(getattr(model.decoder, "discrete", False)) or (binary and isinstance(model.decoder, BernoulliDecoder))
     return Evaluation(n=n, x_dim=math.prod(x.shape[1:]), discrete=discrete, terms=terms, likelihood=ll,
                       latents=latents, gaps=gaps, settings=st, device=str(device), notes=notes, correct=correct,
+                      estimates=estimates, ais=ais_result, bdmc=bdmc_result,
                       context=tuple(v.name for v in model.context.variables) if c is not None and model.context is not None else ())
 
 
@@ -481,14 +689,35 @@ def format_table(ev: EvaluationSummary | Evaluation | Mapping[str, Any]) -> str:
     if ev.k is not None and ev.nll is not None:
         mc = ev.log_px_mc_stderr
         extra = f" (Monte Carlo ± {mc:.3f})" if mc is not None else ""
-        rows.append((f"-log p(x{ev.given}), K={ev.k}", f"{_pm(ev.nll, ev.log_px_stderr)} nats{extra}"))
+        how = "K" if ev.estimator in (None, "is") else ("mixture IS, K" if ev.estimator == "mixture" else "AIS, S")
+        steps = f", T={ev.ais.steps}" if ev.estimator == "ais" and ev.ais is not None else ""
+        rows.append((f"-log p(x{ev.given}), {how}={ev.k}{steps}", f"{_pm(ev.nll, ev.log_px_stderr)} nats{extra}"))
+    if len(ev.estimates) > 1:
+        for e in ev.estimates:
+            extra = f" (MC ± {e.log_px_mc_stderr:.3f})" if e.log_px_mc_stderr is not None else ""
+            took = f", {e.seconds:.1f} s" if e.seconds is not None else ""
+            rows.append((f"  {e.name}", f"{_pm(-e.log_px, e.log_px_stderr)} nats{extra}{took}"))
+    if ev.khat_median is not None and ev.khat_bad_share is not None:
+        rows.append(("Pareto k-hat of the weights", f"median {ev.khat_median:.2f}, {100 * ev.khat_bad_share:.0f} % "
+                                                    f"of examples above 0.7 (unreliable)"))
+    if ev.ais is not None:
+        a = ev.ais
+        rows.append(("AIS", f"T={a.steps}, S={a.chains}, {a.leapfrog} leapfrog steps, from the {a.start}; "
+                            f"acceptance {100 * a.acceptance:.0f} %" + ("" if a.seconds is None else f", {a.seconds:.1f} s")))
+        if len(a.trace) > 1:
+            rows.append(("  -log p(x) as T grows", ", ".join(f"T={t.steps}: {-t.log_px:.2f}" for t in a.trace)))
+    if ev.bdmc is not None:
+        b = ev.bdmc
+        rows.append((f"BDMC bracket ({b.n} simulated)", f"log p(x) in [{b.lower:.2f}, {b.upper:.2f}], width "
+                                                        f"{_pm(b.width, b.width_stderr)} nats (T={b.steps}, S={b.chains})"))
     if ev.bits_per_dim is not None:
         rows.append(("bits per dimension", f"{ev.bits_per_dim:.4f}"))
     if ev.accuracy is not None:
         se = "" if ev.accuracy_stderr is None else f" ± {100 * ev.accuracy_stderr:.2f}"
         rows.append(("classifier accuracy q(y|x)", f"{100 * ev.accuracy:.2f}{se} %"))
     if ev.ess_median is not None and ev.ess_min is not None:
-        rows.append(("ESS of importance weights", f"median {ev.ess_median:.1f}, min {ev.ess_min:.1f} of K={ev.k}"))
+        what = "chain weights" if ev.estimator == "ais" else "importance weights"
+        rows.append((f"ESS of {what}", f"median {ev.ess_median:.1f}, min {ev.ess_min:.1f} of {'S' if ev.estimator == 'ais' else 'K'}={ev.k}"))
     lat = ev.latents
     if lat is not None:
         rows += [
@@ -496,7 +725,10 @@ def format_table(ev: EvaluationSummary | Evaluation | Mapping[str, Any]) -> str:
             ("  mutual information I(x;z)", f"{_pm(lat.mutual_information, lat.mutual_information_stderr)} nats "
                                             f"(at most log N = {lat.mutual_information_max:.2f})"),
             ("  marginal KL(q(z) || p(z))", f"{_pm(lat.marginal_kl, lat.marginal_kl_stderr)} nats"),
-            ("  posterior collapsed", "YES" if lat.collapsed else "no"),
+            ("  posterior collapsed", {"collapsed": "YES", "mostly collapsed": "MOSTLY", "healthy": "no, healthy"}.get(
+                lat.verdict or "", "YES" if lat.collapsed else "no")
+             + ("" if lat.informative_units is None else
+                f" ({len(lat.informative_units)} of {lat.latent_dim} units carry information)")),
         ]
     gaps = ev.gaps
     if gaps is not None:
@@ -505,6 +737,8 @@ def format_table(ev: EvaluationSummary | Evaluation | Mapping[str, Any]) -> str:
                                               f"({gaps.n} examples)"),
             ("  approximation gap", f"{_pm(gaps.approximation_gap, gaps.approximation_gap_stderr)} nats"),
             ("  amortization gap", f"{_pm(gaps.amortization_gap, gaps.amortization_gap_stderr)} nats"),
+            ("  log p(x) of the split from", ESTIMATOR_NAMES.get(gaps.settings.log_px_estimator,
+                                                                 gaps.settings.log_px_estimator)),
         ]
     width = max(len(r[0]) for r in rows)
     lines = [f"{a:<{width}}  {b}" for a, b in rows]

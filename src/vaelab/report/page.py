@@ -475,20 +475,67 @@ def _evaluation_section(ev: EvaluationSummary, model: TrainedModel) -> str:
          "the prior, the <b>rate</b> R. ELBO = −(D + R)."),
     ]
     if ev.k is not None and ev.nll is not None:
-        rows.append((f"−log p(x{_e(given)}), K = {ev.k}", f"{_pm(ev.nll, ev.log_px_stderr)} {nats}",
+        how = {"mixture": ("mixture IS", "importance sampling from a defensive mixture of the encoder's q(z|x), the "
+                           "per-example optimal diagonal Gaussian q* and a Laplace Gaussian at q*'s mean"),
+               "ais": ("AIS", "annealed importance sampling (Neal 2001; Wu et al. 2017): chains moved by HMC "
+                       "along a path from q(z|x) to p(x, z)")}.get(ev.estimator or "is",
+                      ("K", "importance sampling with K samples from q(z|x)"))
+        label = (f"−log p(x{_e(given)}), K = {ev.k}" if how[0] == "K" else
+                 f"−log p(x{_e(given)}), {how[0]}" + (f", T = {ev.ais.steps}, S = {ev.k}" if ev.ais is not None and how[0] == "AIS" else f", K = {ev.k}"))
+        rows.append((label, f"{_pm(ev.nll, ev.log_px_stderr)} {nats}",
                      "Negative log-likelihood of the test data"
                      + (" given their context" if given else "")
-                     + ", estimated by importance sampling with K samples from q(z|x) (a slight over-estimate "
-                     "for finite K). ± is the standard error over examples; the Monte-Carlo error of the "
+                     + f", estimated by {how[1]}: a stochastic over-estimate of −log p(x) that shrinks as the "
+                     "estimator is given more effort. ± is the standard error over examples; the Monte-Carlo error of the "
                      f"estimate is ± {_fmt(ev.log_px_mc_stderr, 3)}. The number to compare models by: lower "
                      "is better" + (" (against other models given the same context)." if given else ".")))
+        if len(ev.estimates) > 1:
+            side = "".join(
+                f"<tr><td>{_e(e.name)}</td><td class=\"num\">{_pm(-e.log_px, e.log_px_stderr)}</td>"
+                f"<td class=\"num\">{_fmt(e.log_px_mc_stderr, 3)}</td>"
+                f"<td class=\"num\">{'–' if e.khat_median is None else _fmt(e.khat_median)}</td>"
+                f"<td class=\"num\">{'–' if e.seconds is None else _fmt(e.seconds, 1)}</td></tr>" for e in ev.estimates)
+            rows.append(("estimates side by side",
+                         "<table><tr><th>estimator</th><th>−log p(x)</th><th>MC ±</th><th>k-hat</th><th>seconds (when measured)</th></tr>"
+                         f"{side}</table>",
+                         "The same model and data, scored by each estimator that was run. All are stochastic lower "
+                         "bounds on log p(x) (upper bounds on −log p(x)): the lowest −log p(x) is the tightest, and "
+                         "the spread shows how much the headline number depends on the estimator."))
+        if ev.khat_median is not None and ev.khat_bad_share is not None:
+            share = f"{100 * ev.khat_bad_share:.0f} % above 0.7"
+            if ev.khat_bad_share > 0:
+                share = f'<span class="bad">{share}</span>'
+            rows.append(("Pareto k-hat", f"median {_fmt(ev.khat_median)}, {share}",
+                         "Shape of a generalized Pareto fitted to the largest importance weights of each example "
+                         "(Vehtari et al., PSIS): below 0.5 the weights have finite variance; above 0.7 the estimate "
+                         "is unreliable and biased low by more than its error says (use a better proposal or AIS)."))
+        if ev.ais is not None:
+            a = ev.ais
+            trace = ", ".join(f"T = {t.steps}: {_fmt(-t.log_px)}" for t in a.trace)
+            rows.append(("annealed importance sampling", f"T = {a.steps}, S = {a.chains}",
+                         f"{a.leapfrog} leapfrog steps per HMC transition, path from the {_e(a.start)}, "
+                         f"acceptance {100 * a.acceptance:.0f} %" + ("." if a.seconds is None else f", {_fmt(a.seconds, 1)} s.")
+                         + (f" −log p(x) as T grows: {_e(trace)} (separate runs; a converged estimate stops falling)."
+                            if len(a.trace) > 1 else "")))
+        if ev.bdmc is not None:
+            b = ev.bdmc
+            rows.append(("BDMC bracket", f"[{_fmt(b.lower)}, {_fmt(b.upper)}] · width {_pm(b.width, b.width_stderr)} {nats}",
+                         f"Bidirectional Monte Carlo (Grosse et al. 2015) on {b.n} examples simulated from the model: "
+                         "forward AIS bounds log p(x) from below, reverse AIS from the simulating z from above. The width "
+                         f"bounds the error of AIS with these settings (T = {b.steps}, S = {b.chains}) on data like the "
+                         "model's own."))
+        if ev.gaps is not None:
+            rows.append(("log p(x) of the gap split", _e({"is": "encoder IS", "mixture": "mixture IS", "ais": "AIS"}.get(
+                ev.gaps.settings.log_px_estimator, ev.gaps.settings.log_px_estimator)),
+                         "The inference-gap split below uses the tightest estimate of log p(x) that was run."))
         if ev.bits_per_dim is not None:
             rows.append(("bits per dimension", _fmt(ev.bits_per_dim, 4),
                          "−log p(x) / (D ln 2), for discrete data: the average code length per "
                          "value (pixel) of a lossless compressor built on the model."))
+        what = "chain weights of AIS" if ev.estimator == "ais" else "importance weights"
         rows.append(("effective sample size", f"median {_fmt(ev.ess_median, 1)}, min {_fmt(ev.ess_min, 1)}",
-                     f"ESS of the importance weights, (Σw)²/Σw², between 1 and K = {ev.k}: how many of "
-                     "the K samples really count. Tiny values mean a few samples dominate and log p(x) may "
+                     f"ESS of the {what}, (Σw)²/Σw², between 1 and {ev.k}: how many of "
+                     "the samples really count. Tiny values mean a few samples dominate and log p(x) may "
                      "be underestimated."))
     else:
         rows.append((f"−log p(x{_e(given)})", "not computed", "evaluated with K = 0 (ELBO only)"))
@@ -503,8 +550,10 @@ def _latents_section(ev: EvaluationSummary, images: dict[str, _Drawn]) -> str:
     lat = ev.latents
     if lat is None:
         return '<p class="explain">Latent health was not computed for this evaluation.</p>'
-    status = ('<span class="bad">collapsed</span>' if lat.collapsed
-              else '<span class="ok">not collapsed</span>')
+    verdict = lat.verdict or ("collapsed" if lat.collapsed else "not collapsed")
+    status = f'<span class="{"ok" if verdict in ("healthy", "not collapsed") else "bad"}">{_e(verdict)}</span>'
+    if lat.informative_units is not None:
+        status += f" ({len(lat.informative_units)} of {lat.latent_dim} units carry information)"
     per_dim = ("KL per dimension in closed form (diagonal Gaussian posterior and factorised prior)."
                if lat.kl_per_dim is not None else
                "The posterior is not a diagonal Gaussian, so a KL per dimension is not defined; only "
@@ -555,6 +604,7 @@ def _gaps_section(ev: EvaluationSummary) -> str:
          "ELBO(q*) − ELBO(q): the price of one shared encoder."),
         ("ELBO of the encoder / of q*", f"{_fmt(g.elbo_encoder)} / {_fmt(g.elbo_optimal)} nats",
          f"on {g.n} test examples, each ELBO from {s.eval_samples} samples with shared noise"),
+        ("log p(x) from", _e(s.log_px_estimator), "the tightest estimate of log p(x) that was run"),
     ]
     how = (f"q* from {s.steps} Adam steps (learning rate {s.lr}, cosine-decayed, "
            f"{s.samples} samples per step), started at the encoder's output. ± is the standard "
@@ -647,7 +697,8 @@ def _page(model: TrainedModel, ev: EvaluationSummary, images: dict[str, _Drawn],
     given = ev.given
     cards = [("ELBO", f"{_fmt(ev.elbo)}", "nats per example")]
     if ev.nll is not None:
-        cards.insert(0, (f"−log p(x{given})", _fmt(ev.nll), f"nats per example, K = {ev.k}"))
+        how = {"ais": f"AIS, S = {ev.k}", "mixture": f"mixture IS, K = {ev.k}"}.get(ev.estimator or "is", f"K = {ev.k}")
+        cards.insert(0, (f"−log p(x{given})", _fmt(ev.nll), f"nats per example, {how}"))
     if ev.bits_per_dim is not None:
         cards.append(("bits / dim", _fmt(ev.bits_per_dim, 4), "discrete data"))
     if ev.accuracy is not None:

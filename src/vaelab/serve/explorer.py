@@ -464,6 +464,8 @@ class Explorer:
         se = float(w.std() / (w.mean() * math.sqrt(len(groups))))
         sum_w = k_g * w  # each group's sum of weights (same common factor)
         ess = float(sum_w.sum() ** 2 / (sum_w**2 / ess_g).sum())  # (sum w)^2 / sum w^2 over all K
+        khats = [g.khat for g in groups if g.khat is not None]  # Pareto k-hat of each group's weights
+        khat = round(float(torch.cat(khats).double().median()), 2) if khats else None
         mean = q.mean[0].float()
         rec = m.decode(mean[None], c=ctx).mean.cpu()[0]
         values = xb.reshape(-1)
@@ -483,6 +485,7 @@ class Explorer:
             "log_px_k": LOG_PX_K,
             "log_px_groups": len(groups),
             "ess": round(ess, 1),
+            "khat": khat,  # median Pareto k-hat over the groups; above 0.7 the estimate is unreliable
             "binary": bool(((values == 0) | (values == 1)).all()),
             "likelihood": m.config.likelihood,
             "conditional": m.conditional,

@@ -611,7 +611,9 @@ async function showUpload(out, rescore) {
   $("up-logpx").textContent = `${fmt(out.log_px)} ± ${fmt(out.log_px_se)} nats`;
   const elboSe = out.elbo_se === null ? "" : ` ± ${fmt(out.elbo_se)}`;
   $("up-elbo").textContent = `${fmt(out.elbo)}${elboSe} nats  (reconstruction ${fmt(out.reconstruction_term)}, KL ${fmt(out.kl)})`;
-  $("up-ess").textContent = `${fmt(out.ess, 0)} of ${out.log_px_k} samples`;
+  const khat = out.khat === null || out.khat === undefined ? ""
+    : `; Pareto k-hat ${fmt(out.khat, 2)}${out.khat > 0.7 ? " (above 0.7: unreliable, log p(x) may be too low)" : ""}`;
+  $("up-ess").textContent = `${fmt(out.ess, 0)} of ${out.log_px_k} samples${khat}`;
   let explain = "";
   if (out.conditional) {
     explain += `This model is conditional: the upload is encoded by ${q} and scored under c = ${given}, the context chosen ` +
