@@ -14,22 +14,26 @@ import contextlib
 import io
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.distributions import Normal
 
 import vaelab
 from vaelab import registry
 from vaelab.cli import main
 from vaelab.context import Batch, Variable
+from vaelab.data import DataSplits
 from vaelab.errors import VaelabError
-from vaelab.m2 import SemiSupervisedVAE, build_m2
+from vaelab.m2 import SemiSupervisedVAE, batch_labelled_share, build_m2
 from vaelab.model import Classifier
 from vaelab.objectives import ELBO, Objective, OwnLoss, data_elbo
 from vaelab.spec import ModelSpec
+from vaelab.training.loop import fit, labelled_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -444,6 +448,9 @@ def unlabelled_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ({"--free-bits": "0.1"}, "--free-bits 0.1"),
     ({"--prior": "vamp"}, "prior 'vamp'"),
     ({"--prior": "conditional"}, "prior 'conditional'"),
+    ({"--labelled-per-batch": "-1"}, "labelled_per_batch must be >= 0"),
+    ({"--semi-supervised": None, "--labels-per-class": None, "--labelled-per-batch": "4"},
+     "--labelled-per-batch are for --semi-supervised"),
 ])
 def test_bad_semi_supervised_settings_exit_2_with_one_line_and_write_nothing(change, message, tmp_path, unlabelled_file):
     argv = list(TINY)
@@ -468,3 +475,108 @@ def test_terms_of_a_mixed_batch_are_aligned_with_it():
     assert isinstance(terms, ELBO) and terms.elbo.shape == (5,)
     # labelled rows carry KL(q(z|x,y) || p(z)) + log C (the point mass at y against p(y))
     assert (terms.kl[known] > math.log(C)).all()
+
+
+# --- (g) labelled rows in every batch ------------------------------------------------------------
+
+
+def id_data(n: int = 64, n_val: int = 8) -> DataSplits:
+    """Every 6-bit pattern once (row i is i in binary, so a row names itself), labels i mod 3."""
+    ids = torch.arange(n)
+    x = ((ids[:, None] >> torch.arange(X_DIM)) & 1).float()  # [N, 6]
+    y = ids % C
+    return DataSplits("ids", x, x[:n_val], x[:n_val], y, y[:n_val], y[:n_val], shape=(X_DIM,), kind="binary",
+                      discrete_levels=2)
+
+
+def row_ids(x: torch.Tensor) -> list[int]:
+    return (x.long() << torch.arange(X_DIM)).sum(-1).tolist()
+
+
+@dataclass(frozen=True)
+class Recording(Objective):
+    """M2's objective, keeping every training batch it is asked to score."""
+
+    batches: list = field(default_factory=list, compare=False)
+
+    def loss(self, model, x, progress=0.0):
+        if model.training:
+            self.batches.append(x)
+        return super().loss(model, x, progress)
+
+
+def test_labelled_rows_cycle_through_the_known_rows_and_repeat_by_epoch():
+    g = torch.Generator().manual_seed(0)
+    known = torch.rand(50, generator=g) < 0.3  # [N], in some visiting order
+    n_l = int(known.sum())
+    rows = labelled_rows(known, seed=4, epoch=2, steps=7, per_batch=5)  # 35 draws
+    assert rows.shape == (7, 5) and bool(known[rows].all())
+    counts = torch.bincount(rows.flatten(), minlength=50)[known]  # each labelled row floor or ceil times
+    assert int(counts.min()) == 35 // n_l and int(counts.max()) == -(-35 // n_l)
+    assert torch.equal(rows, labelled_rows(known, seed=4, epoch=2, steps=7, per_batch=5))
+    assert not torch.equal(rows, labelled_rows(known, seed=4, epoch=3, steps=7, per_batch=5))
+    with pytest.raises(VaelabError, match="needs known labels"):
+        labelled_rows(torch.zeros(5, dtype=torch.bool), 0, 1, 2, 3)
+
+
+def test_every_batch_holds_its_labelled_rows_and_the_classification_weight_is_alpha_per_example(tmp_path):
+    """fit with labelled_per_batch: each batch is B ordinary rows (together one permutation of
+    the training set) then L known rows (each labelled example steps L / N_l times an epoch);
+    with s = batch_labelled_share(N_l / N, B, L), the weights alpha / (s (B + L)) that the loss
+    gives each labelled row add up over an epoch to exactly alpha mean_labelled f(x, y) per step
+    for any per-example f: the classification term alpha N / N_l per labelled example."""
+    data, n, b, extra = id_data(), 64, 16, 4
+    known = torch.zeros(n, dtype=torch.bool)
+    known[torch.tensor([1, 5, 12, 20, 33, 40, 51, 63])] = True  # N_l = 8
+    share = batch_labelled_share(8 / n, b, extra)
+    assert share == pytest.approx((b * 8 / n + extra) / (b + extra))
+    objective = Recording(alpha=0.7, labelled_share=share)
+    model = tiny_m2(latent_dim=2).float()
+    fit(model, data, tmp_path / "run", epochs=2, batch_size=b, seed=3, objective=objective, progress=False,
+        variables=(Variable("label", "categorical", classes=C),), known=known, labelled_per_batch=extra)
+    steps = n // b
+    assert len(objective.batches) == 2 * steps
+    f = torch.rand(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)  # any f(x, y)
+    for epoch in range(2):
+        batches = objective.batches[epoch * steps : (epoch + 1) * steps]
+        ordinary, added, weighted = [], [], 0.0
+        for batch in batches:
+            ids = row_ids(batch.x)
+            assert len(batch) == b + extra and bool(batch.known[b:].all())
+            assert int(batch.known.sum()) >= extra
+            assert torch.equal(batch.c[:, 0].long(), torch.tensor(ids) % C)  # each row keeps its label
+            ordinary += ids[:b]
+            added += ids[b:]
+            weighted += float(f[torch.tensor(ids)][batch.known].sum()) * objective.alpha / (share * len(batch))
+        assert sorted(ordinary) == list(range(n))
+        assert sorted(added) == sorted(torch.nonzero(known).flatten().tolist() * (steps * extra // 8))
+        assert weighted / steps == pytest.approx(objective.alpha * float(f[known].mean()), rel=1e-12)
+    with pytest.raises(VaelabError, match="labelled_per_batch needs semi-supervised"):
+        fit(model, data, tmp_path / "bad", epochs=1, batch_size=b, objective=objective, progress=False,
+            variables=(Variable("label", "categorical", classes=C),), labelled_per_batch=extra)
+
+
+def test_the_share_without_added_rows_is_the_labelled_share():
+    assert batch_labelled_share(0.025, 128) == 0.025
+    assert batch_labelled_share(0.025, 128, 32) == pytest.approx((3.2 + 32) / 160)
+    with pytest.raises(VaelabError, match="batch_labelled_share"):
+        batch_labelled_share(0.0, 128, 4)
+
+
+@pytest.mark.slow
+def test_resume_with_labelled_rows_continues_exactly(tmp_path):
+    settings = dict(data="digits", condition_on=["label"], semi_supervised=True, labels_per_class=3,
+                    labelled_per_batch=8, batch_size=64, hidden=[16], latent_dim=2, eval_k=0, device="cpu",
+                    progress=False, figures=False, log=lambda *a: None, out=str(tmp_path))
+    vaelab.train(epochs=3, name="straight", **settings)
+    vaelab.train(epochs=1, name="split", **settings)
+    vaelab.train(resume=tmp_path / "split", epochs=3, progress=False, figures=False, log=lambda *a: None)
+    for name in ("checkpoint.safetensors", "model.safetensors"):
+        a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "split" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((tmp_path / "split" / "config.json").read_text())["config"]
+    assert config["labelled_per_batch"] == 8
+    # and the added rows changed the training: the same run without them ends elsewhere
+    vaelab.train(epochs=3, name="plain", **{**settings, "labelled_per_batch": 0})
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "plain" / "model.safetensors")
+    assert not all(torch.equal(a[k], b[k]) for k in a)

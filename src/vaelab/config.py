@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 from . import registry
 from .context import Variable
 from .errors import VaelabError
+from .evaluation.settings import DEFAULTS
 from .spec import ModelSpec
 
 __all__ = ["TrainConfig", "load_config_file", "CHOICES", "PART_KINDS", "choices"]
@@ -70,6 +71,7 @@ class TrainConfig:
     labels_per_class: int = _f(0, "semi-supervised: keep the labels of this many training examples per class (seeded, stratified), hide the rest")
     labelled_fraction: float = _f(0.0, "semi-supervised: or keep the labels of this fraction of the training examples")
     alpha: float = _f(0.1, "semi-supervised: weight of the classification term, alpha x N / N_labelled per labelled example (the paper's 0.1 N)")
+    labelled_per_batch: int = _f(0, "semi-supervised: add this many rows with a known label to every training batch, besides its batch-size ordinary rows (0: none)")
     # model
     latent_dim: int = _f(20, "number of latent dimensions D")
     net: str = _f("mlp", "encoder/decoder networks")
@@ -89,7 +91,7 @@ class TrainConfig:
     estimator: str = _f("standard", "gradient estimator: standard, stl (sticking the landing) or dreg (doubly reparameterized; objective iwae)")
     patience: int = _f(10, "stop when the validation ELBO has not improved for this many epochs (0: never)")
     seed: int = _f(0, "random seed: same seed, same machine, same numbers")
-    eval_k: int = _f(1000, "importance samples per test example for log p(x) after training (0: skip)")
+    eval_k: int = _f(DEFAULTS.k, "importance samples per test example for log p(x) after training (0: skip)")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or mps")
     # speed (none changes the model or the objective)
     threads: int = _f(0, "CPU threads of PyTorch's kernels (0: PyTorch's default, one per core; 1 is often faster on a busy machine)")
@@ -129,8 +131,8 @@ class TrainConfig:
         for key in ("beta", "warmup", "free_bits", "alpha"):
             if not 0 <= getattr(self, key) < float("inf"):
                 raise VaelabError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
-        if self.embedding < 0 or self.labels_per_class < 0:
-            raise VaelabError("embedding and labels_per_class must be >= 0")
+        if self.embedding < 0 or self.labels_per_class < 0 or self.labelled_per_batch < 0:
+            raise VaelabError("embedding, labels_per_class and labelled_per_batch must be >= 0")
         if not 0 <= self.labelled_fraction <= 1:
             raise VaelabError(f"labelled_fraction must be in [0, 1], got {self.labelled_fraction}")
         names = [n for n in self.condition_on]
@@ -150,8 +152,9 @@ class TrainConfig:
             if registry.get("prior", self.prior).conditional_only or self.prior == "vamp":
                 raise VaelabError(f"--semi-supervised: M2's p(z) must not depend on the label, and prior {self.prior!r} "
                                   "does (through the label it is given); use --prior normal or mog")
-        elif self.labels_per_class > 0 or self.labelled_fraction > 0:
-            raise VaelabError("--labels-per-class and --labelled-fraction hide labels for --semi-supervised training; add it")
+        elif self.labels_per_class > 0 or self.labelled_fraction > 0 or self.labelled_per_batch > 0:
+            raise VaelabError("--labels-per-class, --labelled-fraction and --labelled-per-batch are for --semi-supervised "
+                              "training; add it")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":

@@ -369,7 +369,9 @@ class Objective:
         alpha, labelled_share: semi-supervised models (M2) only: the weight of the
             classification term, alpha / labelled_share per labelled example in the batch
             mean, i.e. the paper's alpha N / N_labelled (Kingma et al. 2014, eq. 9, with
-            their alpha = 0.1 N); labelled_share is N_labelled / N.
+            their alpha = 0.1 N); labelled_share is the expected share of labelled rows in a
+            training batch: N_labelled / N, or :func:`vaelab.m2.batch_labelled_share` when
+            labelled rows are added to every batch.
 
     Example:
         >>> objective = Objective(kind="iwae", k=5, estimator="dreg")

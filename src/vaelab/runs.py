@@ -34,8 +34,9 @@ from .config import TrainConfig
 from .context import LABEL, Batch
 from .data import DataSplits, binarize, context_columns, context_variables, known_labels, load_data, split_batch
 from .errors import VaelabError
-from .evaluation import EvalSettings, Evaluation, LogLikelihood, evaluate, log_likelihood
-from .evaluation.likelihood import K_CHUNK
+from .evaluation import EvalSettings, Evaluation, EvaluationSummary, LogLikelihood, evaluate, log_likelihood
+from .evaluation.settings import DEFAULTS
+from .m2 import batch_labelled_share
 from .model import VAE, Classifier
 from .objectives import ELBO, Objective, data_elbo
 from .spec import ModelSpec
@@ -262,8 +263,8 @@ class TrainedModel:
         xb = self.as_batch(x)
         return data_elbo(self.vae, Batch(xb, self.context(c, label, n=len(xb))), k, self.config.kl)
 
-    def log_likelihood(self, x: Any, k: int = 1000, *, c: Any = None, label: Any = None, batch_size: int = 100,
-                       k_chunk: int = K_CHUNK) -> LogLikelihood:
+    def log_likelihood(self, x: Any, k: int = DEFAULTS.k, *, c: Any = None, label: Any = None,
+                       batch_size: int = DEFAULTS.batch_size, k_chunk: int = DEFAULTS.k_chunk) -> LogLikelihood:
         """Importance-sampled log p(x) (log p(x|c) for a conditional model) per example with
         ``k`` samples (see :mod:`vaelab.evaluation`)."""
         xb = self.as_batch(x)
@@ -401,7 +402,8 @@ def train(
         assert data.train_labels is not None
         known = known_labels(data.train_labels, per_class=config.labels_per_class, fraction=config.labelled_fraction,
                              seed=config.seed, class_names=spec.context[0].names())
-    objective = objective_from(config, 1.0 if known is None else float(known.float().mean()))
+    objective = objective_from(config, 1.0 if known is None else batch_labelled_share(
+        float(known.float().mean()), config.batch_size, config.labelled_per_batch))
     torch.manual_seed(config.seed)
     vae = build_model(spec).to(device)
     vae.decoder.check(data.train, f"training data '{config.data}'")
@@ -425,7 +427,7 @@ def train(
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
         patience=config.patience, binarize=binarized, objective=objective,
         resume=resume is not None, progress=progress, compile=config.compile, precision=config.precision,
-        variables=spec.context, known=known,
+        variables=spec.context, known=known, labelled_per_batch=config.labelled_per_batch,
     )
     if result.stopped != "completed" and result.stopped != "early-stopping":
         distributed.teardown()
@@ -521,9 +523,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_eval(run_dir: Path, result: Evaluation | dict[str, Any]) -> Path:
+def write_eval(run_dir: Path, result: Evaluation | EvaluationSummary | dict[str, Any]) -> Path:
     """Save an evaluation as the run's ``eval.json``."""
     path = Path(run_dir) / EVAL
-    doc = result.to_dict() if isinstance(result, Evaluation) else result
+    doc = result.to_dict() if isinstance(result, (Evaluation, EvaluationSummary)) else result
     atomic_write_text(path, json.dumps(doc, indent=2))
     return path

@@ -21,6 +21,13 @@ noticed; its step is known exactly from a per-step record, and the end-of-epoch 
 before any file is written, so a NaN never reaches a checkpoint. Optional: ``compile``
 (``torch.compile`` of the forward pass) and ``precision="bfloat16"`` (CUDA autocast).
 
+Semi-supervised training (``labelled_per_batch`` L > 0): besides its B ordinary rows, every
+batch gets L rows drawn from the examples whose label is known (:func:`labelled_rows`: the
+known rows of the epoch's visiting order, cycled through seeded permutations, so each labelled
+example comes back equally often and a resumed run draws the same rows). The batch then holds
+B + L rows; how the model weights them is its business (M2: :mod:`vaelab.m2`, "Labelled rows in
+every batch"). With L = 0 the loop is exactly the plain one.
+
 Several processes (``torchrun``, see :mod:`vaelab.training.distributed`): the gradients of each
 global batch are averaged by DistributedDataParallel; only rank 0 writes.
 """
@@ -49,7 +56,7 @@ from .distributed import World, world as current_world
 from .optim import make_optimizer
 
 __all__ = ["fit", "FitResult", "CHECKPOINT", "BEST_WEIGHTS", "METRICS", "PRECISIONS", "SYNC_EVERY",
-           "epoch_seed", "noise_seed", "epoch_data"]
+           "epoch_seed", "noise_seed", "epoch_data", "labelled_rows"]
 
 CHECKPOINT = "checkpoint.safetensors"  # last epoch: weights + optimizer + state (for --resume)
 BEST_WEIGHTS = "model.safetensors"  # weights of the epoch with the best validation ELBO
@@ -99,6 +106,25 @@ def epoch_data(train: Tensor | Batch, seed: int, epoch: int, binarize: bool) -> 
     x = draw_binary(train.x, gen) if binarize else train.x
     perm = torch.randperm(len(train), generator=gen, device=train.x.device)
     return Batch(x, train.c, train.known)[perm]
+
+
+def labelled_rows(known: Tensor, seed: int, epoch: int, steps: int, per_batch: int) -> Tensor:
+    """Which rows of the epoch's visiting order each batch adds as its labelled rows: ``[steps, L]``.
+
+    ``known`` ``[N]`` bool is the known-label mask in visiting order (``epoch_data(...).known``).
+    The N_l known rows are cycled through independent permutations (one generator seeded from
+    ``(seed, epoch)``, apart from :func:`epoch_data`'s), so in one epoch each labelled example
+    is drawn floor or ceil of steps L / N_l times, and the same epoch always draws the same rows.
+    """
+    positions = torch.nonzero(known, as_tuple=True)[0]  # [N_l]
+    n_l = positions.numel()
+    if n_l == 0:
+        raise VaelabError("labelled_per_batch needs known labels, but no training example has one; "
+                          "keep some with --labels-per-class or --labelled-fraction")
+    gen = torch.Generator(device=known.device).manual_seed((epoch_seed(seed, epoch) + 104_729) % (2**63 - 1))
+    need = steps * per_batch
+    draws = torch.cat([torch.randperm(n_l, generator=gen, device=known.device) for _ in range(-(-need // n_l))])
+    return positions[draws[:need]].reshape(steps, per_batch)  # [steps, L]
 
 
 class _TrainStep(nn.Module):
@@ -222,6 +248,7 @@ def fit(
     precision: str = "float32",
     variables: tuple[Variable, ...] = (),
     known: Tensor | None = None,
+    labelled_per_batch: int = 0,
 ) -> FitResult:
     """Train ``model`` on ``data.train`` and keep its checkpoints in ``run_dir``.
 
@@ -245,6 +272,9 @@ def fit(
         variables: the model's conditioning variables (its spec's ``context``): each batch
             carries their columns c (:func:`vaelab.data.split_batch`); empty for none.
         known: ``[N_train]`` bool, which training labels semi-supervised training sees.
+        labelled_per_batch: semi-supervised training: add this many rows with a known label to
+            every batch (:func:`labelled_rows`), besides its ``batch_size`` ordinary rows;
+            0 (the default): none, the plain loop.
 
     A process group set up beforehand (:func:`vaelab.training.distributed.setup`) makes this
     one replica of a data-parallel run: the model is wrapped in DistributedDataParallel and
@@ -283,6 +313,11 @@ def fit(
             f"the run in '{run_dir}' already finished its {epochs} epochs; pass a larger "
             "--epochs to continue it"
         )
+    if labelled_per_batch < 0:
+        raise VaelabError(f"labelled_per_batch must be >= 0, got {labelled_per_batch}")
+    if labelled_per_batch and (known is None or not bool(known.any())):
+        raise VaelabError("labelled_per_batch needs semi-supervised training with some known labels; "
+                          "give the known-label mask (--semi-supervised with --labels-per-class N)")
     train = split_batch(data, "train", variables, known).to(device)
     val = split_batch(data, "val", variables).to(device)
     if binarize:
@@ -308,6 +343,8 @@ def fit(
     result = FitResult("completed", start_epoch - 1, best_epoch, best_val, metrics)
     for epoch in range(start_epoch, epochs + 1):
         x_epoch = epoch_data(train, seed, epoch, binarize)  # [N, *x_shape], visiting order
+        extra = (labelled_rows(x_epoch.known, seed, epoch, steps, labelled_per_batch)  # [steps, L]
+                 if labelled_per_batch else None)
         torch.manual_seed(noise_seed(seed, epoch, w.rank))  # the reparameterization noise eps
         log = torch.zeros(steps, 4, device=device)  # per step: loss, sums of ELBO, rec., KL
         t0 = time.perf_counter()
@@ -319,8 +356,14 @@ def fit(
             for i in range(steps):
                 a, b = i * batch_size, min((i + 1) * batch_size, n)
                 lo, hi = w.shard(b - a)
-                weight = w.size * (hi - lo) / (b - a)  # 1 in a single process
-                xb = x_epoch[a + lo : a + hi] if hi > lo else x_epoch[a : a + 1]  # no rows: one, weighted 0
+                if extra is None:
+                    weight = w.size * (hi - lo) / (b - a)  # 1 in a single process
+                    xb = x_epoch[a + lo : a + hi] if hi > lo else x_epoch[a : a + 1]  # no rows: one, weighted 0
+                else:  # the ordinary rows, then the labelled ones; each process takes its share of both
+                    elo, ehi = w.shard(labelled_per_batch)
+                    rows = torch.cat([torch.arange(a + lo, a + hi, device=device), extra[i, elo:ehi]])
+                    weight = w.size * rows.numel() / (b - a + labelled_per_batch)
+                    xb = x_epoch[rows] if rows.numel() else x_epoch[a : a + 1]
                 loss, stats = step(xb.x, epoch - 1 + i / steps, xb.c, xb.known)
                 optimizer.zero_grad(set_to_none=True)
                 (loss if weight == 1 else loss * weight).backward()
@@ -330,7 +373,7 @@ def fit(
                 if done % SYNC_EVERY == 0 or done == steps:
                     seen = log[:done]
                     snap = torch.stack([seen[:, 1].double().sum(), (~torch.isfinite(seen)).sum().double()])
-                    ready = reader.push_and_read(w.all_sum(snap), min(done * batch_size, n))
+                    ready = reader.push_and_read(w.all_sum(snap), min(done * batch_size, n) + done * labelled_per_batch)
                     if ready is not None and ready[0][1] > 0:
                         break  # a non-finite loss: the check after the loop reports it
                     bar.update(done - bar.n)
@@ -366,7 +409,7 @@ def fit(
             return result
 
         v_elbo, v_rec, v_kl = _validation(model, val, objective, w)
-        tr = [t / n for t in totals_host[1:4]]
+        tr = [t / (n + steps * labelled_per_batch) for t in totals_host[1:4]]  # per row seen
         if not math.isfinite(v_elbo):
             result.stopped = "nan"
             result.message = (
