@@ -117,16 +117,16 @@ class AISResult:
     @property
     def mc_se(self) -> Tensor:
         """Per-example Monte-Carlo error sqrt(1/ESS - 1/S) ``[N]`` (delta method over chains)."""
-        return (1.0 / self.ess - 1.0 / self.chains).clamp(min=0).sqrt()
+        return self.as_likelihood().mc_se
 
     @property
     def mean(self) -> float:
-        return float(self.per_example.mean())
+        return self.as_likelihood().mean
 
     @property
     def stderr(self) -> float:
-        n = self.per_example.numel()
-        return float(self.per_example.std() / math.sqrt(n)) if n > 1 else float("nan")
+        """Standard error of the mean over examples."""
+        return self.as_likelihood().stderr
 
     def as_likelihood(self) -> LogLikelihood:
         """The forward estimate as a :class:`LogLikelihood` (``k`` = S chains, ESS of the chain weights)."""
