@@ -23,7 +23,7 @@ from vaelab.evaluation import EvalSettings, evaluate, format_table, log_likeliho
 from vaelab.evaluation.ais import ais, bdmc, sigmoid_schedule
 from vaelab.evaluation.proposals import laplace_posterior, mixture_proposal
 from vaelab.evaluation.psis import KHAT_BAD, KHAT_GOOD, pareto_khat, tail_length
-from vaelab.evaluation.suite import EvaluationSummary
+from vaelab.evaluation.summary import EvaluationSummary
 from vaelab.m2 import build_m2
 from vaelab.spec import ModelSpec
 

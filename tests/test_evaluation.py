@@ -21,7 +21,7 @@ from vaelab.build import build_vae
 from vaelab.data import load_data
 from vaelab.errors import VaelabError
 from vaelab.evaluation import EvalSettings, evaluate, format_table, inference_gaps, latent_diagnostics, log_likelihood
-from vaelab.evaluation.suite import EvaluationSummary
+from vaelab.evaluation.summary import EvaluationSummary
 from vaelab.objectives import elbo
 
 Z = 4.0  # tolerance in standard errors

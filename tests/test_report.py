@@ -22,7 +22,7 @@ from matplotlib.image import imread
 
 from vaelab.cli import main
 from vaelab.evaluation import EvalSettings
-from vaelab.evaluation.suite import EvaluationSummary
+from vaelab.evaluation.summary import EvaluationSummary
 from vaelab.report import SECTIONS, build_report, kl_bars, latent_traversal, project_2d, write_report
 from vaelab.report.page import sections
 from vaelab.runs import load, train

@@ -28,7 +28,7 @@ from . import registry
 from .config import TrainConfig, choices, load_config_file
 from .errors import VaelabError
 from .evaluation import EvalSettings
-from .evaluation.suite import EvaluationSummary
+from .evaluation.summary import EvaluationSummary
 
 __all__ = ["main", "cli"]
 

@@ -9,9 +9,9 @@ from .gaps import GapSettings, GapSummary, InferenceGaps, inference_gaps, optima
 from .likelihood import DatasetELBO, LogLikelihood, dataset_elbo, log_likelihood
 from .proposals import DefensiveMixture, laplace_posterior, mixture_proposal
 from .psis import pareto_khat
-from .settings import DEFAULTS
-from .suite import (AISSummary, BDMCSummary, EstimateSummary, EvalSettings, Evaluation, EvaluationSummary, PerExample,
-                    evaluate, format_table)
+from .settings import DEFAULTS, EvalSettings
+from .suite import Evaluation, evaluate, format_table
+from .summary import AISSummary, BDMCSummary, EstimateSummary, EvaluationSummary, PerExample
 
 __all__ = ["DatasetELBO", "LogLikelihood", "dataset_elbo", "log_likelihood",
            "AISResult", "BDMCResult", "ais", "bdmc", "pareto_khat",

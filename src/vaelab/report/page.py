@@ -1,7 +1,7 @@
 """One self-contained HTML page about a run: :func:`write_report`, behind ``vaelab report``.
 
 The page holds the run's configuration, its training curves, the evaluation of
-:func:`vaelab.evaluation.evaluate` (an :class:`~vaelab.evaluation.suite.EvaluationSummary`,
+:func:`vaelab.evaluation.evaluate` (an :class:`~vaelab.evaluation.summary.EvaluationSummary`,
 with a short explanation of every quantity), and figures of what the model does:
 reconstructions, samples, interpolations, traversals of the most informative latent
 dimensions, the test set's posterior means in 2-D and the KL per dimension.
@@ -39,7 +39,7 @@ from ..context import LABEL
 from ..data import context_columns
 from ..errors import VaelabError
 from ..evaluation import EvalSettings
-from ..evaluation.suite import EvaluationSummary
+from ..evaluation.summary import EvaluationSummary
 from ..runs import EVAL, TrainedModel, interpolate_latents, load, read_metrics, write_eval
 from ..training.checkpoint import atomic_write_text
 from .figures import kl_bars, latent_traversal, project_2d
