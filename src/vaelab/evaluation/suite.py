@@ -335,9 +335,7 @@ def format_table(ev: EvaluationSummary | Evaluation | Mapping[str, Any]) -> str:
     if ev.k is not None and ev.nll is not None:
         mc = ev.log_px_mc_stderr
         extra = f" (Monte Carlo ± {mc:.3f})" if mc is not None else ""
-        how = "K" if ev.estimator in (None, "is") else ("mixture IS, K" if ev.estimator == "mixture" else "AIS, S")
-        steps = f", T={ev.ais.steps}" if ev.estimator == "ais" and ev.ais is not None else ""
-        rows.append((f"-log p(x{ev.given}), {how}={ev.k}{steps}", f"{_pm(ev.nll, ev.log_px_stderr)} nats{extra}"))
+        rows.append((f"-log p(x{ev.given}), {ev.how()}", f"{_pm(ev.nll, ev.log_px_stderr)} nats{extra}"))
     if len(ev.estimates) > 1:
         for e in ev.estimates:
             extra = f" (MC ± {e.log_px_mc_stderr:.3f})" if e.log_px_mc_stderr is not None else ""

@@ -232,6 +232,15 @@ class EvaluationSummary:
         """``"|label"`` (the conditioning variables after a bar) or ``""``: for p(x{given})."""
         return f"|{','.join(self.conditional_on)}" if self.conditional_on else ""
 
+    def how(self, eq: str = "=") -> str:
+        """How log p(x) was estimated, e.g. ``"K=1000"``, ``"mixture IS, K=5000"``, ``"AIS, S=4, T=1000"``
+        (``eq=" = "`` spaces the signs, as the report does)."""
+        if self.estimator in (None, "is"):
+            return f"K{eq}{self.k}"
+        if self.estimator == "ais":
+            return f"AIS, S{eq}{self.k}" + (f", T{eq}{self.ais.steps}" if self.ais is not None else "")
+        return f"{ESTIMATOR_NAMES.get(self.estimator, self.estimator)}, K{eq}{self.k}"
+
     def replace(self, **changes: Any) -> "EvaluationSummary":
         """A copy with some fields changed, e.g. ``summary.replace(data="mnist (test split)")``."""
         return replace(self, **changes)

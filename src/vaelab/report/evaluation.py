@@ -4,7 +4,7 @@ explanation of what it means."""
 
 from __future__ import annotations
 
-from ..evaluation.summary import EvaluationSummary
+from ..evaluation.summary import ESTIMATOR_NAMES, EvaluationSummary
 from ..runs import TrainedModel
 from .html import Drawn, esc, fmt, img, pm, table_rows
 
@@ -56,17 +56,15 @@ def evaluation_section(ev: EvaluationSummary, model: TrainedModel) -> str:
          "the prior, the <b>rate</b> R. ELBO = −(D + R)."),
     ]
     if ev.k is not None and ev.nll is not None:
-        how = {"mixture": ("mixture IS", "importance sampling from a defensive mixture of the encoder's q(z|x), the "
-                           "per-example optimal diagonal Gaussian q* and a Laplace Gaussian at q*'s mean"),
-               "ais": ("AIS", "annealed importance sampling (Neal 2001; Wu et al. 2017): chains moved by HMC "
-                       "along a path from q(z|x) to p(x, z)")}.get(ev.estimator or "is",
-                      ("K", "importance sampling with K samples from q(z|x)"))
-        label = (f"−log p(x{esc(given)}), K = {ev.k}" if how[0] == "K" else
-                 f"−log p(x{esc(given)}), {how[0]}" + (f", T = {ev.ais.steps}, S = {ev.k}" if ev.ais is not None and how[0] == "AIS" else f", K = {ev.k}"))
-        rows.append((label, f"{pm(ev.nll, ev.log_px_stderr)} {nats}",
+        method = {"mixture": "importance sampling from a defensive mixture of the encoder's q(z|x), the "
+                             "per-example optimal diagonal Gaussian q* and a Laplace Gaussian at q*'s mean",
+                  "ais": "annealed importance sampling (Neal 2001; Wu et al. 2017): chains moved by HMC "
+                         "along a path from q(z|x) to p(x, z)"}.get(ev.estimator or "is",
+                                                                     "importance sampling with K samples from q(z|x)")
+        rows.append((f"−log p(x{esc(given)}), {ev.how(' = ')}", f"{pm(ev.nll, ev.log_px_stderr)} {nats}",
                      "Negative log-likelihood of the test data"
                      + (" given their context" if given else "")
-                     + f", estimated by {how[1]}: a stochastic over-estimate of −log p(x) that shrinks as the "
+                     + f", estimated by {method}: a stochastic over-estimate of −log p(x) that shrinks as the "
                      "estimator is given more effort. ± is the standard error over examples; the Monte-Carlo error of the "
                      f"estimate is ± {fmt(ev.log_px_mc_stderr, 3)}. The number to compare models by: lower "
                      "is better" + (" (against other models given the same context)." if given else ".")))
@@ -106,7 +104,7 @@ def evaluation_section(ev: EvaluationSummary, model: TrainedModel) -> str:
                          f"bounds the error of AIS with these settings (T = {b.steps}, S = {b.chains}) on data like the "
                          "model's own."))
         if ev.gaps is not None:
-            rows.append(("log p(x) of the gap split", esc({"is": "encoder IS", "mixture": "mixture IS", "ais": "AIS"}.get(
+            rows.append(("log p(x) of the gap split", esc(ESTIMATOR_NAMES.get(
                 ev.gaps.settings.log_px_estimator, ev.gaps.settings.log_px_estimator)),
                          "The inference-gap split below uses the tightest estimate of log p(x) that was run."))
         if ev.bits_per_dim is not None:

@@ -409,8 +409,7 @@ def _page(model: TrainedModel, ev: EvaluationSummary, images: dict[str, Drawn], 
     given = ev.given
     cards = [("ELBO", f"{fmt(ev.elbo)}", "nats per example")]
     if ev.nll is not None:
-        how = {"ais": f"AIS, S = {ev.k}", "mixture": f"mixture IS, K = {ev.k}"}.get(ev.estimator or "is", f"K = {ev.k}")
-        cards.insert(0, (f"−log p(x{given})", fmt(ev.nll), f"nats per example, {how}"))
+        cards.insert(0, (f"−log p(x{given})", fmt(ev.nll), f"nats per example, {ev.how(' = ')}"))
     if ev.bits_per_dim is not None:
         cards.append(("bits / dim", fmt(ev.bits_per_dim, 4), "discrete data"))
     if ev.accuracy is not None:
