@@ -53,11 +53,11 @@ def one_thread():
 # --- the command line, refusing bad input ---------------------------------------------------
 
 
-@pytest.fixture
-def refused(capsys):
-    """``refused(argv, *culprits)`` runs ``vaelab ARGV`` in-process and asserts that it is
+def refusal_checker(capsys):
+    """``check(argv, *culprits)`` runs ``vaelab ARGV`` in-process and asserts that it is
     refused as vaelab refuses bad input: exit status 2, one line on stderr starting with
-    ``error:`` that names every culprit, no traceback. Returns the line."""
+    ``error:`` that names every culprit, no traceback. Returns the line. (Also importable:
+    ``from conftest import refusal_checker``.)"""
     from vaelab.cli import main
 
     def run(argv, *culprits):
@@ -75,3 +75,9 @@ def refused(capsys):
         return lines[0]
 
     return run
+
+
+@pytest.fixture
+def refused(capsys):
+    """:func:`refusal_checker` as a fixture: ``refused(argv, *culprits)``."""
+    return refusal_checker(capsys)

@@ -24,6 +24,7 @@ import click
 import numpy as np
 import pytest
 import torch
+from conftest import refusal_checker  # the shared check of a refused command line
 from safetensors import safe_open
 
 from vaelab.cli import cli, main
@@ -257,16 +258,8 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
 
 
 def assert_refused(argv: list[str], capsys: pytest.CaptureFixture[str], *culprits: str) -> str:
-    code = run_cli(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured
-    assert "Traceback" not in captured.err
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: "), lines[0]
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not in {lines[0]!r}"
-    return lines[0]
+    """Exit 2, one ``error:`` line naming every culprit, no traceback (see conftest.py)."""
+    return refusal_checker(capsys)(argv, *culprits)
 
 
 def test_missing_data_file(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
