@@ -337,6 +337,11 @@ def check_shapes(spec: PartCase, d: int = 2, x_shape: tuple[int, ...] = (2, 3)) 
         assert out["mean"].shape == (K, B, *x_shape)
         case.root.check(out["x"])  # samples lie in the likelihood's support
         case.root.check(case.data)
+        # the registry's parameters per value are what the decoder reads off its network
+        per_value = spec.part.params_per_value(**spec.resolved())
+        assert case.root.params_per_value == per_value
+        net_in = (torch.zeros(1, d, dtype=F64),) + ((torch.zeros(1, spec.context, dtype=F64),) if spec.context else ())
+        assert case.root.net(*net_in).numel() == per_value * math.prod(x_shape)
     for value in out.values():
         assert torch.isfinite(value).all()
 
