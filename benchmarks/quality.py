@@ -32,7 +32,7 @@ def main() -> None:
                          name=f"classic-{seed}-{int(time.time())}", figures=False, progress=False, log=lambda m: None)
         t_vaelab = time.perf_counter() - t0
         x_test, _ = model.test_set()
-        ev = model.evaluate(k=args.k)
+        ev = model.evaluate(k=args.k, estimator="is")  # the plain loop is scored by encoder IS: the same estimator on both
         data = model.data()
         x_train = data.train.reshape(-1, 784)
         ref, t_ref = train_reference(x_train, epochs=args.epochs, seed=seed)

@@ -20,7 +20,7 @@ from vaelab.build import build_vae
 from vaelab.context import Variable
 from vaelab.errors import VaelabError
 from vaelab.evaluation import EvalSettings, evaluate, format_table, log_likelihood
-from vaelab.evaluation.ais import ais, bdmc, sigmoid_schedule
+from vaelab.evaluation.ais import AUTO_MIN_STEPS, ais, ais_unavailable, auto_steps, bdmc, sigmoid_schedule
 from vaelab.evaluation.proposals import laplace_posterior, mixture_proposal
 from vaelab.evaluation.psis import KHAT_BAD, KHAT_GOOD, pareto_khat, tail_length
 from vaelab.evaluation.summary import EvaluationSummary
@@ -86,7 +86,7 @@ def test_khat_is_low_for_the_exact_posterior_and_high_for_a_too_narrow_proposal(
 
 
 def test_khat_is_in_the_summary_the_json_the_table_and_warned_about(bad, x) -> None:
-    ev = evaluate(bad, x, k=500, mi_samples=0, gap_examples=0)
+    ev = evaluate(bad, x, k=500, mi_samples=0, gap_examples=0, estimator="is")
     s = ev.summary(per_example=True)
     assert s.khat_bad_share is not None and s.khat_bad_share > 0.5 and s.khat_median > KHAT_BAD
     doc = json.loads(json.dumps(s.to_dict(), allow_nan=False))
@@ -221,7 +221,7 @@ def test_evaluate_reports_the_estimates_side_by_side_and_splits_the_gap_with_the
     (dict(k=-5), "k must be >= 0"), (dict(step_size=float("nan")), "step_size must be > 0"),
     (dict(step_size=0.0), "step_size must be > 0"), (dict(step_size=1e9), "step_size must be <= 10"),
     (dict(steps=10**9), "steps must be <= 1,000,000"), (dict(k=10**12), "k must be <= 10,000,000"),
-    (dict(estimator="best"), "estimator must be is, mixture or ais"),
+    (dict(estimator="best"), "estimator must be auto, is, mixture or ais"),
     (dict(target_accept=1.0), "target_accept must be < 1"), (dict(steps=2.5), "steps must be a whole number"),
 ])
 def test_bad_settings_are_one_line_errors(change, named: str) -> None:
@@ -251,8 +251,32 @@ def test_m2_is_refused_by_ais_and_the_mixture_but_importance_sampling_works() ->
         assert "\n" not in str(info.value)
     with pytest.raises(VaelabError, match="partly discrete"):
         ais(model, x, steps=2)
-    ev = evaluate(model, x, k=50, mi_samples=0, gap_examples=0).summary()
+    ev = evaluate(model, x, k=1000, mi_samples=0, gap_examples=0).summary()  # auto: encoder IS for M2
     assert ev.estimator == "is" and math.isfinite(ev.log_px) and ev.khat_median is not None
+
+
+def test_auto_runs_ais_at_the_cost_of_k_where_it_applies_and_encoder_is_elsewhere(lg, x, bad) -> None:
+    exact = float(lg.log_px(x).mean())
+    steps = auto_steps(2000, 4, 5)
+    assert steps == 50 and auto_steps(1000, 4, 5) == 25 and auto_steps(100, 4, 5) < AUTO_MIN_STEPS
+    ev = evaluate(bad, x, k=2000, mi_samples=0, gap_examples=0).summary()  # the default: auto
+    assert ev.settings.estimator == "auto" and ev.estimator == "ais" and ev.ais is not None and ev.ais.steps == steps
+    assert ev.how() == f"AIS, S=4, T={steps}"
+    by_name = {e.estimator: e for e in ev.estimates}
+    assert set(by_name) == {"is", "ais"} and by_name["is"].k == 2000  # encoder IS beside it, with its k-hat
+    assert by_name["is"].khat_median is not None and by_name["is"].khat_median > KHAT_BAD
+    # at the same budget the annealed estimate is the tighter one here, and not above the truth
+    assert by_name["ais"].log_px > by_name["is"].log_px
+    assert ev.log_px < exact + Z * max(ev.log_px_mc_stderr, 1e-3)
+    # too small a K for ten steps: encoder IS, as with --estimator is
+    small = evaluate(bad, x, k=100, mi_samples=0, gap_examples=0).summary()
+    same = evaluate(bad, x, k=100, mi_samples=0, gap_examples=0, estimator="is").summary()
+    assert small.estimator == "is" and small.log_px == same.log_px
+    assert ais_unavailable(bad, x) is None  # (models AIS refuses: see the two tests below)
+    # a flow posterior: AIS applies (from its inverse) but would cost far more than K samples
+    iaf = build_vae((5,), latent_dim=3, hidden=[8], posterior="iaf").double()
+    assert ais_unavailable(iaf, x) is None
+    assert evaluate(iaf, x, k=1000, mi_samples=0, gap_examples=0).summary().estimator == "is"
 
 
 def test_a_model_whose_decoder_cannot_be_differentiated_is_refused() -> None:
@@ -269,6 +293,9 @@ def test_a_model_whose_decoder_cannot_be_differentiated_is_refused() -> None:
     vae.decoder = Frozen(vae.decoder)
     with pytest.raises(VaelabError, match="decoder Frozen cannot be differentiated"):
         ais(vae, torch.randn(3, 4), steps=2)
+    assert "decoder Frozen cannot be differentiated" in str(ais_unavailable(vae, torch.randn(3, 4)))
+    ev = evaluate(vae, torch.randn(3, 4), k=1000, mi_samples=0, gap_examples=0).summary()
+    assert ev.settings.estimator == "auto" and ev.estimator == "is"  # auto falls back to encoder IS
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -311,7 +338,7 @@ def test_cli_eval_with_ais_writes_the_estimates_side_by_side(tiny_run, capsys) -
     (["--k", "-3"], "--k"),
     (["--k", "100000000000"], "--k"),
     (["--estimator", "ais", "--steps", "99999999"], "--steps"),
-    (["--estimator", "ais", "--chains", "100000", "--batch-size", "100000"], "lower --batch-size or --chains"),
+    (["--estimator", "ais", "--chains", "100000", "--batch-size", "100000"], "GiB of memory"),
     (["--estimator", "magic"], "--estimator"),
 ])
 def test_cli_refuses_bad_estimator_settings_and_writes_nothing(tiny_run, refused, argv, culprit: str) -> None:

@@ -47,7 +47,7 @@ SHIFT, INFLATE = 0.2, 1.3  # the deliberately suboptimal encoder: mean moved, sc
 def evaluation(lg: LinearGaussian, x: torch.Tensor):
     vae = lg.vae(lg.mean_field_encoder(shift=SHIFT, inflate=INFLATE))
     return evaluate(vae, x, k=5000, k_chunk=1000, mi_samples=2000, gap_examples=20, gap_steps=300,
-                    gap_eval_samples=2000, seed=0)
+                    gap_eval_samples=2000, seed=0, estimator="is")
 
 
 # --- log p(x) and the ELBO ---------------------------------------------------------------------

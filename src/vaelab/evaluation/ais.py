@@ -65,7 +65,15 @@ from .likelihood import LogLikelihood
 from .memory import check_fits
 from .settings import DEFAULTS
 
-__all__ = ["AISResult", "BDMCResult", "ais", "bdmc", "sigmoid_schedule", "check_ais_model"]
+__all__ = ["AISResult", "BDMCResult", "ais", "bdmc", "sigmoid_schedule", "check_ais_model", "auto_steps",
+           "ais_unavailable", "AUTO_MIN_STEPS"]
+
+# What one step of the path costs against one encoder importance sample, per chain: L leapfrog
+# gradients of log p(x, z) plus the Metropolis test's density, and the pilot run that tunes the
+# step sizes. Measured on the MLP VAEs of benchmarks/default_estimator.py (one thread): AIS with
+# T = K * AUTO_COST / (S (L + 1)) took about the CPU time of encoder IS with K samples.
+AUTO_COST = 0.6
+AUTO_MIN_STEPS = 10  # below this, --estimator auto keeps encoder IS (too few steps to anneal)
 
 
 def sigmoid_schedule(steps: int, delta: float = 4.0, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -251,6 +259,7 @@ def _anneal(path: _Path, z: Tensor, betas: Tensor, leapfrog: int, eps: Tensor, *
 
 
 PILOT_STEPS = 200  # transitions of the pilot run that tunes the step sizes
+PILOT_RANGE = 10.0  # the factor by which even a short pilot can change the step size
 
 
 def _tuned_step_sizes(path: _Path, betas: Tensor, leapfrog: int, step_size: float, target_accept: float) -> Tensor:
@@ -270,7 +279,10 @@ def _tuned_step_sizes(path: _Path, betas: Tensor, leapfrog: int, step_size: floa
         return torch.empty((0, b), dtype=torch.float64)
     pilot_t = min(t, PILOT_STEPS)
     pilot_betas = sigmoid_schedule(pilot_t)
-    rate = max(1.05, 1.02 ** ((t - 1) / max(pilot_t - 1, 1)))  # the pilot must cover the run's range
+    # the pilot must cover the run's range, and a short pilot must still be able to move the
+    # step size tenfold (measured on the MLP VAEs: a faster-moving pilot, tuned for T = 25, chose step sizes
+    # that made the estimate looser on mnist5k and tighter on the 8x8 digits; tenfold was between)
+    rate = max(1.05, 1.02 ** ((t - 1) / max(pilot_t - 1, 1)), PILOT_RANGE ** (1 / max(pilot_t - 2, 1)))
     start = torch.full((b,), step_size, dtype=torch.float64, device=path.x.device)
     with torch.no_grad():
         _, _, pilot_eps = _anneal(path, path.sample_start(1), pilot_betas, leapfrog, start,
@@ -294,6 +306,26 @@ def _batched(model: VAE, x: Tensor, c: Tensor | None, batch_size: int, device: t
         zb = None if z_star is None else z_star[i : i + batch_size].to(device)
         outs.append(tuple(t.cpu() for t in run(xb, cb, zb)))  # type: ignore[arg-type]
     return (torch.cat([o[0] for o in outs], 1), torch.cat([o[1] for o in outs]), torch.cat([o[2] for o in outs], 1))
+
+
+def auto_steps(k: int, chains: int, leapfrog: int) -> int:
+    """T at which AIS with ``chains`` chains of ``leapfrog`` leapfrog steps costs about the CPU
+    time of encoder IS with ``k`` samples: T = K * AUTO_COST / (S (L + 1)), at least 1
+    (K = 1000, S = 4, L = 5: T = 25)."""
+    return max(1, int(k * AUTO_COST / (chains * (leapfrog + 1))))
+
+
+def ais_unavailable(model: Any, x: Tensor, c: Tensor | None = None, start: str = "encoder") -> str | None:
+    """Why AIS cannot run on ``model`` (e.g. the M2 model's discrete label, a start distribution
+    that cannot be sampled or scored, a decoder without a gradient in z), or None when it can.
+    Checked on the first example of ``x`` (and ``c``)."""
+    try:
+        vae = check_ais_model(model)
+        device = next(vae.parameters()).device
+        _probe(vae, x[:1].to(device), None if c is None else c[:1].to(device), start)
+    except VaelabError as err:
+        return str(err)
+    return None
 
 
 def _validate(steps: int, chains: int, leapfrog: int, step_size: float, target_accept: float, start: str) -> None:

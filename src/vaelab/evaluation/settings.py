@@ -27,7 +27,7 @@ def _s(default: Any, help: str, low: float | None = None, low_open: bool = False
                                             "high_open": high_open, "choices": choices})
 
 
-ESTIMATORS = ("is", "mixture", "ais")
+ESTIMATORS = ("auto", "is", "mixture", "ais")
 
 
 def _number(v: float) -> str:
@@ -40,13 +40,16 @@ class EvalSettings:
     Python API and the explorer; each default is declared here and nowhere else (the CLI's
     options and their help are made from these fields)."""
 
-    estimator: str = _s("is", "log p(x) estimator: is (importance sampling from the encoder), mixture "
-                             "(importance sampling from encoder + optimal q* + Laplace at q*'s mean) or ais "
-                             "(annealed importance sampling; encoder IS is run too, for comparison)",
+    estimator: str = _s("auto", "log p(x) estimator: auto (AIS at about the CPU cost of encoder IS with K samples "
+                               "where AIS applies, the posterior is Gaussian and that budget gives it at least 10 "
+                               "steps, else encoder IS: measured the tighter per CPU-second), is (importance sampling from the encoder), "
+                               "mixture (importance sampling from encoder + optimal q* + Laplace at q*'s mean) or ais "
+                               "(annealed importance sampling with --steps T; encoder IS is run too, for comparison)",
                         choices=ESTIMATORS)
     k: int = _s(1000, "importance samples per example for log p(x) (0: ELBO only)", low=0, high=10_000_000)
     k_chunk: int = _s(K_CHUNK, "importance samples per forward pass (memory grows with batch size x k-chunk, not with K)", low=1, high=10_000_000)
-    steps: int = _s(1000, "AIS: intermediate distributions T (time grows linearly with T)", low=1, high=1_000_000)
+    steps: int = _s(1000, "AIS (--estimator ais): intermediate distributions T (time grows linearly with T; "
+                          "--estimator auto picks T from K)", low=1, high=1_000_000)
     chains: int = _s(4, "AIS: independent chains S per example (memory grows with batch size x chains)", low=1, high=100_000)
     leapfrog: int = _s(5, "AIS: leapfrog steps per HMC transition", low=1, high=1000)
     step_size: float = _s(0.05, "AIS: initial HMC step size (adapted per chain towards --target-accept)",

@@ -61,6 +61,9 @@ def evaluation_section(ev: EvaluationSummary, model: TrainedModel) -> str:
                   "ais": "annealed importance sampling (Neal 2001; Wu et al. 2017): chains moved by HMC "
                          "along a path from q(z|x) to p(x, z)"}.get(ev.estimator or "is",
                                                                      "importance sampling with K samples from q(z|x)")
+        if ev.settings is not None and ev.settings.estimator == "auto":
+            method += (" (chosen by the default estimator, auto: annealed importance sampling at about the CPU cost "
+                       "of K encoder samples where it applies, else encoder importance sampling)")
         rows.append((f"−log p(x{esc(given)}), {ev.how(' = ')}", f"{pm(ev.nll, ev.log_px_stderr)} {nats}",
                      "Negative log-likelihood of the test data"
                      + (" given their context" if given else "")
