@@ -41,6 +41,8 @@ from vaelab.serve import Explorer, create_app
 from vaelab.serve.app import ApiError, Gate
 from vaelab.serve.uploads import MAX_UPLOAD_BYTES
 
+OCTET = {"content-type": "application/octet-stream"}  # how the page sends an upload
+JSON = {"content-type": "application/json"}  # ... and everything else
 QUIET: dict[str, Any] = {"epochs": 2, "eval_k": 0, "figures": False, "progress": False, "log": lambda m: None, "device": "cpu"}
 
 
@@ -236,13 +238,13 @@ def test_decode_point_lifts_through_the_projection(clients: dict[str, TestClient
 )
 def test_decode_refuses_bad_requests(clients: dict[str, TestClient], body: bytes, status: int, says: str) -> None:
     c = clients["2d"]
-    assert says in error_of(c.post("/api/decode", content=body), status)
+    assert says in error_of(c.post("/api/decode", content=body, headers=JSON), status)
     assert c.post("/api/decode", json={"z": [0, 0]}).status_code == 200  # still serving
 
 
 def test_oversized_json_body_is_refused(clients: dict[str, TestClient]) -> None:
     body = b'{"z": [' + b"0," * 40_000 + b"0]}"
-    assert "larger than" in error_of(clients["2d"].post("/api/decode", content=body), 413)
+    assert "larger than" in error_of(clients["2d"].post("/api/decode", content=body, headers=JSON), 413)
 
 
 # --- samples, examples, interpolation -----------------------------------------------------------
@@ -313,7 +315,7 @@ def test_interpolate_latents_linear_and_spherical() -> None:
 # --- uploads ------------------------------------------------------------------------------------
 def test_upload_png_is_resized_encoded_and_scored(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
     c = clients["2d"]
-    out = c.post("/api/upload?name=stroke.png", content=png_bytes((40, 40))).json()
+    out = c.post("/api/upload?name=stroke.png", content=png_bytes((40, 40)), headers=OCTET).json()
     assert out["name"] == "stroke.png" and any("resized from 40 x 40 to 8 x 8" in n for n in out["notes"])
     assert len(out["z"]) == len(out["std"]) == 2 and all(s > 0 for s in out["std"]) and len(out["coords"]) == 2
     assert out["log_px_k"] == 1000 and out["log_px_groups"] == 10 and 1 <= out["ess"] <= 1000
@@ -331,21 +333,21 @@ def test_upload_png_is_resized_encoded_and_scored(clients: dict[str, TestClient]
 
 def test_upload_light_background_is_inverted_and_rgba_jpeg_read(clients: dict[str, TestClient]) -> None:
     c = clients["2d"]
-    light = c.post("/api/upload?name=paper.png", content=png_bytes((16, 16), colour=255)).json()
+    light = c.post("/api/upload?name=paper.png", content=png_bytes((16, 16), colour=255), headers=OCTET).json()
     assert any("inverted" in n for n in light["notes"])
     assert png_array(light["input"]["png"]).max() < 0.1  # white paper with a white stroke: all dark now
-    rgba = c.post("/api/upload?name=a.png", content=png_bytes((8, 8), mode="RGBA", colour=(0, 0, 0, 0))).json()
+    rgba = c.post("/api/upload?name=a.png", content=png_bytes((8, 8), mode="RGBA", colour=(0, 0, 0, 0)), headers=OCTET).json()
     assert rgba["notes"] == ["colours inverted: the image has a light background, the model's data a dark one"]
-    jpeg = c.post("/api/upload", content=png_bytes((30, 20), mode="RGB", fmt="JPEG"), headers={"x-filename": "p.jpg"})
+    jpeg = c.post("/api/upload", content=png_bytes((30, 20), mode="RGB", fmt="JPEG"), headers={"x-filename": "p.jpg", **OCTET})
     assert jpeg.status_code == 200 and jpeg.json()["name"] == "p.jpg"
 
 
 def test_upload_npy_of_the_right_size(clients: dict[str, TestClient]) -> None:
     flat = np.random.default_rng(1).random(64).astype(np.float32)
-    out = clients["2d"].post("/api/upload?name=row.npy", content=npy_bytes(flat)).json()
+    out = clients["2d"].post("/api/upload?name=row.npy", content=npy_bytes(flat), headers=OCTET).json()
     assert out["notes"] == ["reshaped from (64,) to (1, 8, 8)"]
     np.testing.assert_allclose(png_array(out["input"]["png"]), flat.reshape(8, 8), atol=1 / 255 + 1e-6)
-    vec = clients["vec"].post("/api/upload?name=v.npy", content=npy_bytes(np.ones((1, 16)))).json()
+    vec = clients["vec"].post("/api/upload?name=v.npy", content=npy_bytes(np.ones((1, 16))), headers=OCTET).json()
     assert len(vec["input"]["values"]) == 16 and len(vec["reconstruction"]["values"]) == 16 and len(vec["z"]) == 3
 
 
@@ -368,14 +370,14 @@ def test_upload_npy_of_the_right_size(clients: dict[str, TestClient]) -> None:
 )
 def test_upload_refuses_bad_files(clients: dict[str, TestClient], model: str, content: bytes, status: int, says: str) -> None:
     c = clients[model]
-    assert says in error_of(c.post("/api/upload?name=f", content=content), status)
+    assert says in error_of(c.post("/api/upload?name=f", content=content, headers=OCTET), status)
     assert c.get("/api/sample?n=1").status_code == 200  # still serving
 
 
 def test_pickled_npy_is_never_unpickled(clients: dict[str, TestClient]) -> None:
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    assert "not a readable .npy" in error_of(clients["2d"].post("/api/upload?name=o.npy", content=buf.getvalue()), 422)
+    assert "not a readable .npy" in error_of(clients["2d"].post("/api/upload?name=o.npy", content=buf.getvalue(), headers=OCTET), 422)
 
 
 # --- conditional models ---------------------------------------------------------------------------
@@ -455,7 +457,7 @@ def test_conditional_example_is_reconstructed_under_its_own_label(clients: dict[
 def test_conditional_upload_is_scored_under_the_chosen_class(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
     c = clients["cond"]
     row = npy_bytes(np.random.default_rng(2).random(64).astype(np.float32))
-    out = c.post("/api/upload?name=row.npy&label=6", content=row).json()
+    out = c.post("/api/upload?name=row.npy&label=6", content=row, headers=OCTET).json()
     assert out["conditional"] and out["context"] == {"label": "6"} and out["predicted"] is None
     model = vaelab.load(runs["cond"], device="cpu")
     x = np.load(io.BytesIO(row)).reshape(1, 1, 8, 8)
@@ -466,7 +468,7 @@ def test_conditional_upload_is_scored_under_the_chosen_class(clients: dict[str, 
     assert out["elbo"] <= out["log_px"] + 3 * out["log_px_se"] + 3 * out["elbo_se"]
     rec = model.decode(torch.tensor([out["z"]]), label=6).mean[0, 0].numpy()
     np.testing.assert_allclose(png_array(out["reconstruction"]["png"]), rec, atol=1 / 255 + 1e-5)
-    says = error_of(c.post("/api/upload?name=row.npy", content=row), 422)
+    says = error_of(c.post("/api/upload?name=row.npy", content=row, headers=OCTET), 422)
     assert "scores an upload given a class" in says and "0, 1, 2" in says
 
 
@@ -500,7 +502,7 @@ def test_conditional_bad_class_is_a_422_naming_the_classes(clients: dict[str, Te
     if method == "get":
         r = c.get(path)
     else:
-        r = c.post(path, content=body) if isinstance(body, bytes) else c.post(path, json=body)
+        r = c.post(path, content=body, headers=OCTET) if isinstance(body, bytes) else c.post(path, json=body)
     message = error_of(r, 422)
     assert says in message and len(message) < 300
     if says.startswith("class"):
@@ -512,7 +514,7 @@ def test_unconditional_model_refuses_a_class(clients: dict[str, TestClient]) -> 
     c = clients["2d"]
     assert "unconditional" in error_of(c.post("/api/decode", json={"z": [0, 0], "label": 1}), 422)
     assert "'context_of'" in error_of(c.get("/api/sample?n=1&context_of=0"), 422)
-    assert "unconditional" in error_of(c.post("/api/upload?name=a.png&label=1", content=png_bytes((8, 8))), 422)
+    assert "unconditional" in error_of(c.post("/api/upload?name=a.png&label=1", content=png_bytes((8, 8)), headers=OCTET), 422)
 
 
 def test_covariates_come_from_a_chosen_test_example(clients: dict[str, TestClient], runs: dict[str, Path]) -> None:
@@ -539,7 +541,7 @@ def test_covariates_come_from_a_chosen_test_example(clients: dict[str, TestClien
     assert tuple(prior.batch_shape) == (3,)
     torch.manual_seed(4)
     np.testing.assert_allclose(s["z"], prior.sample().numpy(), atol=1e-4)
-    up = c.post("/api/upload?name=r.npy&label=2&context_of=2", content=npy_bytes(np.full(64, 0.5, np.float32))).json()
+    up = c.post("/api/upload?name=r.npy&label=2&context_of=2", content=npy_bytes(np.full(64, 0.5, np.float32)), headers=OCTET).json()
     assert up["context"] == {"label": "2", "dose": pytest.approx(float(batch.c[2, 1]), abs=1e-5)}
     assert "'context_of' must be a whole number" in error_of(c.post("/api/decode", json={"z": z, "context_of": "x"}), 422)
     assert "'context_of' must be between 0 and" in error_of(c.post("/api/decode", json={"z": z, "label": 1, "context_of": 10**6}), 422)
@@ -574,7 +576,7 @@ def test_m2_shows_the_predicted_class_and_generates_under_the_chosen_one(clients
     assert s["context"] == {"label": "4"}
     assert "give 'label'" in error_of(c.get("/api/sample?n=2"), 422)
     # an upload needs no class: the classifier's prediction with its probabilities, log p(x) over (y, z)
-    up = c.post("/api/upload?name=x.npy", content=npy_bytes(x[9].numpy())).json()
+    up = c.post("/api/upload?name=x.npy", content=npy_bytes(x[9].numpy()), headers=OCTET).json()
     assert up["predicted"]["id"] == int(probs[9].argmax()) and not up["conditional"]
     assert up["predicted"]["probabilities"] == pytest.approx(probs[9].tolist(), abs=1e-4)
     assert up["predicted"]["probability"] == pytest.approx(float(probs[9].max()), abs=1e-4)
@@ -587,7 +589,7 @@ def test_m2_shows_the_predicted_class_and_generates_under_the_chosen_one(clients
     se = float(single.std()) * math.sqrt(1 / 100 + 1 / 400)
     assert abs(up["elbo"] - float(single.mean())) < 5 * se + 1e-3
     assert up["elbo"] <= up["log_px"] + 3 * up["log_px_se"] + 3 * se
-    says = error_of(c.post("/api/upload?name=x.npy&label=3", content=npy_bytes(x[9].numpy())), 422)
+    says = error_of(c.post("/api/upload?name=x.npy&label=3", content=npy_bytes(x[9].numpy()), headers=OCTET), 422)
     assert "without a class" in says
 
 
@@ -621,13 +623,191 @@ def test_loopback_server_refuses_foreign_host_headers(runs: dict[str, Path]) -> 
     assert c.get("/api/info", headers={"host": "evil.example:8765"}).status_code == 400
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` grey pixels and holds almost none of them."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    idat = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+# Family 7 of issue 15: every hostile request is a 4xx JSON line, never a 500, and the server goes on.
+HOSTILE_JSON = [
+    (b'{"z": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400, "nested too deeply"),
+    (b"[" * 60_000, 400, "nested too deeply"),
+    (b'{"z": [1' + b"0" * 400 + b", 0]}", 422, "beyond"),  # an integer beyond the float range
+    (b'{"z": [-1' + b"0" * 4000 + b", 0]}", 422, "beyond"),
+    (b'{"z": [1e400, 0]}', 422, "NaN or infinite"),  # a float literal that overflows to inf
+    (b'{"z": [-Infinity, 0]}', 422, "NaN or infinite"),
+    (b'{"z": {"0": 1, "1": 2}}', 422, "list of 2 numbers"),
+    (b'{"z": [[0], [0]]}', 422, "list of 2 numbers"),
+    (b'{"z": null}', 422, "list of 2 numbers"),
+    (b'{"z": [0, 0], "label": {"a": 1}}', 422, "unconditional"),
+    (b'{"point": [1e308, 1e308]}', 422, "beyond"),
+    (b'"just a string"', 400, "JSON object"),
+    (b"null", 400, "JSON object"),
+    (b'{"z": [0, 0]} trailing', 400, "not valid JSON"),
+]
+HOSTILE_INTERPOLATE = [
+    ({"from": {"index": 0}, "to": {"index": 1}, "steps": 10**400}, "'steps' must be between 2 and 50, got 1000"),
+    ({"from": {"index": 0}, "to": {"index": 1}, "steps": 2.5}, "'steps' must be a whole number"),
+    ({"from": {"index": 0}, "to": {"index": 1}, "steps": "ten"}, "'steps' must be a whole number"),
+    ({"from": {"index": 0}, "to": {"index": 1}, "steps": [3]}, "'steps' must be a whole number"),
+    ({"from": {"index": 0}, "to": {"index": 1}, "method": {"x": 1}}, "'method' must be"),
+    ({"from": {"index": -1}, "to": {"index": 1}}, "'from.index' must be between"),
+    ({"from": {"index": 2**70}, "to": {"index": 1}}, "'from.index' must be between"),
+    ({"from": {"index": 0, "z": [0, 0]}, "to": {"index": 1}}, "one of 'z', 'index' or 'point'"),
+    ({"from": [0, 0], "to": {"index": 1}}, "'from' must be an object"),
+    ({"from": {"z": [0, 1e7]}, "to": {"index": 1}}, "beyond"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "says"), HOSTILE_JSON)
+def test_hostile_json_is_a_4xx_never_a_500(clients: dict[str, TestClient], body: bytes, status: int, says: str) -> None:
+    c = clients["2d"]
+    assert says in error_of(c.post("/api/decode", content=body, headers=JSON), status)
+    assert c.post("/api/decode", json={"z": [0, 0]}).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize(("doc", "says"), HOSTILE_INTERPOLATE)
+def test_hostile_interpolation_is_a_422(clients: dict[str, TestClient], doc: dict[str, Any], says: str) -> None:
+    message = error_of(clients["2d"].post("/api/interpolate", json=doc), 422)
+    assert says in message and len(message) < 300
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [("n=" + "9" * 400, "between 1 and 64"), ("n=1e3", "whole number"), ("n=-1", "between 1 and 64"),
+     ("n=2&seed=" + "9" * 30, "'seed' must be between"), ("n=2&seed=nan", "whole number"), ("n=%00", "whole number")],
+)
+def test_hostile_query_parameters_are_a_422(clients: dict[str, TestClient], query: str, says: str) -> None:
+    message = error_of(clients["2d"].get(f"/api/sample?{query}"), 422)
+    assert says in message and len(message) < 300
+    assert "between 0 and" in error_of(clients["2d"].get("/api/example/" + "9" * 100), 422)
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "says"),
+    [
+        ("/api/decode", {"content-type": "text/plain"}, 415, "application/json"),  # a cross-site form or fetch
+        ("/api/decode", {"content-type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+        ("/api/decode", {"content-type": "multipart/form-data; boundary=x"}, 415, "application/json"),
+        ("/api/decode", {"content-type": "application/octet-stream"}, 415, "application/json"),
+        ("/api/interpolate", {}, 415, "got 'none'"),
+        ("/api/upload?name=a.png", {}, 415, "application/octet-stream"),  # a no-CORS fetch of raw bytes
+        ("/api/upload?name=a.png", {"content-type": "text/plain"}, 415, "form and text types are refused"),
+        ("/api/upload?name=a.png", {"content-type": "multipart/form-data; boundary=x"}, 415, "refused"),
+        ("/api/decode", {**JSON, "origin": "http://evil.example"}, 403, "cross-origin request from 'http://evil.example'"),
+        ("/api/decode", {**JSON, "origin": "null"}, 403, "cross-origin"),  # a sandboxed frame, a file:// page
+        ("/api/decode", {**JSON, "origin": "http://testserver:8080"}, 403, "cross-origin"),  # another port is another site
+        ("/api/upload?name=a.png", {**OCTET, "origin": "http://127.0.0.1.evil.example"}, 403, "cross-origin"),
+        ("/api/decode", {**JSON, "sec-fetch-site": "cross-site"}, 403, "cross-site request refused"),
+    ],
+)
+def test_cross_site_posts_are_refused_before_any_work(clients: dict[str, TestClient], path: str,
+                                                      headers: dict[str, str], status: int, says: str) -> None:
+    c = clients["2d"]
+    body = png_bytes((8, 8)) if "upload" in path else b'{"z": [0, 0]}'
+    assert says in error_of(c.post(path, content=body, headers=headers), status)
+
+
+def test_same_origin_requests_and_the_page_from_a_link_are_answered(clients: dict[str, TestClient]) -> None:
+    c = clients["2d"]  # the test client's origin is http://testserver
+    assert c.post("/api/decode", json={"z": [0, 0]}, headers={"origin": "http://testserver"}).status_code == 200
+    assert c.post("/api/upload?name=a.png", content=png_bytes((8, 8)),
+                  headers={**OCTET, "origin": "http://testserver", "sec-fetch-site": "same-origin"}).status_code == 200
+    assert c.get("/", headers={"sec-fetch-site": "cross-site"}).status_code == 200  # a link to the page opens it
+    assert "cross-site" in error_of(c.get("/api/sample?n=1", headers={"sec-fetch-site": "cross-site"}), 403)
+
+
+@pytest.mark.parametrize(
+    ("base", "host", "status"),
+    [
+        ("http://[::1]:8765", None, 200),
+        ("http://[::1]:8765", "[::1]", 200),
+        ("http://localhost:8765", None, 200),
+        ("http://[::1]:8765", "evil.example:8765", 400),
+        ("http://[::1]:8765", "[::1", 400),
+        ("http://[::1]:8765", "[::1]x", 400),
+        ("http://[::1]:8765", "[::2]:8765", 400),
+        ("http://[::1]:8765", "::1.evil.example", 400),
+        ("http://[::1]:8765", "", 400),
+        ("http://127.0.0.1:8765", "127.0.0.1:80:80", 400),
+    ],
+)
+def test_loopback_host_check_covers_ipv6(runs: dict[str, Path], base: str, host: str | None, status: int) -> None:
+    from vaelab.serve.server import LOOPBACK
+
+    c = TestClient(create_app(runs["2d"], allowed_hosts=list(LOOPBACK)), base_url=base)
+    r = c.get("/api/info", headers=None if host is None else {"host": host})
+    if status == 200:
+        assert r.status_code == 200
+    else:
+        assert "answers only requests addressed to" in error_of(r, 400)
+
+
+@pytest.mark.parametrize("host", ["::1", "127.0.0.1", "localhost"])
+def test_serving_on_any_loopback_address_checks_the_host(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                         host: str) -> None:
+    import vaelab.serve.app
+    from vaelab.serve import serve
+
+    seen: list[Any] = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(run: Any, **kw: Any) -> Any:
+        seen.append(kw.get("allowed_hosts"))
+        raise Stop
+
+    monkeypatch.setattr(vaelab.serve.app, "create_app", spy)
+    with pytest.raises(Stop):
+        serve(runs["2d"], host=host, port=0)
+    assert seen and seen[0] is not None and host in seen[0] and "::1" in seen[0]
+
+
+@pytest.mark.parametrize(("width", "height"), [(5000, 5000), (100_000, 100_000), (2**31 - 1, 2**31 - 1), (4097, 4097)])
+def test_huge_image_dimensions_are_refused_from_the_header(clients: dict[str, TestClient], monkeypatch: pytest.MonkeyPatch,
+                                                           width: int, height: int) -> None:
+    from PIL import ImageFile
+
+    decoded: list[int] = []
+    real = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(1) or real(self))
+    says = error_of(clients["2d"].post("/api/upload?name=bomb.png", content=png_header(width, height), headers=OCTET), 422)
+    assert "pixels" in says and "4,096 x 4,096" not in says and "16,777,216" in says
+    assert decoded == []  # refused from the header: not one pixel decoded
+
+
+def test_uploads_are_decoded_under_the_gate(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import vaelab.serve.app
+
+    app = create_app(runs["2d"])
+    held: list[bool] = []
+    real = vaelab.serve.app.prepare_upload
+
+    def spy(*args: Any) -> Any:
+        held.append(app.state.gate._work.locked())  # decoding runs one at a time, as model work does
+        return real(*args)
+
+    monkeypatch.setattr(vaelab.serve.app, "prepare_upload", spy)
+    assert TestClient(app).post("/api/upload?name=a.png", content=png_bytes((8, 8)), headers=OCTET).status_code == 200
+    assert held == [True]
+
+
 def test_a_session_never_writes_into_the_run_folder(runs: dict[str, Path]) -> None:
     before = folder_digest(runs["3d"])
     c = TestClient(create_app(runs["3d"]))
     c.get("/"), c.get("/api/info"), c.get("/api/map"), c.get("/api/example/0"), c.get("/api/sample?n=3")
     c.post("/api/decode", json={"z": [0, 1, 0]}), c.post("/api/decode", json={"point": [0.5, 0.5]})
     c.post("/api/interpolate", json={"from": {"index": 0}, "to": {"index": 1}})
-    c.post("/api/upload?name=a.png", content=png_bytes((8, 8))), c.post("/api/upload?name=b.txt", content=b"text")
+    c.post("/api/upload?name=a.png", content=png_bytes((8, 8)), headers=OCTET), c.post("/api/upload?name=b.txt", content=b"text", headers=OCTET)
     assert folder_digest(runs["3d"]) == before
     for run in ("cond", "m2"):  # the conditional and semi-supervised ones too
         before = folder_digest(runs[run])
@@ -635,7 +815,7 @@ def test_a_session_never_writes_into_the_run_folder(runs: dict[str, Path]) -> No
         c.get("/api/info"), c.get("/api/example/0"), c.get("/api/sample?n=3&label=2")
         c.post("/api/decode", json={"z": [0, 1], "label": 4}), c.post("/api/decode", json={"z": [0, 1], "label": 40})
         c.post("/api/interpolate", json={"from": {"index": 0}, "to": {"index": 1}, "label": "3"})
-        c.post("/api/upload?name=a.png" + ("&label=1" if run == "cond" else ""), content=png_bytes((8, 8)))
+        c.post("/api/upload?name=a.png" + ("&label=1" if run == "cond" else ""), content=png_bytes((8, 8)), headers=OCTET)
         assert folder_digest(runs[run]) == before
 
 

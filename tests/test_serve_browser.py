@@ -250,3 +250,54 @@ def test_conditional_explorer_decodes_under_the_chosen_class(conditional_server:
         assert pixels.shape[0] > 800 and pixels.std() > 20
         assert errors == [], errors
     assert proc.poll() is None
+
+
+def test_another_site_cannot_make_the_browser_use_the_explorer(server: tuple[str, subprocess.Popen[str]],
+                                                               tmp_path: Path) -> None:
+    """A page from another origin (another port: another site to the browser) tries what a
+    malicious page would: a JSON fetch (the browser asks first, with a preflight the explorer
+    refuses), a no-CORS fetch with a simple content type and a form POST (sent without asking:
+    the explorer answers 415 before any work), and an upload of raw bytes without a type."""
+    url, _ = server
+    target = url.rstrip("/")
+    (tmp_path / "evil.html").write_text(f"""<!doctype html><html><body>
+<form id="f" method="POST" action="{target}/api/decode" target="sink" enctype="text/plain">
+  <input name='{{"z": [0, 0], "x": "' value='"}}'></form>
+<iframe name="sink"></iframe>
+<script>
+window.results = {{}};
+fetch("{target}/api/decode", {{method: "POST", headers: {{"Content-Type": "application/json"}}, body: '{{"z": [0, 0]}}'}})
+  .then(r => results.json = r.status, e => results.json = "blocked");
+fetch("{target}/api/decode", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body: '{{"z": [0, 0]}}'}})
+  .then(r => results.simple = r.type, e => results.simple = "error");
+fetch("{target}/api/upload?name=a.npy", {{method: "POST", mode: "no-cors", body: new Uint8Array([1, 2, 3])}})
+  .then(r => results.upload = r.type, e => results.upload = "error");
+document.getElementById("f").submit();
+</script></body></html>""")
+    port = free_port()
+    site = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
+                             str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/evil.html", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the other site did not start"
+                time.sleep(0.1)
+        with browser_page() as (page, _errors):  # the refusals are console errors on that page, as they should be
+            answers: list[tuple[str, str, int]] = []
+            page.on("response", lambda r: answers.append((r.request.method, r.url, r.status))
+                    if r.url.startswith(target + "/api/") else None)
+            page.goto(f"http://127.0.0.1:{port}/evil.html")
+            page.wait_for_function("() => window.results.json && window.results.simple && window.results.upload",
+                                   timeout=15_000)
+            page.wait_for_timeout(500)  # the form's answer
+            assert page.evaluate("() => window.results.json") == "blocked"  # the preflight got a 403
+            statuses = [status for method, _, status in answers if method == "POST"]
+            assert statuses and all(s in (403, 415) for s in statuses), answers
+            assert len(statuses) >= 3, answers  # the no-CORS fetch, the upload and the form all reached it, refused
+    finally:
+        site.terminate()
+        site.communicate(timeout=15)

@@ -6,6 +6,7 @@ A face over the Python API, never imported by it. Its rooms:
                   sampling, interpolation, scoring an upload; plain values out, no HTTP
     uploads.py    an uploaded PNG/JPEG/.npy file -> one example of the model's shape, or a refusal
     app.py        the JSON API and the page (``create_app(run_dir) -> Starlette``)
+    guard.py      the front door: Host (DNS rebinding, IPv6 too), Origin and content-type checks
     server.py     bind the port, print the address, run uvicorn (``serve``)
     static/       index.html, app.js, style.css: everything the page loads (works offline)
 

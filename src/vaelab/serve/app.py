@@ -19,8 +19,11 @@ covariates, ``"context_of"`` (a test example whose context to use). A conditiona
 an upload under it too (log p(x|c)); M2 scores without it. /api/info lists the classes; an
 unknown class is a 422 that names them all.
 
-Bad input is a 4xx answer ``{"error": "..."}`` (400 malformed, 413 too large, 422 invalid
-values or files, 503 busy) and the server keeps serving. All torch work runs one call at a
+Bad input is a 4xx answer ``{"error": "..."}`` (400 malformed or foreign Host, 403 cross-site,
+413 too large, 415 wrong content type, 422 invalid values or files, 503 busy) and the server
+keeps serving. Requests pass :class:`~vaelab.serve.guard.Guard` first: a POST needs a
+non-simple content type (``application/json``; ``application/octet-stream`` for uploads) and
+no foreign ``Origin``, so no other web page can make the browser post to the explorer. All torch work runs one call at a
 time in a worker thread under ``torch.no_grad()``; a :class:`Gate` admits a few calls at
 once and answers 503 beyond that, so quick slider moves cannot queue unbounded work.
 """
@@ -40,7 +43,6 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -48,6 +50,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import VaelabError
 from .explorer import Explorer
+from .guard import Guard
 from .uploads import MAX_UPLOAD_BYTES, prepare_upload
 
 __all__ = ["create_app", "Gate", "ApiError"]
@@ -120,6 +123,8 @@ async def _json(request: Request) -> dict[str, Any]:
         doc = json.loads(raw)
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
         raise ApiError(400, f"the request body is not valid JSON ({_short(err, 120)})") from None
+    except RecursionError:  # thousands of nested brackets
+        raise ApiError(400, "the request body is JSON nested too deeply; send a flat object") from None
     if not isinstance(doc, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -131,11 +136,15 @@ def _vector(value: Any, n: int, what: str) -> torch.Tensor:
         raise ApiError(422, f"{what} must be a list of {n} numbers")
     if len(value) != n:
         raise ApiError(422, f"{what} has {len(value)} numbers; this model needs {n}")
-    if not all(math.isfinite(v) for v in value):
+    try:
+        floats = [float(v) for v in value]
+    except OverflowError:  # an integer beyond the float range
+        raise ApiError(422, f"{what} holds values beyond ±1e6; send latents of a sensible size") from None
+    if not all(math.isfinite(v) for v in floats):
         raise ApiError(422, f"{what} holds NaN or infinite values; send finite numbers")
-    if any(abs(v) > 1e6 for v in value):
+    if any(abs(v) > 1e6 for v in floats):
         raise ApiError(422, f"{what} holds values beyond ±1e6; send latents of a sensible size")
-    return torch.tensor(value, dtype=torch.float32)
+    return torch.tensor(floats, dtype=torch.float32)
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -153,7 +162,7 @@ def _int(value: Any, lo: int, hi: int, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ApiError(422, f"{what} must be a whole number, got {_short(value)}")
     if not lo <= value <= hi:
-        raise ApiError(422, f"{what} must be between {lo} and {hi}, got {value}")
+        raise ApiError(422, f"{what} must be between {lo} and {hi}, got {_short(value)}")
     return value
 
 
@@ -166,8 +175,8 @@ def create_app(
         run_dir: a run folder written by ``vaelab train`` (only read, never written).
         capacity: model calls admitted at once (one runs, the others wait); more get 503.
         explorer: an already loaded explorer (tests), instead of loading ``run_dir``.
-        allowed_hosts: answer only requests whose Host header is one of these (guards a
-            loopback server against DNS rebinding); None: any.
+        allowed_hosts: answer only requests whose Host header names one of these (guards a
+            loopback server against DNS rebinding; IPv6 as ``::1``); None: any.
 
     Raises:
         VaelabError: ``run_dir`` is not a loadable run.
@@ -240,9 +249,13 @@ def create_app(
         free = ex.classifier is not None and label is None and context_of is None  # M2 scores x without a class
         c = None if free else context(label, context_of, "scores an upload")
         data = await _body(request, MAX_UPLOAD_BYTES, f"'{name}'")
-        prepared = await run_in_threadpool(prepare_upload, data, name, ex.shape, ex.background)  # off the event loop
-        out = await gate.run(ex.score, prepared.x, 0, c)
-        return JSONResponse({"name": name, "notes": prepared.notes, **out})
+        # decoding is work like any other: under the gate (one at a time, a few admitted), so
+        # concurrent uploads of huge images cannot decode at once
+        return JSONResponse(await gate.run(score_upload, data, name, c))
+
+    def score_upload(data: bytes, name: str, c: torch.Tensor | None) -> dict[str, Any]:
+        prepared = prepare_upload(data, name, ex.shape, ex.background)
+        return {"name": name, "notes": prepared.notes, **ex.score(prepared.x, 0, c)}
 
     async def api_missing(request: Request) -> Response:
         raise ApiError(404, f"no API endpoint {request.url.path}; see GET /api/info")
@@ -258,6 +271,10 @@ def create_app(
         assert isinstance(err, HTTPException)
         return JSONResponse({"error": err.detail}, status_code=err.status_code)
 
+    async def on_bug(request: Request, err: Exception) -> Response:  # a bug: still one JSON line
+        return JSONResponse({"error": f"internal error ({type(err).__name__}); the server goes on serving"},
+                            status_code=500)
+
     routes = [
         Route("/", index),
         Route("/api/info", api_info),
@@ -270,8 +287,8 @@ def create_app(
         Route("/api/{rest:path}", api_missing, methods=["GET", "POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    handlers = {ApiError: on_api_error, VaelabError: on_vaelab_error, HTTPException: on_http_error}
-    middleware = [] if allowed_hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)]
+    handlers = {ApiError: on_api_error, VaelabError: on_vaelab_error, HTTPException: on_http_error, Exception: on_bug}
+    middleware = [Middleware(Guard, allowed_hosts=allowed_hosts, json_paths=("/api/decode", "/api/interpolate"))]
     app = Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)  # type: ignore[arg-type]
     app.state.explorer = ex
     app.state.gate = gate

@@ -47,7 +47,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765, out: TextI
     from .app import create_app
 
     out = out or sys.stdout
-    app = create_app(run, allowed_hosts=["127.0.0.1", "localhost"] if host in ("127.0.0.1", "localhost") else None)
+    app = create_app(run, allowed_hosts=list(LOOPBACK) if host in LOOPBACK else None)  # DNS rebinding guard
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

@@ -25,7 +25,7 @@ from .explorer import is_image
 __all__ = ["UploadError", "Prepared", "prepare_upload", "MAX_UPLOAD_BYTES"]
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
-MAX_PIXELS = 25_000_000  # width * height of an uploaded image (a decompression bomb guard)
+MAX_PIXELS = 4096 * 4096  # width * height of an uploaded image, read from its header before decoding
 MAX_ASPECT = 8.0  # a 1 x 500 strip cannot be resized into a square picture sensibly
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -86,17 +86,22 @@ def _from_npy(data: bytes, name: str, shape: tuple[int, ...]) -> Prepared:
 
 def _from_image(data: bytes, name: str, shape: tuple[int, ...], background: float | None) -> Prepared:
     c, h, w = shape
+    too_big = f"upload an image of at most {MAX_PIXELS:,} pixels (e.g. 4096 x 4096)"
     try:
         with warnings.catch_warnings():
+            # Pillow refuses more than 2 * MAX_IMAGE_PIXELS at open and warns above it; both
+            # are errors here (uploads are read one at a time, under the app's gate)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data))  # lazy: reads the header only
             width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise UploadError(f"'{name}' is {width} x {height} pixels; upload an image of at most {MAX_PIXELS:,} pixels")
+            if width * height > MAX_PIXELS:  # before a single pixel is decoded
+                raise UploadError(f"'{name}' is {width} x {height} pixels; {too_big}")
             img.load()
     except UploadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UploadError(f"'{name}' declares more pixels than Pillow will decode; {too_big}") from None
+    except UnidentifiedImageError:
         start = data[:12].decode("ascii", "replace")
         raise UploadError(
             f"'{name}' is not an image Pillow can read (it starts with {start!r}); "
