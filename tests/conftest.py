@@ -81,3 +81,29 @@ def refusal_checker(capsys):
 def refused(capsys):
     """:func:`refusal_checker` as a fixture: ``refused(argv, *culprits)``."""
     return refusal_checker(capsys)
+
+
+# --- small data files shared by the training and robustness tests ---------------------------
+
+
+@pytest.fixture(scope="module")
+def grey_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 examples of 16 values in [0, 1], four noisy prototypes (trained with dynamic binarization)."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("data") / "grey.npy"
+    rng = np.random.default_rng(0)
+    centres = rng.random((4, 16))
+    x = np.clip(centres[rng.integers(0, 4, 200)] + 0.1 * rng.normal(size=(200, 16)), 0, 1)
+    np.save(path, x.astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 examples of 16 unbounded real values (for Gaussian and Laplace likelihoods)."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("data") / "real.npy"
+    np.save(path, (3 * np.random.default_rng(1).normal(size=(200, 16))).astype(np.float32))
+    return path

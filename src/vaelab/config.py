@@ -21,7 +21,7 @@ from .errors import VaelabError
 from .evaluation.settings import DEFAULTS
 from .spec import ModelSpec
 
-__all__ = ["TrainConfig", "load_config_file", "CHOICES", "PART_KINDS", "choices"]
+__all__ = ["TrainConfig", "load_config_file", "CHOICES", "PART_KINDS", "LOGGERS", "choices"]
 
 # settings with a fixed set of values; the part names (net, posterior, prior, likelihood) come
 # from the registry instead (:func:`choices`), so a registered part is a valid choice at once
@@ -34,6 +34,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("float32", "bfloat16"),
 }
 PART_KINDS = ("net", "posterior", "prior", "likelihood")
+# experiment trackers `--log` may name (:mod:`vaelab.tracking`; each an optional extra)
+LOGGERS = ("tensorboard", "mlflow")
 
 
 def choices(key: str) -> tuple[str, ...] | None:
@@ -91,6 +93,7 @@ class TrainConfig:
     estimator: str = _f("standard", "gradient estimator: standard, stl (sticking the landing) or dreg (doubly reparameterized; objective iwae)")
     patience: int = _f(10, "stop when the validation ELBO has not improved for this many epochs (0: never)")
     seed: int = _f(0, "random seed: same seed, same machine, same numbers")
+    nan_retries: int = _f(2, "when the loss turns NaN/inf: roll back to the epoch's start, halve the learning rate and go on, at most this many times (0: stop at once)")
     eval_k: int = _f(DEFAULTS.k, "importance samples per test example for log p(x) after training (0: skip)")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or mps")
     # speed (none changes the model or the objective)
@@ -101,6 +104,9 @@ class TrainConfig:
     # output
     out: str = _f("runs", "folder in which the run folder is made")
     name: str = _f("", "run folder name (default: <data>-<date>-<time>)")
+    # experiment tracking (optional extras: pip install 'vaelab[tensorboard]' / 'vaelab[mlflow]')
+    log: list[str] = _f([], "experiment trackers, comma-separated: tensorboard (event files in RUN/tensorboard) and/or mlflow (a run on --mlflow-uri)")
+    mlflow_uri: str = _f("", "MLflow tracking URI (http://host:port, sqlite:///file.db, a folder); empty: MLflow's own default, $MLFLOW_TRACKING_URI or else ./mlflow.db (MLflow 3)")
     # the parts' options (see the class docstring)
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": ""})
 
@@ -119,10 +125,12 @@ class TrainConfig:
         for key in positive:
             if int(getattr(self, key)) < 1:
                 raise VaelabError(f"{key} must be a positive integer, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise VaelabError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < float("inf"):
+            raise VaelabError(f"lr must be > 0 and finite, got {self.lr}")
         if self.threads < 0:
             raise VaelabError(f"threads must be >= 0 (0: PyTorch's default), got {self.threads}")
+        if self.nan_retries < 0:
+            raise VaelabError(f"nan_retries must be >= 0 (0: stop at the first NaN), got {self.nan_retries}")
         if self.eval_k < 0 or self.patience < 0:
             raise VaelabError("eval_k and patience must be >= 0")
         for key in ("val_fraction", "test_fraction"):
@@ -138,6 +146,11 @@ class TrainConfig:
         names = [n for n in self.condition_on]
         if len(set(names)) != len(names) or any(not n for n in names):
             raise VaelabError(f"condition_on must name distinct variables, got {','.join(names)!r}")
+        unknown_loggers = [n for n in self.log if n not in LOGGERS]
+        if unknown_loggers or len(set(self.log)) != len(self.log):
+            raise VaelabError(f"unknown or repeated logger in log {','.join(self.log)!r}; choose from: {', '.join(LOGGERS)}")
+        if self.mlflow_uri and "mlflow" not in self.log:
+            raise VaelabError("--mlflow-uri is where --log mlflow sends the run; add --log mlflow (or drop --mlflow-uri)")
         if self.semi_supervised:
             if names != ["label"]:
                 raise VaelabError("--semi-supervised needs --condition-on label (the label is M2's partly observed latent)")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union, overload
 
@@ -45,6 +44,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from .errors import VaelabError
+from .outputs import atomic_write_bytes
 from .model import VAE
 
 __all__ = [
@@ -257,15 +257,7 @@ def _save(fig: Figure, path: PathLike | None, *, crop: bool = False) -> Any:
         return buf.getvalue()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"  # umask-default permissions
-    try:
-        with open(tmp, "xb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, buf.getvalue())  # the run's one safe writer: fsync, permissions, one-line errors
     return path
 
 

@@ -6,6 +6,9 @@ A run folder holds::
     model.json                the model spec: family, parts and options, conditioning variables
     model.safetensors         weights of the epoch with the best validation ELBO
     checkpoint.safetensors    the last epoch: weights, optimizer, state (for --resume)
+    checkpoint.previous.safetensors   the epoch before (for vaelab verify)
+    manifest.json             versions, command line, settings, data checksums (vaelab.manifest)
+    .lock                     locked (fcntl.flock) while a process trains the run
     metrics.jsonl             one record per epoch (ELBO, reconstruction, KL; train and val)
     eval.json                 test-set evaluation (``vaelab eval``)
     reconstructions.png samples.png curves.png [manifold.png]
@@ -22,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -40,7 +43,11 @@ from .m2 import batch_labelled_share
 from .model import VAE, Classifier
 from .objectives import ELBO, Objective, data_elbo
 from .spec import ModelSpec
-from .training.checkpoint import atomic_write_text, load_weights, read_metadata
+from .tracking import Tracking
+from .manifest import write_manifest
+from .outputs import check_folder, check_run_name, clean_stale_temps, create_run_folder, lock_folder, releases_locks
+from .training.checkpoint import atomic_write_text, check_state, load_weights, verify_file
+from .training.loop import PREVIOUS_CHECKPOINT, check_precision
 from .training import distributed
 from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, FitResult, fit
 
@@ -320,6 +327,9 @@ class TrainedModel:
             ctx = self.context(c, label, n=len(xb))
         st = settings or EvalSettings(kl=self.config.kl)
         st = st.replace(**changes) if changes else st
+        from .evaluation.memory import check_evaluation_fits
+
+        check_evaluation_fits(self.vae, xb, ctx, st)  # sizes that cannot fit: refused with the estimate, before any pass
         return evaluate(self.vae, xb, st, c=ctx, labels=labels if self.spec.label() is not None else None)
 
 
@@ -353,6 +363,7 @@ def _run_name(config: TrainConfig) -> str:
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+@releases_locks  # the run folder's lock (taken below) is held until training ends
 def train(
     config: TrainConfig | None = None,
     *,
@@ -360,6 +371,8 @@ def train(
     progress: bool = True,
     figures: bool = True,
     log: Any = print,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    evaluate: Callable[[TrainedModel, FitResult], EvaluationSummary | None] | None = None,
     **overrides: Any,
 ) -> tuple[TrainedModel, FitResult]:
     """Train a VAE as configured (or resume a run) and fill its run folder.
@@ -370,19 +383,35 @@ def train(
 
     Under ``torchrun`` every process calls this; they train one model data-parallel
     (:mod:`vaelab.training.distributed`), rank 0 writes the run folder and logs.
+
+    ``on_epoch(record)`` is called after each epoch with its metrics record, once the epoch's
+    checkpoint is written (rank 0 only); an exception it raises (e.g. ``optuna.TrialPruned``)
+    ends training there and propagates, the run folder keeping that epoch's checkpoint.
+
+    ``evaluate(model, result)`` is called (rank 0) once the weights and figures are saved; the
+    evaluation it returns (``vaelab train`` computes and saves eval.json there) is what the
+    experiment trackers of ``config.log`` (:mod:`vaelab.tracking`) log with the run's files. A
+    ``log`` that is not callable is the ``log`` setting: ``vaelab.train(log=["tensorboard"])``.
     """
+    if not callable(log):  # the setting `log` (experiment trackers), not the function that prints
+        overrides, log = {**overrides, "log": log}, print
     if resume is not None:
         run_dir = _check_run(resume)
         config = _read_config(run_dir).replace(**overrides) if overrides else _read_config(run_dir)
         if not (run_dir / CHECKPOINT).exists():
             raise VaelabError(f"run '{run_dir}' has no checkpoint to resume from; train it anew")
-        read_metadata(run_dir / CHECKPOINT)  # a corrupt checkpoint fails before anything is written
+        state = check_run_files(run_dir)  # a damaged checkpoint fails before anything is written
+        if state["epoch"] >= config.epochs and state.get("stopped") != "early-stopping":
+            raise VaelabError(f"the run in '{run_dir}' already finished its {config.epochs} epochs; pass a larger "
+                              "--epochs to continue it")
     else:
         config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
-        run_dir = Path(config.out) / (config.name or _run_name(config))
-        if (run_dir / CONFIG).exists() and (run_dir / CHECKPOINT).exists():
+        run_dir = Path(config.out) / (check_run_name(config.name) if config.name else _run_name(config))
+        check_folder(config.out, "--out folder")
+        if config.name and (run_dir / CONFIG).exists() and (run_dir / CHECKPOINT).exists():  # a default name gets a suffix
             raise VaelabError(f"run folder '{run_dir}' already holds a run; choose another --name or use --resume")
     world, device = distributed.setup(resolve_device(config.device))
+    check_precision(config.precision, device)
     run_dir = world.from_main(run_dir)  # one folder for all processes (the default name holds the time)
     log = log if world.is_main else (lambda *args: None)
     if config.threads > 0:
@@ -404,10 +433,12 @@ def train(
                              seed=config.seed, class_names=spec.context[0].names())
     objective = objective_from(config, 1.0 if known is None else batch_labelled_share(
         float(known.float().mean()), config.batch_size, config.labelled_per_batch))
+    _check_model_size(config, spec, device)  # a huge latent_dim or width: refused with its estimate, nothing allocated
     torch.manual_seed(config.seed)
     vae = build_model(spec).to(device)
     vae.decoder.check(data.train, f"training data '{config.data}'")
     first = split_batch(data, "train", spec.context, known)[:2].to(device)
+    _check_batch_size(vae, first, config, int(data.train.shape[0]))
     objective.check(vae, first)  # e.g. STL with a flow posterior: fails here too
     binarized = _uses_binarization(config, data.kind)
     data_info = {"shape": list(data.shape), "kind": data.kind, "binarized": binarized,
@@ -415,20 +446,34 @@ def train(
                  "n_test": int(data.test.shape[0]), "discrete_levels": data.discrete_levels}
     if known is not None:
         data_info["n_labelled"] = int(known.sum())
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    tracking = _tracking(config, world.is_main)  # an unreachable MLflow server fails here, before anything is written
+    if world.is_main:  # made exclusively (a default name gets a suffix if taken) and locked
+        run_dir = (create_run_folder(config.out, run_dir.name, unique=not config.name) if resume is None
+                   else _lock_run(run_dir))
+    run_dir = world.from_main(run_dir)
     if world.is_main and (resume is None or overrides):  # a resumed run records a raised --epochs
         atomic_write_text(run_dir / CONFIG, json.dumps({"config": config.to_dict(), "data": data_info}, indent=2))
     if world.is_main and resume is None:
         atomic_write_text(run_dir / SPEC, spec.to_json())
+    if world.is_main:
+        write_manifest(run_dir, config.to_dict(), data, device, resume=resume is not None)
     log(f"run folder: {run_dir}")
-    result = fit(
-        vae, data, run_dir,
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-        patience=config.patience, binarize=binarized, objective=objective,
-        resume=resume is not None, progress=progress, compile=config.compile, precision=config.precision,
-        variables=spec.context, known=known, labelled_per_batch=config.labelled_per_batch,
-    )
+    tracking.start(spec, run_dir)
+    try:
+        result = fit(
+            vae, data, run_dir,
+            epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+            patience=config.patience, binarize=binarized, objective=objective,
+            resume=resume is not None, progress=progress, compile=config.compile, precision=config.precision,
+            variables=spec.context, known=known, labelled_per_batch=config.labelled_per_batch,
+            nan_retries=config.nan_retries,
+            on_epoch=_chain(tracking.epoch if tracking else None, on_epoch),
+        )
+    except BaseException as error:
+        tracking.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    if result.stopped in ("nan", "interrupted"):
+        tracking.close("FAILED" if result.stopped == "nan" else "KILLED")
     if result.stopped != "completed" and result.stopped != "early-stopping":
         distributed.teardown()
     if result.stopped == "nan":
@@ -455,7 +500,109 @@ def train(
         training_curves(result.metrics, run_dir / "curves.png")
         if model.latent_dim == 2 and len(model.x_shape) == 3 and not spec.context:  # images, p(x|z) only
             latent_manifold(model.vae, run_dir / "manifold.png")
+    try:
+        evaluation = evaluate(model, result) if evaluate is not None and world.is_main else None
+    except BaseException as error:  # the model is trained and saved: the loggers get it, unevaluated
+        if isinstance(error, Exception):
+            _finish_tracking(tracking, model, result, None, data)
+        tracking.close("KILLED")
+        raise
+    _finish_tracking(tracking, model, result, evaluation, data)
     return model, result
+
+
+def _check_model_size(config: TrainConfig, spec: ModelSpec, device: torch.device, factor: float | None = None) -> None:
+    """Refuse a model too large to train (or, ``factor`` given, to load) with the estimate,
+    counting its parameters on the meta device (:func:`~vaelab.evaluation.memory.check_model_fits`).
+    Parts that cannot be built there (flows, VampPrior) are counted by the same model with a
+    Gaussian posterior and a normal prior: the networks, which is most of it."""
+    from .evaluation.memory import TRAINING_FACTOR, check_model_fits
+
+    hidden = ",".join(map(str, config.hidden)) if isinstance(config.hidden, (list, tuple)) else config.hidden
+    culprits = f"--latent-dim {spec.latent_dim}, --hidden {hidden}"
+    doing = "trained with Adam" if factor is None else "loaded"
+    with torch.random.fork_rng(devices=[]):
+        if check_model_fits(lambda: build_model(spec), culprits, device, factor or TRAINING_FACTOR, doing) is None:
+            try:
+                plain = config.replace(posterior="gaussian", prior="normal").model_spec(spec.x_shape, spec.context)
+            except VaelabError:
+                return
+            check_model_fits(lambda: build_model(plain), culprits, device, factor or TRAINING_FACTOR, doing)
+
+
+def _check_batch_size(vae: VAE, first: Batch, config: TrainConfig, n_train: int) -> None:
+    """Refuse a training batch (B examples x K samples) whose activations would not fit, with the estimate."""
+    from .evaluation.memory import check_rows_fit
+
+    b = min(config.batch_size, max(1, n_train)) + config.labelled_per_batch
+    with torch.random.fork_rng(devices=[]):
+        check_rows_fit(vae, first.x[:1], None if first.c is None else first.c[:1], b * config.k,
+                       what=f"a training batch of {b} examples x {config.k} samples (--batch-size, --k)",
+                       fix="lower --batch-size or --k")
+
+
+def _tracking(config: TrainConfig, is_main: bool) -> Tracking:
+    """The experiment trackers ``config.log`` asks for, connected (rank 0; none elsewhere)."""
+    from .tracking import make_loggers
+
+    return make_loggers(config) if config.log and is_main else Tracking([], config)
+
+
+def _chain(*callbacks: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None] | None:
+    """One per-epoch callback calling each given one in turn (None when none is given)."""
+    given = [f for f in callbacks if f is not None]
+    if not given:
+        return None
+
+    def each(record: dict[str, Any]) -> None:
+        for f in given:
+            f(record)
+
+    return each
+
+
+def _finish_tracking(tracking: Tracking, model: TrainedModel, result: FitResult, evaluation: EvaluationSummary | None,
+                     data: DataSplits) -> None:
+    """Hand the finished run (model, evaluation, test set, run folder) to the loggers; a
+    failure is a warning, the run folder stays complete."""
+    from .tracking import Finished
+
+    if not tracking:
+        return
+    try:
+        test = model.test_batch(data)
+        contexts = context_columns(data, model.spec.context, "test") if model.spec.context else None
+        run = Finished(model=model, result=result, evaluation=evaluation, test=test, labels=data.test_labels,
+                       contexts=contexts)
+    except Exception as error:  # noqa: BLE001 - logging never fails a finished run
+        tracking.warn(f"the loggers could not be given the finished run ({error}); their runs stay incomplete")
+        tracking.close("FAILED")
+        return
+    tracking.finish(run)
+
+
+def _lock_run(run_dir: Path) -> Path:
+    """Lock a run folder to resume it (refused while another process trains it) and remove the
+    temporary files of writes that an interruption cut short (nobody else writes it now)."""
+    lock_folder(run_dir)
+    clean_stale_temps(run_dir, older_than=0)
+    return run_dir
+
+
+def check_run_files(run_dir: Path) -> dict[str, Any]:
+    """Verify a run folder's checkpoints and weights (checksums, checkpoint metadata): a damaged
+    file is named in one line before anything is written or trained. Returns the state of the
+    last checkpoint."""
+    states = {}
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT, BEST_WEIGHTS):
+        path = run_dir / name
+        if path.exists():
+            meta = verify_file(path, "checkpoint" if name != BEST_WEIGHTS else "weights file")
+            if name != BEST_WEIGHTS:
+                states[name] = check_state(meta, path)
+    if CHECKPOINT not in states:
+        raise VaelabError(f"run '{run_dir}' has no checkpoint ({CHECKPOINT}): it did not finish an epoch")
+    return states[CHECKPOINT]
 
 
 def _check_run(run: str | Path) -> Path:
@@ -478,7 +625,42 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise VaelabError(f"'{path}' is corrupt ({err}); restore it from a backup") from None
     if not isinstance(doc, dict) or "config" not in doc or "data" not in doc:
         raise VaelabError(f"'{path}' is not a vaelab run configuration (needs 'config' and 'data')")
+    unknown = sorted(set(doc) - {"config", "data"})
+    if unknown:
+        raise VaelabError(f"'{path}' has unknown section(s) {', '.join(unknown)}; a vaelab run configuration holds "
+                          "'config' and 'data' only: restore it from a backup")
+    if not isinstance(doc["config"], dict):
+        raise VaelabError(f"'{path}': 'config' must be a JSON object of settings; restore it from a backup")
+    _check_data_info(doc["data"], path)
     return doc
+
+
+_DATA_INFO = {  # config.json's "data" section: what each entry must be
+    "shape": ("a list of positive integers", lambda v: isinstance(v, list) and len(v) > 0 and all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)),
+    "kind": ("one of binary, unit, real", lambda v: v in ("binary", "unit", "real")),
+    "binarized": ("true or false", lambda v: isinstance(v, bool)),
+    "discrete_levels": ("null or an integer >= 2", lambda v: v is None or (
+        isinstance(v, int) and not isinstance(v, bool) and v >= 2)),
+    **{key: ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+       for key in ("n_train", "n_val", "n_test", "n_labelled")},
+}
+
+
+def _check_data_info(info: Any, path: Path) -> None:
+    """config.json's ``data`` section: known keys, each of the right type (an edited or damaged
+    file is named in one line instead of failing later)."""
+    if not isinstance(info, dict):
+        raise VaelabError(f"'{path}': 'data' must be a JSON object (shape, kind, ...), got {info!r:.60}; "
+                          "restore it from a backup")
+    unknown = sorted(set(info) - set(_DATA_INFO))
+    if unknown:
+        raise VaelabError(f"'{path}': unknown key(s) {', '.join(unknown)} in 'data' (known: {', '.join(_DATA_INFO)}); "
+                          "restore it from a backup")
+    for key, value in info.items():
+        want, ok = _DATA_INFO[key]
+        if not ok(value):
+            raise VaelabError(f"'{path}': data.{key} must be {want}, got {value!r:.60}; restore it from a backup")
 
 
 def _read_spec(run_dir: Path, config: TrainConfig, shape: Any) -> ModelSpec:
@@ -500,7 +682,17 @@ def load(run: str | Path, device: str | torch.device | None = None) -> TrainedMo
     """Load the best weights of a run folder as a :class:`TrainedModel` (eval mode).
 
     The model is rebuilt from the run's spec (``model.json``) through the registry of parts,
-    so any model vaelab can build loads, conditional and semi-supervised ones included."""
+    so any model vaelab can build loads, conditional and semi-supervised ones included.
+
+    ``run`` may also be an MLflow URI, ``runs:/<run_id>`` (a run logged with ``--log mlflow``)
+    or ``mlflow-artifacts:/...``: its files are downloaded into the cache folder and loaded as
+    a run folder (:func:`vaelab.tracking.mlflow.download_run`)."""
+    from .tracking import is_mlflow_uri
+
+    if is_mlflow_uri(run):
+        from .tracking.mlflow import download_run
+
+        run = download_run(str(run))
     run_dir = _check_run(run)
     doc = _read_json(run_dir / CONFIG)
     config = TrainConfig.from_mapping(doc["config"], source=str(run_dir / CONFIG))
@@ -509,6 +701,7 @@ def load(run: str | Path, device: str | torch.device | None = None) -> TrainedMo
     weights = run_dir / BEST_WEIGHTS
     if not weights.exists():
         raise VaelabError(f"run '{run_dir}' has no trained weights ({BEST_WEIGHTS}); it did not finish an epoch")
+    _check_model_size(config, spec, dev, factor=2)  # an edited model.json cannot allocate without bound
     vae = build_model(spec)
     load_weights(weights, vae, "weights file")
     vae.to(dev).eval()
@@ -520,7 +713,30 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as err:
+        raise VaelabError(f"'{path}' cannot be read ({err}); restore it from a backup or resume the run") from None
+    records = []
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif i == last:  # cut off by a crash (other writers than vaelab's atomic one): the rest is good
+            import warnings
+
+            warnings.warn(f"'{path}': the last line ({i + 1}) is truncated; it was left out", RuntimeWarning,
+                          stacklevel=2)
+        else:
+            raise VaelabError(f"'{path}:{i + 1}' is not a JSON record; the file is damaged: restore it from a backup, "
+                              "or 'vaelab train --resume' rewrites it from the checkpoint")
+    return records
 
 
 def write_eval(run_dir: Path, result: Evaluation | EvaluationSummary | dict[str, Any]) -> Path:

@@ -31,6 +31,7 @@ validation part.
 from __future__ import annotations
 
 import csv
+import warnings
 import gzip
 import io
 import os
@@ -266,8 +267,8 @@ def _short(err: BaseException) -> str:
 
 def _open_text(path: Path) -> io.TextIOBase:
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")  # -sig: a byte-order mark is not part of the first cell
 
 
 def _is_number(cell: str) -> bool:
@@ -339,10 +340,13 @@ def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
     text_columns = () if label_col is None else (label_col,)
     numeric = [j for j in range(len(first)) if j not in text_columns]
     try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, skiprows=int(header),
-                           comments=None, encoding="utf-8", usecols=numeric if text_columns else None)
-        labels = None if label_col is None else np.loadtxt(
-            path, delimiter=",", dtype=str, ndmin=1, skiprows=1, comments=None, encoding="utf-8", usecols=[label_col])
+        with warnings.catch_warnings():  # a header without rows: said below, not as numpy's warning
+            warnings.filterwarnings("ignore", message=".*input contained no data", category=UserWarning)
+            table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, skiprows=int(header),
+                               comments=None, encoding="utf-8-sig", usecols=numeric if text_columns else None)
+            labels = None if label_col is None else np.loadtxt(
+                path, delimiter=",", dtype=str, ndmin=1, skiprows=1, comments=None, encoding="utf-8-sig",
+                usecols=[label_col])
     except (ValueError, OSError, EOFError, UnicodeDecodeError, zlib.error):
         raise VaelabError(f"{what}: {_explain_csv(path, header, text_columns=text_columns, names=cov_cols)}") from None
     if table.size == 0:

@@ -6,13 +6,20 @@ metadata, a JSON document with everything else (epoch, early-stopping state, the
 hyper-parameters, the metrics so far). It is written to a temporary file in the same folder,
 flushed to disk and moved over the old one with ``os.replace``: a crash at any moment leaves
 either the old checkpoint or the new one, never half of one. Nothing is ever unpickled.
+
+Every file also stores, in its metadata, a SHA-256 of its contents (each tensor's name, dtype,
+shape and bytes, in name order, then the JSON metadata); reading verifies it, so one flipped
+bit is named as a damaged run folder instead of loading quietly. Files of vaelab 0.1.0 carry
+no checksum and load unverified. The JSON metadata of a checkpoint is checked field by field
+(:func:`check_state`) before training continues from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import VaelabError
+from ..outputs import atomic_write_bytes, atomic_write_text, atomic_write_with
 
 __all__ = [
     "atomic_write_bytes",
@@ -31,37 +39,31 @@ __all__ = [
     "save_weights",
     "load_weights",
     "read_metadata",
+    "verify_file",
+    "check_state",
+    "tensor_digest",
+    "read_tensors",
+    "keep_previous",
 ]
 
 _META_KEY = "vaelab"
+_SUM_KEY = "vaelab_sha256"  # SHA-256 of the tensors and the JSON metadata (tensor_digest)
 
 
-def _atomic(path: Path, write: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def tensor_digest(tensors: dict[str, torch.Tensor], meta_json: str = "") -> str:
+    """SHA-256 (hex) of ``tensors`` (name, dtype, shape and bytes of each, in name order) and ``meta_json``."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(meta_json.encode("utf-8"))
+    return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a part."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+def _metadata(tensors: dict[str, torch.Tensor], meta_json: str) -> dict[str, str]:
+    return {_META_KEY: meta_json, _SUM_KEY: tensor_digest(tensors, meta_json)}
 
 
 def _tensors_to_save(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -71,8 +73,8 @@ def _tensors_to_save(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 def save_weights(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any] | None = None) -> None:
     """Save ``model.state_dict()`` (and optional JSON ``meta``) atomically as safetensors."""
     tensors = _tensors_to_save(model.state_dict())
-    metadata = {_META_KEY: json.dumps(meta or {})}
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    metadata = _metadata(tensors, json.dumps(meta or {}))
+    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _open(path: Path, what: str):
@@ -99,12 +101,82 @@ def read_metadata(path: str | os.PathLike, what: str = "checkpoint") -> dict[str
         raise VaelabError(f"{what} '{path}' has corrupt metadata; restore it or retrain") from None
 
 
-def _read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+def read_tensors(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Every tensor of a vaelab safetensors file, its checksum verified (when it has one)."""
+    path = Path(path)
     with _open(path, what) as f:
         try:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError) as err:
             raise VaelabError(f"{what} '{path}' is corrupt ({err}); restore it or retrain") from None
+    stored = raw.get(_SUM_KEY)
+    if stored is not None and stored != tensor_digest(tensors, raw.get(_META_KEY, "")):
+        raise VaelabError(
+            f"{what} '{path}' does not match its SHA-256 checksum: the run folder is damaged (a file was changed "
+            "or corrupted after it was written); restore it from a backup or retrain"
+        )
+    return tensors
+
+
+_read_tensors = read_tensors
+
+
+def verify_file(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """Read a whole vaelab safetensors file, verify its checksum, and return its JSON metadata."""
+    read_tensors(path, what)
+    return read_metadata(path, what)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_state(meta: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """Check the JSON metadata of a checkpoint field by field; returns its ``state``.
+
+    A wrongly typed or missing field is a one-line VaelabError naming the file and the field
+    (an edited or damaged checkpoint), never a KeyError or TypeError later in training.
+    """
+
+    def bad(field: str, want: str, value: Any) -> VaelabError:
+        return VaelabError(f"checkpoint '{path}': {field} must be {want}, got {value!r:.60}; the run folder is "
+                           "damaged or was edited: restore it from a backup or retrain")
+
+    if not isinstance(meta, dict):
+        raise bad("its metadata", "a JSON object", meta)
+    state, opt = meta.get("state"), meta.get("optimizer")
+    if not isinstance(state, dict):
+        raise bad("state", "a JSON object", state)
+    for key in ("epoch", "best_epoch", "bad_epochs"):
+        if not _is_int(state.get(key)) or state[key] < 0:
+            raise bad(f"state.{key}", "an integer >= 0", state.get(key))
+    if state["epoch"] < 1 or state["best_epoch"] > state["epoch"]:
+        raise bad("state.epoch", f"an integer >= 1 and >= best_epoch ({state['best_epoch']})", state["epoch"])
+    best = state.get("best_val_elbo")
+    if not (best is None or _is_number(best)) or (_is_number(best) and math.isnan(best)):
+        raise bad("state.best_val_elbo", "a number", best)
+    if state.get("stopped") not in (None, "early-stopping"):
+        raise bad("state.stopped", "null or 'early-stopping'", state.get("stopped"))
+    metrics = state.get("metrics")
+    if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
+        raise bad("state.metrics", "a list of records", metrics)
+    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list) \
+            or not all(isinstance(g, dict) for g in opt["param_groups"]):
+        raise bad("optimizer.param_groups", "a list of objects", None if not isinstance(opt, dict) else opt.get("param_groups"))
+    scalars = opt.get("scalars")
+    if not isinstance(scalars, dict) or not all(k.isdigit() and isinstance(v, dict) for k, v in scalars.items()):
+        raise bad("optimizer.scalars", "an object of objects keyed by parameter index", scalars)
+    for g in opt["param_groups"]:
+        if not _is_number(g.get("lr")) or not math.isfinite(g["lr"]) or g["lr"] <= 0:
+            raise bad("optimizer.param_groups[].lr", "a finite number > 0", g.get("lr"))
+        if not isinstance(g.get("params"), list) or not all(_is_int(i) for i in g["params"]):
+            raise bad("optimizer.param_groups[].params", "a list of integers", g.get("params"))
+    return state
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
@@ -124,6 +196,25 @@ def load_weights(path: str | os.PathLike, model: nn.Module, what: str = "weights
     meta = read_metadata(path, what)
     _load_state(model, _read_tensors(path, what), path, what)
     return meta
+
+
+def keep_previous(path: str | os.PathLike, previous: str | os.PathLike) -> None:
+    """Keep the checkpoint ``path`` as ``previous`` before it is replaced (nothing when missing).
+
+    A hard link under a temporary name moved over ``previous`` (a copy where links are not
+    possible), so ``path`` is never missing and ``previous`` is always a whole file.
+    """
+    path, previous = Path(path), Path(previous)
+    if not path.is_file():
+        return
+    tmp = previous.with_name(f".{previous.name}.{os.getpid()}.link.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(path, tmp)
+        os.replace(tmp, previous)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        atomic_write_bytes(previous, path.read_bytes())
 
 
 def save_checkpoint(
@@ -147,8 +238,8 @@ def save_checkpoint(
         "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
     }
     tensors = _tensors_to_save(tensors)
-    metadata = {_META_KEY: json.dumps(meta)}
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    metadata = _metadata(tensors, json.dumps(meta))
+    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_checkpoint(
@@ -159,6 +250,7 @@ def load_checkpoint(
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state`` dict."""
     path = Path(path)
     meta = read_metadata(path, "checkpoint")
+    check_state(meta, path)
     tensors = _read_tensors(path, "checkpoint")
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     _load_state(model, model_state, path, "checkpoint")

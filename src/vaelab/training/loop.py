@@ -51,14 +51,16 @@ from ..errors import VaelabError
 from ..evaluation import dataset_elbo
 from ..model import VAE
 from ..objectives import Objective
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import atomic_write_text, keep_previous, load_checkpoint, save_checkpoint, save_weights
 from .distributed import World, world as current_world
 from .optim import make_optimizer
+from .recovery import EVENTS, NanRecovery
 
-__all__ = ["fit", "FitResult", "CHECKPOINT", "BEST_WEIGHTS", "METRICS", "PRECISIONS", "SYNC_EVERY",
-           "epoch_seed", "noise_seed", "epoch_data", "labelled_rows"]
+__all__ = ["fit", "FitResult", "CHECKPOINT", "PREVIOUS_CHECKPOINT", "BEST_WEIGHTS", "METRICS", "PRECISIONS", "SYNC_EVERY",
+           "epoch_seed", "noise_seed", "epoch_data", "labelled_rows", "check_precision"]
 
 CHECKPOINT = "checkpoint.safetensors"  # last epoch: weights + optimizer + state (for --resume)
+PREVIOUS_CHECKPOINT = "checkpoint.previous.safetensors"  # the epoch before (for vaelab verify)
 BEST_WEIGHTS = "model.safetensors"  # weights of the epoch with the best validation ELBO
 METRICS = "metrics.jsonl"  # one JSON record per epoch
 PRECISIONS = ("float32", "bfloat16")
@@ -74,7 +76,7 @@ class FitResult:
     stopped: str
     epochs_done: int
     best_epoch: int
-    best_val_elbo: float
+    best_val_elbo: float | None  # None: trained without a validation set (the last epoch is the model)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
 
@@ -182,6 +184,17 @@ class _Lagged:
         return previous[0].tolist(), previous[2]
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision the device cannot train in (before any file is written)."""
+    if precision not in PRECISIONS:
+        raise VaelabError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "bfloat16" and device.type != "cuda":
+        raise VaelabError(
+            f"precision 'bfloat16' is CUDA autocast; on {device.type} autocast would compute the "
+            "posterior samples and log-densities in bfloat16 too; use precision float32"
+        )
+
+
 def _nan_message(log: Tensor, done: int, w: World, epoch: int, run_dir: Path) -> str:
     """Names the first step (over all processes of ``w``) whose record is not finite."""
     bad = (~torch.isfinite(log[:done])).any(1)  # [done]
@@ -190,6 +203,14 @@ def _nan_message(log: Tensor, done: int, w: World, epoch: int, run_dir: Path) ->
     value = float(log[step, 0]) if step < done else math.nan
     return (f"training loss became {value if not math.isfinite(value) else 'non-finite'} at epoch {epoch}, "
             f"step {step + 1}; {_stopped(run_dir, epoch)}; try a lower --lr")
+
+
+def _first_bad(log: Tensor, done: int, w: World) -> tuple[int, float]:
+    """The first step (0-based, over all processes of ``w``) whose record is not finite, and its loss."""
+    bad = (~torch.isfinite(log[:done])).any(1)  # [done]
+    first = torch.where(bad.any(), bad.int().argmax(), torch.tensor(done, device=log.device))
+    step = int(w.all_min(first.reshape(1).long())[0])
+    return min(step, max(0, done - 1)), float(log[step, 0]) if step < done else math.nan
 
 
 def _compile_failed(error: BaseException) -> bool:
@@ -249,6 +270,7 @@ def fit(
     variables: tuple[Variable, ...] = (),
     known: Tensor | None = None,
     labelled_per_batch: int = 0,
+    nan_retries: int = 2,
 ) -> FitResult:
     """Train ``model`` on ``data.train`` and keep its checkpoints in ``run_dir``.
 
@@ -275,6 +297,9 @@ def fit(
         labelled_per_batch: semi-supervised training: add this many rows with a known label to
             every batch (:func:`labelled_rows`), besides its ``batch_size`` ordinary rows;
             0 (the default): none, the plain loop.
+        nan_retries: when the loss or the validation ELBO turns NaN/inf, roll back to the
+            start of the epoch, halve the learning rate and train it again, at most this many
+            times in the run (:mod:`vaelab.training.recovery`); 0: stop at the first NaN.
 
     A process group set up beforehand (:func:`vaelab.training.distributed.setup`) makes this
     one replica of a data-parallel run: the model is wrapped in DistributedDataParallel and
@@ -283,13 +308,7 @@ def fit(
     objective = objective or Objective()
     run_dir = Path(run_dir)
     device = next(model.parameters()).device
-    if precision not in PRECISIONS:
-        raise VaelabError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "bfloat16" and device.type != "cuda":
-        raise VaelabError(
-            f"precision 'bfloat16' is CUDA autocast; on {device.type} autocast would compute the "
-            "posterior samples and log-densities in bfloat16 too; use precision float32"
-        )
+    check_precision(precision, device)
     w = current_world()
     if w.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -318,6 +337,10 @@ def fit(
     if labelled_per_batch and (known is None or not bool(known.any())):
         raise VaelabError("labelled_per_batch needs semi-supervised training with some known labels; "
                           "give the known-label mask (--semi-supervised with --labels-per-class N)")
+    recovery = NanRecovery(nan_retries, lr, state.get("recovery") if resume else None, report=progress and w.is_main,
+                           on_event=(lambda events: _write_metrics(run_dir / EVENTS, events)) if w.is_main else None)
+    if resume and w.is_main and (run_dir / EVENTS).exists():
+        _write_metrics(run_dir / EVENTS, recovery.events)  # drop events newer than the checkpoint
     train = split_batch(data, "train", variables, known).to(device)
     val = split_batch(data, "val", variables).to(device)
     if binarize:
@@ -326,6 +349,7 @@ def fit(
     steps = math.ceil(n / batch_size)
 
     step: nn.Module = _TrainStep(model, objective, precision)
+    plain = step  # unwrapped: NaN forensics run it under forward hooks
     if w.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -341,7 +365,8 @@ def fit(
     reader = _Lagged(device)
 
     result = FitResult("completed", start_epoch - 1, best_epoch, best_val, metrics)
-    for epoch in range(start_epoch, epochs + 1):
+    for epoch in recovery.epochs(start_epoch, epochs):  # an epoch comes again after a NaN (recovery)
+        recovery.begin(model, optimizer)  # the in-memory snapshot a NaN rolls back to
         x_epoch = epoch_data(train, seed, epoch, binarize)  # [N, *x_shape], visiting order
         extra = (labelled_rows(x_epoch.known, seed, epoch, steps, labelled_per_batch)  # [steps, L]
                  if labelled_per_batch else None)
@@ -364,6 +389,10 @@ def fit(
                     rows = torch.cat([torch.arange(a + lo, a + hi, device=device), extra[i, elo:ehi]])
                     weight = w.size * rows.numel() / (b - a + labelled_per_batch)
                     xb = x_epoch[rows] if rows.numel() else x_epoch[a : a + 1]
+                if recovery.looking(i):  # replaying the epoch up to the failing step: look, do not train
+                    if recovery.look(model, optimizer, lambda: plain(xb.x, epoch - 1 + i / steps, xb.c, xb.known)[0] * weight):
+                        break
+                    continue
                 loss, stats = step(xb.x, epoch - 1 + i / steps, xb.c, xb.known)
                 optimizer.zero_grad(set_to_none=True)
                 (loss if weight == 1 else loss * weight).backward()
@@ -394,28 +423,48 @@ def fit(
                     "PyTorch's inductor a working C++ compiler (g++) for the CPU"
                 ) from error
             if done and not bool(torch.isfinite(log[:done]).all()):  # a consequence of a NaN
+                message = _nan_message(log, done, World(), epoch, run_dir)
+                if w.size == 1 and recovery.failed(model, optimizer, epoch, *_first_bad(log, done, World()), message):
+                    reader = _Lagged(device)
+                    continue
                 result.stopped = "nan"
                 result.message = _nan_message(log, done, World(), epoch, run_dir)  # no collective here
                 return result
             raise
         finally:
             bar.close()
+        if recovery.replay_to is not None:  # the replay reached the failing step and looked
+            if recovery.retry(model, optimizer):  # rolled back, learning rate lowered: the epoch again
+                reader = _Lagged(device)
+                continue
+            result.stopped, result.message = "nan", recovery.message()
+            return result
         totals = torch.cat([log.double().sum(0), (~torch.isfinite(log)).sum().double().reshape(1)])
         totals_host = w.all_sum(totals).tolist()  # the host waits for the epoch here
         seconds = time.perf_counter() - t0
         if totals_host[4] > 0:  # before anything is written: a NaN never reaches a checkpoint
+            message = _nan_message(log, done, w, epoch, run_dir)
+            if recovery.failed(model, optimizer, epoch, *_first_bad(log, done, w), message):
+                reader = _Lagged(device)  # no stale snapshot of the failed pass
+                continue  # replay the epoch to the failing step for the forensics
             result.stopped = "nan"
             result.message = _nan_message(log, done, w, epoch, run_dir)
             return result
 
-        v_elbo, v_rec, v_kl = _validation(model, val, objective, w)
+        # no validation set (val_fraction 0): no early stopping, every epoch is the model so far
+        v_elbo, v_rec, v_kl = _validation(model, val, objective, w) if len(val) else (None, None, None)
         tr = [t / (n + steps * labelled_per_batch) for t in totals_host[1:4]]  # per row seen
-        if not math.isfinite(v_elbo):
+        if v_elbo is not None and not math.isfinite(v_elbo):
             result.stopped = "nan"
             result.message = (
                 f"the ELBO became non-finite in epoch {epoch}; {_stopped(run_dir, epoch)}; "
                 "try a lower --lr"
             )
+            score = lambda: torch.tensor(_validation(model, val, objective, World())[0])  # noqa: E731 (probed under hooks)
+            if recovery.validation_failed(model, optimizer, epoch, result.message, score):
+                result.stopped, reader = "completed", _Lagged(device)
+                continue
+            result.message = recovery.message()
             return result
         record = {
             "epoch": epoch,
@@ -429,7 +478,7 @@ def fit(
             "examples_per_second": n / seconds,
         }
         metrics.append(record)
-        improved = v_elbo > best_val
+        improved = v_elbo is None or v_elbo > best_val
         if improved:
             best_val, best_epoch, bad_epochs = v_elbo, epoch, 0
         else:
@@ -438,17 +487,21 @@ def fit(
         if w.is_main:
             if improved:
                 save_weights(run_dir / BEST_WEIGHTS, model, {"epoch": epoch, "val_elbo": v_elbo})
+            keep_previous(run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT)  # for `vaelab verify`
             state = {
                 "epoch": epoch,
                 "best_val_elbo": best_val,
                 "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs,
                 "stopped": "early-stopping" if stop_early else None,
+                "recovery": recovery.state(),  # the lr factor and the NaN recoveries so far
                 "metrics": metrics,
             }
             save_checkpoint(run_dir / CHECKPOINT, model, optimizer, state)
             _write_metrics(run_dir / METRICS, metrics)
-            if progress:
+            if progress and v_elbo is None:
+                tqdm.write(f"epoch {epoch}: train ELBO {tr[0]:.2f} nats (reconstruction {tr[1]:.2f}, KL {tr[2]:.2f})")
+            elif progress:
                 tqdm.write(
                     f"epoch {epoch}: train ELBO {tr[0]:.2f}, val ELBO {v_elbo:.2f} nats "
                     f"(reconstruction {v_rec:.2f}, KL {v_kl:.2f}){' *' if improved else ''}"
