@@ -421,7 +421,7 @@ def format_comparison(comp: Comparison) -> str:
 
 def curves_figure(runs: Sequence[RunInfo]) -> bytes:
     """The runs' training curves overlaid: validation ELBO (solid) and training ELBO (dashed) by epoch (PNG)."""
-    from .report.figures import _save
+    from .plots import save_png
 
     fig = Figure(figsize=(11.0, 4.0), dpi=100, layout="constrained")
     ax_val, ax_train = fig.subplots(1, 2, sharey=True)
@@ -439,7 +439,7 @@ def curves_figure(runs: Sequence[RunInfo]) -> bytes:
         ax.grid(alpha=0.3)
     ax_val.set_ylabel("nats per example")
     ax_val.legend(fontsize=8)
-    return _save(fig, None)
+    return save_png(fig)
 
 
 def compare_page(comp: Comparison) -> str:

@@ -55,6 +55,7 @@ __all__ = [
     "latent_scatter",
     "interpolation_strip",
     "class_grid",
+    "save_png",
 ]
 
 ArrayLike = Union[Tensor, np.ndarray]
@@ -239,7 +240,7 @@ def _title(fig: Figure, title: str | None, default: str) -> None:
         fig.suptitle(text, fontsize=11)
 
 
-def _save(fig: Figure, path: PathLike | None, *, crop: bool = False) -> Any:
+def save_png(fig: Figure, path: PathLike | None = None, *, crop: bool = False) -> Any:
     """Render ``fig`` to PNG: its bytes when ``path`` is None, else written to ``path``
     atomically (temp file in the same folder, then replace) and the path returned.
 
@@ -302,7 +303,7 @@ def image_grid(
     else:
         fig = _vector_grid([(data, {"color": "C0"})], ncol)
     _title(fig, title, default)
-    return _save(fig, path, crop=is_image)
+    return save_png(fig, path, crop=is_image)
 
 
 @overload
@@ -364,7 +365,7 @@ def reconstruction_grid(
         ]
         fig = _vector_grid(layers, ncol, legend=True)
     _title(fig, title, default)
-    return _save(fig, path, crop=is_image)
+    return save_png(fig, path, crop=is_image)
 
 
 _CURVES = (
@@ -432,7 +433,7 @@ def training_curves(metrics: Sequence[Mapping[str, Any]], path: PathLike | None 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.suptitle("Training curves (ELBO = reconstruction - KL)", fontsize=11)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _tick_subset(n: int, most: int = 7) -> list[int]:
@@ -511,7 +512,7 @@ def latent_manifold(
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")
     ax.set_title(f"Decoder means E[x|z] on a {n}x{n} grid of z ({how})", fontsize=10)
-    return _save(fig, path, crop=True)
+    return save_png(fig, path, crop=True)
 
 
 @overload
@@ -583,7 +584,7 @@ def latent_scatter(
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(alpha=0.3)
     ax.set_title(f"Latent codes ({n} points)" if title is None else title, fontsize=11)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 @overload
@@ -659,7 +660,7 @@ def interpolation_strip(x_path: ArrayLike, path: PathLike | None = None, *, titl
         fig.supxlabel("dimension", fontsize=9)
         fig.supylabel("value", fontsize=9)
     _title(fig, title, default)
-    return _save(fig, path, crop=is_image)
+    return save_png(fig, path, crop=is_image)
 
 
 @overload
@@ -726,4 +727,4 @@ def class_grid(
         fig.supxlabel("dimension", fontsize=9)
         fig.supylabel("value", fontsize=9)
     _title(fig, title, default)
-    return _save(fig, path, crop=is_image)
+    return save_png(fig, path, crop=is_image)

@@ -388,7 +388,7 @@ def _storage(optuna: Any, url: str, heartbeat: int, on_stale: Callable[[Any, Any
         except Exception as err:  # SQLAlchemy: a bad URL, a missing driver, a server that cannot be reached
             text = str(err)
             # two processes making a new database at once: one made the tables as the other tried; again
-            if attempt < 7 and ("already exists" in text or "locked" in text):
+            if attempt < 7 and any(sign in text for sign in ("already exists", "locked", "UNIQUE constraint failed")):
                 time.sleep(0.25 * (attempt + 1))
                 continue
             first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
@@ -593,9 +593,9 @@ def sweep(
 
 
 def _png(fig: Figure) -> str:
-    from .report.figures import _save
+    from .plots import save_png
 
-    return "data:image/png;base64," + base64.b64encode(_save(fig, None)).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(save_png(fig)).decode("ascii")
 
 
 def _history_figure(trials: Sequence[Any], objective: str) -> str:

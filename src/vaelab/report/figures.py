@@ -7,16 +7,14 @@ bytes, or, given a path, the path it wrote atomically.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence, Union, overload
+from typing import Sequence, Union, overload
 
 import numpy as np
 import torch
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -25,31 +23,13 @@ from matplotlib.patches import Patch
 from torch import Tensor
 
 from ..errors import VaelabError
-from ..training.checkpoint import atomic_write_bytes
+from ..plots import save_png
 
 __all__ = ["kl_bars", "latent_traversal", "project_2d"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 DPI = 100
 _ACTIVE, _INACTIVE = "#2563eb", "#b6bcc6"
-
-
-def _save(fig: Figure, path: PathLike | None, *, crop: bool = False) -> Any:
-    """Render ``fig`` to PNG: its bytes when ``path`` is None, else written atomically to
-    ``path`` and the path returned."""
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    extra = {"bbox_inches": "tight", "pad_inches": 0.1} if crop else {}
-    try:
-        fig.savefig(buf, format="png", dpi=DPI, **extra)
-    finally:
-        fig.clear()
-    if path is None:
-        return buf.getvalue()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 @overload
@@ -104,7 +84,7 @@ def kl_bars(
                Patch(color=_INACTIVE, label=f"inactive ({int((~active).sum())})"),
                Line2D([], [], color="#dc2626", linestyle="--", label=f"active-unit threshold {threshold:g}")]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
@@ -186,7 +166,7 @@ def latent_traversal(
         raise VaelabError(f"latent_traversal draws images (C, H, W) or vectors (D,), got examples of shape {shape}")
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path, crop=crop)
+    return save_png(fig, path, crop=crop)
 
 
 def project_2d(z: Tensor | np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
