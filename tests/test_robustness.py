@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
-from safetensors import safe_open
+from weights import assert_same_tensors, tensors
 from torch import nn
 
 from vaelab.cli import main
@@ -50,17 +50,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def quiet(*args: Any) -> None:
     pass
-
-
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
-
-
-def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"tensor {key} differs"
 
 
 def events(run: Path) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import safetensors.torch
-from safetensors import safe_open
+from weights import assert_same_tensors, tensors
 
 import vaelab
 import vaelab.training.checkpoint as ckpt
@@ -39,17 +39,6 @@ def quiet(*args: Any) -> None:
 def untimed(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Metrics records without their wall-clock fields."""
     return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
-
-
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
-
-
-def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"tensor {key} differs"
 
 
 def listing(folder: Path) -> dict[str, bytes]:
