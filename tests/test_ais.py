@@ -265,6 +265,10 @@ def test_auto_runs_ais_at_the_cost_of_k_where_it_applies_and_encoder_is_elsewher
     by_name = {e.estimator: e for e in ev.estimates}
     assert set(by_name) == {"is", "ais"} and by_name["is"].k == 2000  # encoder IS beside it, with its k-hat
     assert by_name["is"].khat_median is not None and by_name["is"].khat_median > KHAT_BAD
+    # the warning about the encoder's weights says the headline is not made from them
+    khat_warnings = [w for w in ev.warnings if "Pareto k-hat of the encoder IS weights" in w]
+    assert len(khat_warnings) == 1 and "the headline -log p(x) is by AIS" in khat_warnings[0]
+    assert not any("dominated by a few samples" in w for w in ev.warnings)
     # at the same budget the annealed estimate is the tighter one here, and not above the truth
     assert by_name["ais"].log_px > by_name["is"].log_px
     assert ev.log_px < exact + Z * max(ev.log_px_mc_stderr, 1e-3)
