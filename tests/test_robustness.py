@@ -90,6 +90,7 @@ def test_a_nan_is_rolled_back_and_training_goes_on_at_half_the_learning_rate(gre
     metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
     assert all(math.isfinite(m["train_elbo"]) and math.isfinite(m["val_elbo"]) for m in metrics)
+    assert [m["lr"] for m in metrics] == [1e-3, 5e-4, 5e-4, 5e-4]  # the rate each epoch trained with
     [event] = events(run)
     assert event["epoch"] == 2 and event["step"] == 2  # NaN weights after step 1: the loss of step 2
     assert (event["lr_before"], event["lr_after"], event["retry"], event["retries"]) == (1e-3, 5e-4, 1, 2)

@@ -20,7 +20,7 @@ one warning line and dropped, and the run folder stays complete.
 
 The KL weight logged per epoch is the one of the epoch's last step,
 beta_t = beta min(1, t / warmup) at t = epoch (:func:`vaelab.objectives.kl_weight`); the
-learning rate is Adam's (constant in vaelab).
+learning rate is the one the epoch trained with (the setting, halved by each NaN recovery).
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ class Logger(Protocol):
 
 def epoch_record(record: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
     """The loop's per-epoch record with the KL weight of its last step and the learning rate."""
-    return {**record, "kl_weight": kl_weight(float(record["epoch"]), config.beta, config.warmup), "lr": config.lr}
+    return {**record, "kl_weight": kl_weight(float(record["epoch"]), config.beta, config.warmup),
+            "lr": record.get("lr", config.lr)}  # the loop's (lowered by NaN recoveries); older records: the setting
 
 
 def _warn(message: str) -> None:

@@ -476,6 +476,7 @@ def fit(
             "val_kl": v_kl,
             "seconds": seconds,
             "examples_per_second": n / seconds,
+            "lr": recovery.current_lr,  # the configured rate, lowered by each NaN recovery
         }
         metrics.append(record)
         improved = v_elbo is None or v_elbo > best_val
