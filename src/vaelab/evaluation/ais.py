@@ -63,17 +63,11 @@ from ..errors import VaelabError
 from ..model import VAE, Classifier
 from .likelihood import LogLikelihood
 from .memory import check_fits
-from .settings import DEFAULTS
+from .settings import AUTO_COST, AUTO_MIN_STEPS, DEFAULTS
 
 __all__ = ["AISResult", "BDMCResult", "ais", "bdmc", "sigmoid_schedule", "check_ais_model", "auto_steps",
            "ais_unavailable", "AUTO_MIN_STEPS"]
 
-# What one step of the path costs against one encoder importance sample, per chain: L leapfrog
-# gradients of log p(x, z) plus the Metropolis test's density, and the pilot run that tunes the
-# step sizes. Measured on the MLP VAEs of benchmarks/default_estimator.py (one thread): AIS with
-# T = K * AUTO_COST / (S (L + 1)) took about the CPU time of encoder IS with K samples.
-AUTO_COST = 0.6
-AUTO_MIN_STEPS = 10  # below this, --estimator auto keeps encoder IS (too few steps to anneal)
 
 
 def sigmoid_schedule(steps: int, delta: float = 4.0, dtype: torch.dtype = torch.float64) -> Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import VaelabError
 
-__all__ = ["EvalSettings", "DEFAULTS", "K_CHUNK", "ESTIMATORS"]
+__all__ = ["EvalSettings", "DEFAULTS", "K_CHUNK", "ESTIMATORS", "AUTO_COST", "AUTO_MIN_STEPS"]
 
 # importance samples per forward pass, by default: with the default 100 examples, 5,000 rows
 # per pass ran the K=1000 estimate 1.5x faster than 10,000 for the MLP VAE on MNIST on our CPU
@@ -29,6 +29,13 @@ def _s(default: Any, help: str, low: float | None = None, low_open: bool = False
 
 ESTIMATORS = ("auto", "is", "mixture", "ais")
 
+# --estimator auto: what one step of the AIS path costs against one encoder importance sample,
+# per chain (L leapfrog gradients of log p(x, z), the Metropolis test's density, the pilot run
+# that tunes the step sizes). Measured on the MLP VAEs of benchmarks/default_estimator.py (one
+# thread): AIS with T = K * AUTO_COST / (S (L + 1)) took about the CPU time of encoder IS with K.
+AUTO_COST = 0.6
+AUTO_MIN_STEPS = 10  # below this, auto keeps encoder IS (too few steps to anneal)
+
 
 def _number(v: float) -> str:
     return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
@@ -41,8 +48,9 @@ class EvalSettings:
     options and their help are made from these fields)."""
 
     estimator: str = _s("auto", "log p(x) estimator: auto (AIS at about the CPU cost of encoder IS with K samples "
-                               "where AIS applies, the posterior is Gaussian and that budget gives it at least 10 "
-                               "steps, else encoder IS: measured the tighter per CPU-second), is (importance sampling from the encoder), "
+                               "where AIS applies, the posterior is Gaussian and that budget gives it at least "
+                               f"{AUTO_MIN_STEPS} steps, else encoder IS: measured the tighter per CPU-second), "
+                               "is (importance sampling from the encoder), "
                                "mixture (importance sampling from encoder + optimal q* + Laplace at q*'s mean) or ais "
                                "(annealed importance sampling with --steps T; encoder IS is run too, for comparison)",
                         choices=ESTIMATORS)
