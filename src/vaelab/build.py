@@ -17,6 +17,7 @@ from torch import nn
 from . import registry
 from .context import ContextEncoder, Variable
 from .model import VAE
+from .nets import InputTransform
 from .spec import ModelSpec
 
 __all__ = ["build_vae", "build_model", "build_parts"]
@@ -24,14 +25,24 @@ __all__ = ["build_vae", "build_model", "build_parts"]
 
 def build_parts(spec: ModelSpec, context_dim: int | None = None) -> tuple[nn.Module, nn.Module, nn.Module]:
     """The encoder, decoder and prior a spec names (networks read ``context_dim`` context numbers;
-    default: the spec's own context)."""
+    default: the spec's own context).
+
+    When the likelihood's class has ``encoder_input(x_shape, **options)`` returning
+    ``(module, feature_shape)``, every encoder-side network is built on ``feature_shape`` and
+    reads ``module(x)`` (:class:`~vaelab.nets.InputTransform`): e.g. log1p of counts."""
     cdim = spec.context_dim if context_dim is None else context_dim
     net = registry.get("net", spec.net.name)
     lik = registry.get("likelihood", spec.likelihood.name)
     x_shape = spec.x_shape
+    # a likelihood may ask the encoder to read a transform of x (counts: log1p; tables: one-hot + mask)
+    make_input = getattr(lik.cls, "encoder_input", None)
+    transform = make_input(x_shape, **spec.likelihood.options) if make_input is not None else None
 
     def encoder_net(n_out: int) -> nn.Module:
-        return net.build("encoder", x_shape, n_out, cdim, **spec.net.options)
+        if transform is None:
+            return net.build("encoder", x_shape, n_out, cdim, **spec.net.options)
+        module, feature_shape = make_input(x_shape, **spec.likelihood.options)  # a fresh module per network
+        return InputTransform(module, net.build("encoder", tuple(feature_shape), n_out, cdim, **spec.net.options))
 
     def decoder_net(per_value: int) -> nn.Module:
         return net.build("decoder", spec.latent_dim, (per_value, *x_shape), cdim, **spec.net.options)

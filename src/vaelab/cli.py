@@ -261,13 +261,13 @@ def _read_inputs(model: Any, source: str) -> tuple[np.ndarray, np.ndarray | None
     from .context import LABEL
     from .data import BUILTIN_DATASETS, context_columns, load_data
 
-    covariates = [v.name for v in model.spec.context if v.name != LABEL] if model.conditional else []
+    options = model.config.data_options()  # as the run read its data (counts, covariates, ...)
+    options["covariates"] = [v.name for v in model.spec.context if v.name != LABEL] if model.conditional else []
     if source in BUILTIN_DATASETS:
-        d = load_data(source, val_fraction=model.config.val_fraction, test_fraction=model.config.test_fraction,
-                      seed=model.config.seed)
+        d = load_data(source, **{**options, "covariates": []})
         parts = ["test"]
     else:
-        d = load_data(source, val_fraction=0.0, test_fraction=0.0, covariates=covariates)
+        d = load_data(source, **{**options, "val_fraction": 0.0, "test_fraction": 0.0})
         parts = [p for p in ("train", "val", "test") if getattr(d, p).shape[0] > 0]
     x = np.concatenate([getattr(d, p).numpy() for p in parts])
     labels = [getattr(d, f"{p}_labels") for p in parts]

@@ -209,6 +209,17 @@ class TrainConfig:
         del d["options"]
         return {**d, **self.part_options()}
 
+    def data_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`vaelab.data.load_data` these settings ask for, in one
+        place (training, evaluation, reports and sweeps load a run's data the same way)."""
+        return {
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+            "covariates": [n for n in self.condition_on if n != "label"],
+            "counts": bool(getattr(registry.get("likelihood", self.likelihood).cls, "counts", False)),
+        }
+
     def model_spec(self, x_shape: Sequence[int], context: Sequence[Variable] = ()) -> ModelSpec:
         """The spec of the model these settings describe, for data of shape ``x_shape``."""
         return ModelSpec.create(

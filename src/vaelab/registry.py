@@ -134,7 +134,10 @@ class Part:
 
     For likelihoods, ``cls`` is the decoder class: its ``support`` (a constraint), the text
     that explains it and the hint for data outside it, ``discrete`` and
-    ``params_per_value(**options)`` are read from it. For networks, ``build(role, n_in, n_out,
+    ``params_per_value(**options)`` are read from it; it may also declare ``counts = True``
+    (data are loaded as raw counts, see :func:`vaelab.data.load_data`) and
+    ``encoder_input(x_shape, **options) -> (module, feature_shape)``, a transform of x that the
+    encoder reads instead of x (see :func:`vaelab.build.build_parts`). For networks, ``build(role, n_in, n_out,
     context_dim, **options)`` with ``role`` "encoder" (``n_in`` is the input's shape) or
     "decoder" (``n_in`` is the latent size, ``n_out`` is ``(per_value, *x_shape)``).
     """

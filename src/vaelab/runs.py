@@ -34,7 +34,7 @@ from torch.distributions import Distribution
 
 from .build import build_model
 from .config import TrainConfig
-from .context import LABEL, Batch
+from .context import Batch
 from .data import DataSplits, binarize, context_columns, context_variables, known_labels, load_data, split_batch
 from .errors import VaelabError
 from .evaluation import EvalSettings, Evaluation, EvaluationSummary, LogLikelihood, evaluate, log_likelihood
@@ -282,8 +282,7 @@ class TrainedModel:
     def data(self) -> DataSplits:
         """The data splits this run was trained on (same source, fractions and seed)."""
         c = self.config
-        return load_data(c.data, val_fraction=c.val_fraction, test_fraction=c.test_fraction, seed=c.seed,
-                         covariates=[n for n in c.condition_on if n != LABEL])
+        return load_data(c.data, **c.data_options())
 
     def test_set(self, data: DataSplits | None = None) -> tuple[Tensor, Tensor | None]:
         """The run's test examples as the model sees them (binarized once, with a fixed seed,
@@ -419,9 +418,7 @@ def train(
     objective_from(config)  # a bad combination of settings fails before anything is written
     if not world.is_main:
         world.barrier()  # rank 0 loads (and downloads) first
-    covariates = [n for n in config.condition_on if n != LABEL]
-    data = load_data(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
-                     covariates=covariates)
+    data = load_data(config.data, **config.data_options())
     if world.is_main:
         world.barrier()
     variables = context_variables(data, config.condition_on, config.embedding)

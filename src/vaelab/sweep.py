@@ -328,8 +328,7 @@ class _ValidationIWAE:
             c = self.config
             spec = ModelSpec.from_dict(json.loads((self.run_dir / SPEC).read_text(encoding="utf-8")))
             info = json.loads((self.run_dir / CONFIG).read_text(encoding="utf-8"))["data"]
-            data = load_data(c.data, val_fraction=c.val_fraction, test_fraction=c.test_fraction, seed=c.seed,
-                             covariates=[n for n in c.condition_on if n != "label"])
+            data = load_data(c.data, **c.data_options())
             val = split_batch(data, "val", spec.context)
             x = binarize(val.x, torch.Generator().manual_seed(c.seed + 1)) if info.get("binarized") else val.x
             self.model, self.x, self.c = build_model(spec).eval(), x, val.c

@@ -36,10 +36,33 @@ def context_variables(data: DataSplits, names: Sequence[str], embedding: int = 0
             raise VaelabError(f"--condition-on {name}: data '{data.name}' has no covariate '{name}' "
                               f"(covariates: {', '.join(data.covariate_names) or 'none'}; labels: use 'label')")
         assert data.train_covariates is not None
-        col = data.train_covariates[:, data.covariate_names.index(name)].double()
+        j = data.covariate_names.index(name)
+        if data.covariate_classes[j]:
+            out.append(_categorical_covariate(data, name, j, embedding))
+            continue
+        col = data.train_covariates[:, j].double()
         std = float(col.std()) if col.numel() > 1 else 0.0
         out.append(Variable(name, "continuous", mean=float(col.mean()), std=std if std > 0 else 1.0))
     return tuple(out)
+
+
+def _categorical_covariate(data: DataSplits, name: str, j: int, embedding: int) -> Variable:
+    """A categorical covariate (e.g. an AnnData obs column of batches) as a categorical variable;
+    a level that the validation or test split has but training never saw is refused."""
+    levels = data.covariate_classes[j]
+    assert data.train_covariates is not None
+    seen = set(torch.unique(data.train_covariates[:, j]).long().tolist())
+    for part in ("val", "test"):
+        cov = getattr(data, f"{part}_covariates")
+        if cov is None or not len(cov):
+            continue
+        unseen = sorted(set(torch.unique(cov[:, j]).long().tolist()) - seen)
+        if unseen:
+            level = levels[unseen[0]] if unseen[0] < len(levels) else unseen[0]
+            raise VaelabError(f"--condition-on {name}: level {level!r} of '{name}' appears in the {part} split of "
+                              f"'{data.name}' but never in training, so the model cannot learn it; add training "
+                              "examples of it or drop those rows")
+    return Variable(name, "categorical", classes=len(levels), class_names=tuple(levels), embedding=int(embedding))
 
 
 def _label_variable(data: DataSplits, embedding: int) -> Variable:

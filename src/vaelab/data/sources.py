@@ -68,6 +68,8 @@ class _Raw:
     covariates: Any = None  # [N, P] float64
     test_covariates: Any = None
     class_names: tuple[str, ...] | None = None
+    covariate_classes: tuple[tuple[str, ...], ...] = ()  # per covariate: () continuous, else level names
+    strata: Any = None  # [N] values to stratify the test/val draws by (instead of the labels)
 
 
 def load_data(
@@ -78,6 +80,7 @@ def load_data(
     seed: int = 0,
     cache: str | os.PathLike[str] | None = None,
     covariates: tuple[str, ...] | list[str] = (),
+    counts: bool = False,
 ) -> DataSplits:
     """Load, check and split a data set (see the module docstring for the accepted sources).
 
@@ -86,8 +89,10 @@ def load_data(
     stratified by label when there are labels. ``cache`` is the download folder for
     ``mnist`` and ``fashion-mnist`` (default: :func:`~vaelab.data.idx.cache_dir`).
     ``covariates`` names continuous covariates to read beside x (CSV columns, npz arrays
-    ``train_NAME``/``test_NAME``); they are split with the examples. Any problem with the data
-    raises a one-line :class:`~vaelab.errors.VaelabError`.
+    ``train_NAME``/``test_NAME``); they are split with the examples. ``counts=True`` keeps
+    integer data as counts (no 8-bit scaling; negative or fractional values are errors; kind
+    ``"counts"``), for the count likelihoods. Any problem with the data raises a one-line
+    :class:`~vaelab.errors.VaelabError`.
 
     >>> s = load_data("mnist5k")  # doctest: +SKIP
     >>> s.train.shape, s.val.shape, s.test.shape  # doctest: +SKIP
@@ -119,13 +124,14 @@ def load_data(
     if raw.x_test is not None:
         arrays.append(raw.x_test)
         what.append(f"test part of {label}")
-    arrays, levels = prepare_arrays(arrays, what)
+    arrays, levels = prepare_arrays(arrays, what, counts=counts)
     labels, test_labels, class_names = _label_ids(raw, label)
     return make_splits(
         name, arrays[0], labels, x_test=arrays[1] if len(arrays) > 1 else None,
         test_labels=test_labels, val_fraction=val_fraction, test_fraction=test_fraction,
         seed=seed, discrete_levels=levels, covariates=raw.covariates, test_covariates=raw.test_covariates,
-        covariate_names=covariates, class_names=class_names,
+        covariate_names=covariates, class_names=class_names, covariate_classes=raw.covariate_classes,
+        strata=raw.strata, counts=counts,
     )
 
 

@@ -6,7 +6,9 @@ label-stratified permutations, and infers what kind of values the data has:
 
 * ``"binary"``: every value is 0 or 1 (``discrete_levels`` 2);
 * ``"unit"``: every value is in [0, 1], e.g. 8-bit pixels divided by 255;
-* ``"real"``: anything finite.
+* ``"real"``: anything finite;
+* ``"counts"``: non-negative whole numbers kept as they are, for count likelihoods
+  (``load_data(..., counts=True)``).
 
 >>> import numpy as np
 >>> x = np.random.default_rng(0).random((100, 5)).astype(np.float32)
@@ -33,9 +35,10 @@ __all__ = [
     "prepare_arrays",
     "holdout",
     "make_splits",
+    "check_counts",
 ]
 
-KINDS = ("binary", "unit", "real")
+KINDS = ("binary", "unit", "real", "counts")
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -55,17 +58,25 @@ class DataSplits:
     val_labels: torch.Tensor | None  # [Nv] int64
     test_labels: torch.Tensor | None  # [Nt] int64
     shape: tuple[int, ...]  # per example: (C, H, W) for images, (D,) for vectors
-    kind: str  # "binary", "unit" or "real"
+    kind: str  # "binary", "unit", "real" or "counts"
     discrete_levels: int | None  # 256 for 8-bit pixels, 2 for binary, 17 for digits, else None
     class_names: tuple[str, ...] | None = None  # the name of each label id, when the source named them
     covariate_names: tuple[str, ...] = ()  # continuous covariates asked for at load time
     train_covariates: torch.Tensor | None = None  # [N, P] float32, one column per name
     val_covariates: torch.Tensor | None = None  # [Nv, P]
     test_covariates: torch.Tensor | None = None  # [Nt, P]
+    # per covariate: () for a continuous one; the level names of a categorical one, whose column
+    # holds the level ids 0..K-1 (as floats)
+    covariate_classes: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise VaelabError(f"DataSplits '{self.name}': kind={self.kind!r} must be one of {KINDS}")
+        classes = tuple(tuple(str(n) for n in c) for c in self.covariate_classes) or ((),) * len(self.covariate_names)
+        if len(classes) != len(self.covariate_names):
+            raise VaelabError(f"DataSplits '{self.name}': covariate_classes has {len(classes)} entries for "
+                              f"{len(self.covariate_names)} covariates {list(self.covariate_names)}")
+        object.__setattr__(self, "covariate_classes", classes)
         parts = (("train", self.train, self.train_labels), ("val", self.val, self.val_labels),
                  ("test", self.test, self.test_labels))
         for part, x, y in parts:
@@ -197,7 +208,7 @@ def _example_shape(x: np.ndarray) -> np.ndarray:
 
 
 def prepare_arrays(
-    arrays: list[np.ndarray | torch.Tensor], what: list[str]
+    arrays: list[np.ndarray | torch.Tensor], what: list[str], *, counts: bool = False
 ) -> tuple[list[np.ndarray], int | None]:
     """Validate raw arrays of one data set and turn them into float32 with per-example shape.
 
@@ -205,6 +216,9 @@ def prepare_arrays(
     data with values in 0..255 and a maximum above 1 is read as 8-bit and divided by 255
     (``discrete_levels`` 256); the decision is taken for all arrays together. Other integers
     and floats keep their values. Returns the arrays and ``discrete_levels`` (or None).
+
+    ``counts=True`` (data for a count likelihood): values are kept as they are and must be
+    non-negative whole numbers; the first one that is not is named by row, column and value.
     """
     checked = []
     for x, name in zip(arrays, what, strict=True):
@@ -219,12 +233,36 @@ def prepare_arrays(
     if len(shapes) > 1:
         listed = ", ".join(f"{name} {x.shape}" for x, name in zip(checked, what, strict=True))
         raise VaelabError(f"parts of one data set disagree on the example shape: {listed}; make them match")
+    if counts:
+        for x, name in zip(checked, what, strict=True):
+            check_counts(x, name)
+        return [x.astype(np.float32) for x in checked], None
     if all(x.dtype.kind in "iu" for x in checked):
         lo = min(int(x.min()) for x in checked)
         hi = max(int(x.max()) for x in checked)
         if lo >= 0 and 1 < hi <= 255:
             return [np.divide(x, np.float32(255), dtype=np.float32) for x in checked], 256
     return [x.astype(np.float32) for x in checked], None
+
+
+def check_counts(x: np.ndarray, what: str) -> None:
+    """Raise a one-line VaelabError unless every value of ``x`` ``[N, ...]`` is a non-negative
+    whole number (counts), naming the first bad value's row and column (0-based, flattened)."""
+    if x.dtype.kind in "biu" and (x.size == 0 or x.min() >= 0):
+        return
+    flat = x.reshape(len(x), -1)
+    negative = flat < 0
+    fractional = flat != np.round(flat) if flat.dtype.kind == "f" else np.zeros_like(negative)
+    bad = negative | fractional
+    if bad.any():
+        row, col = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        value = flat[row, col].item()
+        problem = "negative" if negative[row, col] else "not a whole number"
+        raise VaelabError(
+            f"{what}: value {value:g} at row {row}, column {col} is {problem} ({int(negative.sum())} negative and "
+            f"{int(fractional.sum())} non-integer values in all); a count likelihood needs raw counts 0, 1, 2, ... "
+            "(not normalised or log-transformed data), or choose --likelihood gaussian"
+        )
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -295,6 +333,9 @@ def make_splits(
     test_covariates: np.ndarray | None = None,
     covariate_names: tuple[str, ...] = (),
     class_names: tuple[str, ...] | None = None,
+    covariate_classes: tuple[tuple[str, ...], ...] = (),
+    strata: np.ndarray | None = None,
+    counts: bool = False,
 ) -> DataSplits:
     """Assemble :class:`DataSplits` from prepared float arrays (see :func:`prepare_arrays`).
 
@@ -303,7 +344,10 @@ def make_splits(
     draws are stratified by label when labels exist, and independent streams of ``seed`` so
     the same seed always gives the same split. ``discrete_levels`` is replaced by 2 when the
     data turns out to be binary. ``covariates`` ``[N, P]`` (and ``test_covariates``) follow
-    the examples into their parts, one column per name in ``covariate_names``.
+    the examples into their parts, one column per name in ``covariate_names``
+    (``covariate_classes``: see :class:`DataSplits`). ``strata`` (N values of any kind, e.g. cell
+    types) stratifies both draws instead of the labels. ``counts``: the data are counts (kind
+    ``"counts"``, see :func:`prepare_arrays`).
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise VaelabError(f"seed={seed!r} must be a non-negative integer")
@@ -314,9 +358,17 @@ def make_splits(
         labels = validate_labels(labels, len(x), f"labels of '{name}'")
     if (covariates is None) != (not covariate_names) or (x_test is not None and (test_covariates is None) != (covariates is None)):
         raise VaelabError(f"data '{name}': covariates {list(covariate_names)} must come for every part of the data")
+    if strata is not None:
+        strata = np.asarray(strata)
+        if strata.ndim != 1 or len(strata) != len(x):
+            raise VaelabError(f"data '{name}': the column to stratify by has shape {strata.shape}; expected one value "
+                              f"per training example ({len(x)},)")
+    by = labels if strata is None else strata
     if x_test is None:
-        keep, held = holdout(len(x), test_fraction, np.random.default_rng([seed, 1]), labels)
+        keep, held = holdout(len(x), test_fraction, np.random.default_rng([seed, 1]), by)
         x, x_test = x[keep], x[held]
+        if by is not None:
+            by = by[keep]
         if labels is not None:
             labels, test_labels = labels[keep], labels[held]
         if covariates is not None:
@@ -334,7 +386,7 @@ def make_splits(
             raise VaelabError(
                 f"data '{name}' has labels for only one of train and test; give both or neither"
             )
-    keep, held = holdout(len(x), val_fraction, np.random.default_rng([seed, 2]), labels)
+    keep, held = holdout(len(x), val_fraction, np.random.default_rng([seed, 2]), by)
     if len(keep) < 2:
         raise VaelabError(
             f"data '{name}' leaves {len(keep)} training example(s) after holding out "
@@ -349,7 +401,7 @@ def make_splits(
     if covariates is not None:
         c_train, c_val = covariates[keep], covariates[held]
 
-    kind = _infer_kind([x_train, x_val, x_test])
+    kind = "counts" if counts else _infer_kind([x_train, x_val, x_test])
     if kind == "binary":
         discrete_levels = 2
 
@@ -375,4 +427,5 @@ def make_splits(
         train_covariates=None if c_train is None else tensor(c_train),
         val_covariates=None if c_val is None else tensor(c_val),
         test_covariates=None if test_covariates is None else tensor(test_covariates),
+        covariate_classes=tuple(covariate_classes),
     )

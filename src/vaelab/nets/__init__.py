@@ -18,8 +18,9 @@ from ..errors import VaelabError
 from ..registry import Option, register
 from .conv import ConvDecoder, ConvEncoder
 from .mlp import MLP
+from .transform import InputTransform, Log1p
 
-__all__ = ["MLP", "ConvEncoder", "ConvDecoder", "HIDDEN"]
+__all__ = ["MLP", "ConvEncoder", "ConvDecoder", "InputTransform", "Log1p", "HIDDEN"]
 
 HIDDEN = Option("hidden", list, [400], "hidden layer widths, comma-separated (mirrored in the decoder; conv: the fully connected width)")
 
