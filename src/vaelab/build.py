@@ -57,12 +57,17 @@ def build_parts(spec: ModelSpec, context_dim: int | None = None) -> tuple[nn.Mod
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """The model a spec describes, freshly initialised: a :class:`VAE` (family ``"vae"``) or a
+    """The model a spec describes, freshly initialised: a :class:`VAE` (family ``"vae"``; the
+    ladder VAE of family ``"ladder"`` is one too, :mod:`vaelab.ladder`) or a
     :class:`~vaelab.m2.SemiSupervisedVAE` (family ``"m2"``)."""
     if spec.family == "m2":
         from .m2 import build_m2
 
         return build_m2(spec)
+    if spec.family == "ladder":
+        from .ladder import build_ladder
+
+        return build_ladder(spec)
     encoder, decoder, prior = build_parts(spec)
     context = ContextEncoder(spec.context) if spec.context else None
     return VAE(encoder=encoder, decoder=decoder, prior=prior, context=context)

@@ -76,6 +76,7 @@ class TrainConfig:
     labelled_per_batch: int = _f(0, "semi-supervised: add this many rows with a known label to every training batch, besides its batch-size ordinary rows (0: none)")
     # model
     latent_dim: int = _f(20, "number of latent dimensions D")
+    latent_dims: list[int] = _f([], "a hierarchy: the ladder VAE (Sønderby et al. 2016) with these layer sizes, bottom first, comma-separated (e.g. 64,32); replaces --latent-dim")
     net: str = _f("mlp", "encoder/decoder networks")
     likelihood: str = _f("bernoulli", "p(x|z): bernoulli (data in [0,1]), continuous-bernoulli (grey values in [0,1]), gaussian or laplace (real data), logistic-mixture (8-bit data k/255; reports bits per dimension)")
     posterior: str = _f("gaussian", "q(z|x): gaussian (diagonal), full-gaussian (full covariance), planar or iaf (normalizing flows of --flow-steps steps)")
@@ -143,6 +144,11 @@ class TrainConfig:
             raise VaelabError("embedding, labels_per_class and labelled_per_batch must be >= 0")
         if not 0 <= self.labelled_fraction <= 1:
             raise VaelabError(f"labelled_fraction must be in [0, 1], got {self.labelled_fraction}")
+        if self.latent_dims and (len(self.latent_dims) < 2 or min(self.latent_dims) < 1):
+            raise VaelabError(f"latent_dims must list two or more positive layer sizes, bottom first, e.g. 64,32; got "
+                              f"{','.join(map(str, self.latent_dims))} (one layer: --latent-dim)")
+        if self.latent_dims and self.semi_supervised:
+            raise VaelabError("--latent-dims (a ladder VAE) and --semi-supervised (M2) cannot be combined; choose one")
         names = [n for n in self.condition_on]
         if len(set(names)) != len(names) or any(not n for n in names):
             raise VaelabError(f"condition_on must name distinct variables, got {','.join(names)!r}")
@@ -180,6 +186,8 @@ class TrainConfig:
                 f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join([*known, *part_options])}"
             )
         converted = {k: _convert(k, v, known[k].type, source) for k, v in values.items() if k in known}
+        if isinstance(values.get("latent_dims"), str) and not converted["latent_dims"]:
+            raise VaelabError(f"{source}: latent_dims is empty; give two or more layer sizes, bottom first, e.g. 64,32")
         options = {k: part_options[k].convert(v, source) for k, v in values.items() if k in part_options}
         return cls(**converted, options=options)
 
@@ -224,8 +232,9 @@ class TrainConfig:
         """The spec of the model these settings describe, for data of shape ``x_shape``."""
         return ModelSpec.create(
             x_shape, latent_dim=self.latent_dim, net=self.net, posterior=self.posterior, prior=self.prior,
-            likelihood=self.likelihood, context=context, family="m2" if self.semi_supervised else "vae",
-            options=self.part_options(),
+            likelihood=self.likelihood, context=context,
+            family="m2" if self.semi_supervised else "ladder" if self.latent_dims else "vae",
+            options=self.part_options(), latent_dims=tuple(self.latent_dims),
         )
 
 

@@ -156,7 +156,9 @@ def kl_per_dim(trace: Trace, method: KLMethod = "auto") -> Tensor:
     one-dimensional family, such as the diagonal Gaussian and N(0, I)); then it sums to
     :func:`kl_term` over ``d``. Closed form per dimension when ``kl_divergence`` knows the
     pair (``method="auto"`` or ``"analytic"``), else the Monte-Carlo average over the trace's
-    samples of ``log q(z_kd|x) - log p(z_kd)``. A full-covariance posterior, a flow or a
+    samples of ``log q(z_kd|x) - log p(z_kd)``. A hierarchy (:mod:`vaelab.ladder`) gives each
+    unit's closed-form KL given the layers above at the trace's samples, averaged over them
+    (their sum is an unbiased estimate of the KL). A full-covariance posterior, a flow or a
     mixture prior has no per-dimension KL: :class:`~vaelab.errors.VaelabError`.
 
     Example:
@@ -164,6 +166,8 @@ def kl_per_dim(trace: Trace, method: KLMethod = "auto") -> Tensor:
     """
     _check_kl_method(method)
     q, p = trace.posterior, trace.prior
+    if hasattr(q, "layer_kl"):  # a hierarchy (vaelab.ladder): each unit's KL given the layers above, in closed form
+        return torch.cat(q.layer_kl(trace.z), -1).mean(0)  # [K, B, D] -> [B, D]; sums to KL(q || p) in expectation
     for name, dist in (("posterior", q), ("prior", p)):
         if not (isinstance(dist, Independent) and dist.reinterpreted_batch_ndims == 1
                 and dist.base_dist.event_shape == ()):

@@ -12,9 +12,12 @@ loaded, evaluated, reported and served.
      "prior": {"name": "normal"}, "likelihood": {"name": "bernoulli"},
      "context": [{"name": "label", "kind": "categorical", "classes": 10, ...}]}
 
-Families: ``"vae"`` (the VAE, conditional when ``context`` is not empty) and ``"m2"`` (the
+Families: ``"vae"`` (the VAE, conditional when ``context`` is not empty), ``"m2"`` (the
 semi-supervised model of Kingma et al. 2014, whose label is a partly observed latent; its
-context is the label alone).
+context is the label alone) and ``"ladder"`` (the hierarchical ladder VAE of Sønderby et al.
+2016, :mod:`vaelab.ladder`: ``latent_dims`` lists its layers' sizes, bottom first, and
+``latent_dim`` is their sum, the size of the concatenated z; its layers are diagonal
+Gaussians, so posterior ``gaussian`` and prior ``normal``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .errors import VaelabError
 
 __all__ = ["PartSpec", "ModelSpec", "FAMILIES", "SPEC_VERSION"]
 
-FAMILIES: tuple[str, ...] = ("vae", "m2")
+FAMILIES: tuple[str, ...] = ("vae", "m2", "ladder")
 SPEC_VERSION = 1
 PART_KINDS = ("net", "posterior", "prior", "likelihood")
 
@@ -63,10 +66,22 @@ class ModelSpec:
     likelihood: PartSpec = PartSpec("bernoulli")
     context: tuple[Variable, ...] = ()
     family: str = "vae"
+    latent_dims: tuple[int, ...] = ()  # the ladder's layer sizes, bottom first (family "ladder" only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x_shape", tuple(int(s) for s in self.x_shape))
         object.__setattr__(self, "context", tuple(self.context))
+        dims = self.latent_dims
+        if not isinstance(dims, (tuple, list)) or any(isinstance(d, bool) or not isinstance(d, int) for d in dims):
+            raise VaelabError(f"latent_dims must be a list of integers, got {dims!r}")
+        object.__setattr__(self, "latent_dims", tuple(dims))
+        if (self.family == "ladder") != bool(dims):
+            raise VaelabError("latent_dims (the layers of a hierarchy) go with family 'ladder' and only with it")
+        if dims:
+            if len(dims) < 2 or any(d < 1 for d in dims):
+                raise VaelabError(f"latent_dims must list two or more positive layer sizes, bottom first, e.g. 64,32; "
+                                  f"got {','.join(map(str, dims)) or 'nothing'}")
+            object.__setattr__(self, "latent_dim", sum(dims))
         if not self.x_shape or any(s < 1 for s in self.x_shape):
             raise VaelabError(f"model spec: x_shape must be positive sizes, got {list(self.x_shape)}")
         if isinstance(self.latent_dim, bool) or int(self.latent_dim) != self.latent_dim or self.latent_dim < 1:
@@ -80,6 +95,9 @@ class ModelSpec:
             if registered.conditional_only and not self.context:
                 raise VaelabError(f"{kind} {part.name!r} needs a conditioning variable; add --condition-on (e.g. label) "
                                   f"or choose another {kind}")
+        if self.family == "ladder" and (self.posterior.name, self.prior.name) != ("gaussian", "normal"):
+            raise VaelabError(f"the ladder VAE's layers are diagonal Gaussians with a N(0, I) top: it takes posterior "
+                              f"gaussian and prior normal, not {self.posterior.name} and {self.prior.name}")
         if self.family == "m2":
             if [v.name for v in self.context] != [LABEL] or self.context[0].kind != "categorical":
                 raise VaelabError("the semi-supervised model (m2) conditions on the class label alone: "
@@ -111,6 +129,7 @@ class ModelSpec:
         family: str = "vae",
         options: Mapping[str, Any] | None = None,
         source: str = "options",
+        latent_dims: Sequence[int] = (),
     ) -> "ModelSpec":
         """A spec from part names and one flat mapping of options (each part takes its own)."""
         values = dict(options or {})
@@ -120,7 +139,8 @@ class ModelSpec:
             raise VaelabError(f"{source}: unknown option(s) {', '.join(unknown)}; part options: {', '.join(known)}")
         parts = {kind: PartSpec.resolve(kind, name, values, source)
                  for kind, name in (("net", net), ("posterior", posterior), ("prior", prior), ("likelihood", likelihood))}
-        return cls(x_shape=tuple(x_shape), latent_dim=latent_dim, context=tuple(context), family=family, **parts)
+        return cls(x_shape=tuple(x_shape), latent_dim=latent_dim, context=tuple(context), family=family,
+                   latent_dims=tuple(latent_dims), **parts)
 
     # --- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +149,7 @@ class ModelSpec:
             "family": self.family,
             "x_shape": list(self.x_shape),
             "latent_dim": self.latent_dim,
+            **({"latent_dims": list(self.latent_dims)} if self.latent_dims else {}),
             **{kind: getattr(self, kind).to_dict() for kind in PART_KINDS},
             "context": [v.to_dict() for v in self.context],
         }
@@ -141,7 +162,7 @@ class ModelSpec:
         """Parse and validate (unknown keys, unknown parts and bad options are VaelabErrors)."""
         if not isinstance(d, dict):
             raise VaelabError(f"{source} must be a JSON object")
-        allowed = {"version", "family", "x_shape", "latent_dim", "context", *PART_KINDS}
+        allowed = {"version", "family", "x_shape", "latent_dim", "latent_dims", "context", *PART_KINDS}
         unknown = sorted(set(d) - allowed)
         if unknown:
             raise VaelabError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
@@ -175,5 +196,8 @@ class ModelSpec:
         latent = d.get("latent_dim", 20)
         if isinstance(latent, bool) or not isinstance(latent, int):
             raise VaelabError(f"{source}: latent_dim must be an integer, got {latent!r}")
-        return cls(x_shape=tuple(shape), latent_dim=latent, family=str(d.get("family", "vae")),
+        dims = d.get("latent_dims", [])
+        if not isinstance(dims, list):
+            raise VaelabError(f"{source}: latent_dims must be a list of integers, got {dims!r}")
+        return cls(x_shape=tuple(shape), latent_dim=latent, family=str(d.get("family", "vae")), latent_dims=tuple(dims),
                    context=tuple(Variable.from_dict(v, source) for v in context), **parts)

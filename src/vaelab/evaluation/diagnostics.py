@@ -7,6 +7,11 @@ For a data set x_1..x_N (the empirical distribution p_d(x)) and an encoder q(z|x
   then their sum. For other posteriors (full covariance, flows) a per-dimension KL is not
   defined: the marginals q(z_d|x) do not add up to KL(q || p) unless q factorises, so only
   the total is reported (``kl_per_dim`` is ``None``).
+* A hierarchy (the ladder VAE, :mod:`vaelab.ladder`) has no factorised q, but each unit of
+  layer i has a closed-form KL given the layers above, KL(q(z_id|z_{i+1}, x) || p(z_id|z_{i+1})),
+  averaged over draws of the upper layers; by the chain rule of the KL they sum to
+  KL(q(z|x) || p(z)) in expectation. That is the per-unit KL reported for it, layer by layer:
+  a lower unit that only moves because the layer above moves has activity but ~0 KL.
 * **Active units** (Burda et al. 2016): dimension d is active when the posterior mean
   moves with the input, Var_n(E_q[z_d | x_n]) > 0.01.
 * **ELBO surgery** (Hoffman & Johnson 2016): with the aggregate posterior
@@ -65,6 +70,7 @@ __all__ = ["LatentDiagnostics", "LatentSummary", "latent_diagnostics", "kl_per_d
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): Var_x(E_q[z_d]) above this is an active unit
 COLLAPSE_KL = 0.5  # nats per example: a rate below this carries (almost) nothing
 INFORMATIVE_KL = 0.1  # nats per example: a unit whose KL is above this carries information
+LAYER_KL_SAMPLES = 16  # draws of the upper layers per example for a hierarchy's per-unit KL
 COLLAPSED_SHARE, MOSTLY_SHARE = 0.1, 0.3  # of log N, the ceiling of I(x;z)
 VERDICTS = ("collapsed", "mostly collapsed", "healthy")
 REMEDIES = (
@@ -107,6 +113,7 @@ class LatentDiagnostics:
     mi_samples: int
     collapse_kl: float
     warnings: list[str] = field(default_factory=list)
+    layers: tuple[int, ...] | None = None  # a hierarchy's layer sizes, bottom first (units in that order)
 
     @property
     def latent_dim(self) -> int:
@@ -158,6 +165,7 @@ class LatentDiagnostics:
             verdict=self.verdict,
             informative_units=tuple(int(i) for i in self.informative.nonzero().flatten().tolist()),
             remedies=REMEDIES if self.verdict != "healthy" else (),
+            layers=self.layers,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,10 +205,29 @@ class LatentSummary:
     verdict: str | None = None
     informative_units: tuple[int, ...] | None = None
     remedies: tuple[str, ...] = ()
+    layers: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values: tuples become lists."""
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def per_layer(self) -> list[dict[str, Any]]:
+        """For a hierarchy (``layers`` set): per layer, bottom first, its KL (nats), units,
+        active units (by activity) and informative units (by KL); empty for one layer."""
+        if not self.layers:
+            return []
+        out, start = [], 0
+        informative = set(self.informative_units or ())
+        for i, size in enumerate(self.layers):
+            units = range(start, start + size)
+            out.append({
+                "layer": i + 1, "units": size,
+                "kl": None if self.kl_per_dim is None else float(sum(self.kl_per_dim[u] for u in units)),
+                "active": sum(bool(self.active[u]) for u in units),
+                "informative": sum(u in informative for u in units),
+            })
+            start += size
+        return out
 
 
 def _plain(value: Any) -> Any:
@@ -281,6 +308,8 @@ def latent_diagnostics(
         posteriors.append(q)
         means.append(_posterior_mean(q).double())  # [b, D]
         per_dim = kl_per_dimension(q, prior)
+        if per_dim is None and hasattr(q, "layer_kl"):  # a hierarchy: each unit's KL given the layers above
+            per_dim = torch.cat(q.layer_kl(q.sample((LAYER_KL_SAMPLES,))), -1).mean(0)  # [b, D]
         if per_dim is not None:
             kl_dims.append(per_dim.double())
             kls.append(per_dim.double().sum(-1))
@@ -319,6 +348,7 @@ def latent_diagnostics(
         mutual_information=float(mi_terms.mean()), mutual_information_stderr=se(mi_terms),
         marginal_kl=float(marginal_terms.mean()), marginal_kl_stderr=se(marginal_terms),
         mi_samples=mi_samples, collapse_kl=collapse_kl,
+        layers=tuple(model.encoder.dims) if hasattr(model.encoder, "dims") else None,
     )
     result.warnings.extend(_warnings(result))
     return result

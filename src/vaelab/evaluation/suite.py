@@ -422,6 +422,10 @@ def format_table(ev: EvaluationSummary | Evaluation | Mapping[str, Any]) -> str:
              + ("" if lat.informative_units is None else
                 f" ({len(lat.informative_units)} of {lat.latent_dim} units carry information)")),
         ]
+        for layer in lat.per_layer():  # a hierarchy: KL and units layer by layer, bottom first
+            kl = "" if layer["kl"] is None else f"KL {layer['kl']:.2f} nats, "
+            rows.append((f"  layer z{layer['layer']} ({layer['units']} units)",
+                         f"{kl}{layer['informative']} informative (KL > 0.1), {layer['active']} active"))
     gaps = ev.gaps
     if gaps is not None:
         rows += [

@@ -136,7 +136,9 @@ def latents_section(ev: EvaluationSummary, images: dict[str, Drawn]) -> str:
     status = f'<span class="{"ok" if verdict in ("healthy", "not collapsed") else "bad"}">{esc(verdict)}</span>'
     if lat.informative_units is not None:
         status += f" ({len(lat.informative_units)} of {lat.latent_dim} units carry information)"
-    per_dim = ("KL per dimension in closed form (diagonal Gaussian posterior and factorised prior)."
+    per_dim = ("KL per unit given the layers above (closed form for each layer's Gaussians), averaged over "
+               "draws of those layers; units in layer order, bottom first." if lat.layers and lat.kl_per_dim is not None
+               else "KL per dimension in closed form (diagonal Gaussian posterior and factorised prior)."
                if lat.kl_per_dim is not None else
                "The posterior is not a diagonal Gaussian, so a KL per dimension is not defined; only "
                "the activity is shown.")
@@ -158,6 +160,14 @@ def latents_section(ev: EvaluationSummary, images: dict[str, Drawn]) -> str:
          "Collapse: q(z|x) ≈ p(z) for every x (no active unit or KL near zero), so the code carries "
          "no information and the decoder models the data alone."),
     ]
+    for layer in lat.per_layer():  # a hierarchy: layer by layer, bottom first
+        kl = "" if layer["kl"] is None else f"KL {fmt(layer['kl'])} nats, "
+        rows.append((f"&nbsp;&nbsp;layer z{layer['layer']} ({layer['units']} units)",
+                     f"{kl}{layer['informative']} informative, {layer['active']} active",
+                     "This layer's share of the rate (its units' KL given the layers above) and its units that carry "
+                     "information (KL above 0.1 nats) or move with x (activity). A lower-layer unit can move only "
+                     "because the layer above moves while carrying no information of its own: then it is active "
+                     "but not informative."))
     return (table_rows(rows) + img(images, "kl_bars", "KL and activity per latent dimension",
                                f"Left: KL per dimension (nats per example). Right: activity, log scale, with "
                                f"the active-unit threshold. {per_dim}"))

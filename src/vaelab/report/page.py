@@ -219,7 +219,14 @@ def _figures(model: TrainedModel, test: _Test, ev: EvaluationSummary, *, seed: i
     column = names.index(LABEL) if label is not None else None  # the label's column of c
     classes = 0 if label is None else min(label.classes, MAX_CLASSES)  # rows of the class grids
     covariates = _covariates(model)
-    if not has_context:
+    if not has_context and model.spec.latent_dims:  # a hierarchy: a row per top-layer draw
+        from ..ladder import hierarchical_samples
+
+        torch.manual_seed(seed)
+        rows, cols = (8, 8) if is_image else (4, 4)
+        z = hierarchical_samples(model.vae.prior, rows, cols)  # [rows, cols, D]
+        draw("samples", plots.image_grid(model.decode(z.reshape(rows * cols, -1)).mean.cpu(), nrow=cols, title=""))
+    elif not has_context:
         draw("samples", plots.image_grid(model.sample(64 if is_image else 16, seed=seed), title=""))
     elif column is not None and (c is not None or not covariates):
         n = 10 if is_image else 6
@@ -317,9 +324,16 @@ def _traversal(model: TrainedModel, x: Tensor, c: Tensor | None, ev: EvaluationS
     z = base.repeat(len(dims), len(values), 1)  # [R, S, D]
     for r, dim in enumerate(dims):
         z[r, :, dim] = torch.tensor(values, dtype=z.dtype, device=z.device)
+    layers = model.spec.latent_dims
+    if layers:  # a hierarchy: the layers below the varied unit follow it, as inference would
+        from ..ladder import layer_of, unit_name
+
+        q = model.vae.encode(x[:1].to(z.device), None if c0 is None else c0.to(z.device))
+        for r, dim in enumerate(dims):
+            z[r] = q.mean_given(z[r][:, None, :], layer_of(layers, dim))[:, 0, :]
     cs = None if c0 is None else c0.expand(len(dims) * len(values), -1)
     decoded = model.decode(z.reshape(-1, d), c=cs).mean.reshape(len(dims), len(values), *model.x_shape).cpu()
-    notes = [f"({kl[i]:.2f} nats)" if kl else "" for i in dims]
+    notes = [(f"= {unit_name(layers, i)} " if layers else "") + (f"({kl[i]:.2f} nats)" if kl else "") for i in dims]
     return dims, notes, decoded, values
 
 
@@ -353,6 +367,14 @@ def _latent_space(images: dict[str, Drawn]) -> str:
 
 def _samples_section(model: TrainedModel, images: dict[str, Drawn], test: _Test) -> str:
     """Samples from the prior, or, for a model with a context, samples given it."""
+    if not model.spec.context and model.spec.latent_dims:
+        top = f"z{len(model.spec.latent_dims)}"
+        return ('<p class="explain">New examples from the hierarchy: each row one draw of the top layer '
+                f"{top} ~ N(0, I); in the first column the layers below at their conditional means "
+                f"(their noise held at 0), in the others drawn afresh from p(z<sub>i</sub> | z<sub>i+1</sub>). "
+                "What stays the same along a row is what the top layer decides; what changes, the lower layers.</p>"
+                + img(images, "samples", "samples decoded from the hierarchical prior",
+                      f"Rows: draws of {top}; columns: lower layers at their means (first), then resampled."))
     if not model.spec.context:
         return ('<p class="explain">New examples: z drawn from the prior p(z), then the decoder\'s mean. '
                 "Blurry or strange samples where reconstructions are good point to a large marginal KL: the "
@@ -459,7 +481,10 @@ def _page(model: TrainedModel, ev: EvaluationSummary, images: dict[str, Drawn], 
         "traversals": ('<p class="explain">One latent dimension varied from −3 to 3 (prior standard '
                        "deviations) from the posterior mean of a test example, the others fixed; the most "
                        "informative dimensions (largest KL) first. An inactive dimension changes nothing."
-                       f"{in_context}</p>"
+                       + (" In a hierarchy the units are named z<i>layer</i>.<i>unit</i>, and the layers below a "
+                          "varied unit follow it (their posterior means given the layers above)."
+                          if model.spec.latent_dims else "")
+                       + f"{in_context}</p>"
                        + img(images, "traversals", "latent traversals", "Rows: the varied dimension and its KL; columns: its value.")),
         "latent-space": ('<p class="explain">Posterior means E<sub>q</sub>[z|x] of the test set'
                          + (", the latents themselves." if model.latent_dim == 2 else
