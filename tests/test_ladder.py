@@ -259,3 +259,16 @@ def test_per_layer_kl_drives_free_bits_and_the_diagnostics(hierarchy: Hierarchy)
     assert [layer["units"] for layer in layers] == [D1, D2]
     assert abs(sum(layer["kl"] for layer in layers) - d.kl) < 1e-9
     assert all(layer["informative"] == layer["units"] for layer in layers)  # the exact posterior uses every unit
+
+
+def test_a_conditional_ladder_trains_reconstructs_and_samples_given_its_label(tmp_path: Path) -> None:
+    model, _ = vaelab.train(data="digits", latent_dims=[4, 2], hidden=[32], epochs=1, eval_k=0, out=str(tmp_path),
+                            name="cl", threads=1, condition_on=["label"], log=lambda *a: None)
+    assert model.conditional and model.vae.context is not None
+    assert (tmp_path / "cl" / "reconstructions.png").exists() and (tmp_path / "cl" / "samples.png").exists()
+    x = model.test_batch()
+    torch.manual_seed(0)
+    assert model.reconstruct(x.x[:3], c=x.c[:3]).shape == (3, *model.x_shape)
+    assert model.sample(4, label=3).shape == (4, *model.x_shape)
+    ll = model.log_likelihood(x.x[:5], k=10, c=x.c[:5])
+    assert ll.per_example.shape == (5,) and bool(torch.isfinite(ll.per_example).all())

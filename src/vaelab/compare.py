@@ -136,7 +136,8 @@ def _model_words(spec: Any) -> str:
     latent size (and ``| label`` for the conditioning)."""
     hidden = spec.net.options.get("hidden")
     net = spec.net.name + ("" if hidden is None else f"[{','.join(map(str, hidden))}]")
-    words = f"{net} {spec.posterior.name}/{spec.prior.name}/{spec.likelihood.name} D={spec.latent_dim}"
+    dims = ",".join(map(str, getattr(spec, "latent_dims", ()))) or spec.latent_dim  # a hierarchy: its layers
+    words = f"{net} {spec.posterior.name}/{spec.prior.name}/{spec.likelihood.name} D={dims}"
     if spec.family != "vae":
         words = f"{spec.family}: {words}"
     if spec.context:

@@ -113,7 +113,7 @@ class TrainedModel:
     @property
     def conditional(self) -> bool:
         """Whether scoring x needs a context c (a conditional VAE; not M2, whose label is latent)."""
-        return self.spec.family == "vae" and self.spec.conditional
+        return self.spec.family != "m2" and self.spec.conditional
 
     @property
     def class_names(self) -> tuple[str, ...]:
