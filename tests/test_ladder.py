@@ -272,3 +272,33 @@ def test_a_conditional_ladder_trains_reconstructs_and_samples_given_its_label(tm
     assert model.sample(4, label=3).shape == (4, *model.x_shape)
     ll = model.log_likelihood(x.x[:5], k=10, c=x.c[:5])
     assert ll.per_example.shape == (5,) and bool(torch.isfinite(ll.per_example).all())
+
+
+def test_colour_and_whiten_are_the_priors_reparameterization(hierarchy: Hierarchy) -> None:
+    from vaelab.ladder import colour, whiten
+
+    prior = hierarchy.model(exact_encoder=False).prior
+    z = torch.randn(5, D1 + D2, dtype=torch.float64)
+    torch.testing.assert_close(colour(prior, whiten(prior, z)), z)
+    eps = torch.randn(40000, D1 + D2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    z1 = colour(prior, eps)[:, :D1]  # eps ~ N(0, I) gives z ~ p(z): z1's marginal is N(a, A A^T + diag(s1^2))
+    torch.testing.assert_close(z1.mean(0), hierarchy.a, atol=0.04, rtol=0)
+    torch.testing.assert_close(torch.cov(z1.T), hierarchy.A @ hierarchy.A.T + torch.diag(hierarchy.s1**2), atol=0.06, rtol=0)
+
+
+def test_the_explorer_moves_the_lower_layers_with_an_upper_unit(tmp_path: Path) -> None:
+    from vaelab.serve.explorer import Explorer
+
+    model, _ = vaelab.train(data="digits", latent_dims=[4, 2], hidden=[32], epochs=2, eval_k=0, out=str(tmp_path),
+                            name="ex", threads=1, figures=False, log=lambda *a: None)
+    explorer = Explorer(vaelab.load(tmp_path / "ex", device="cpu"))
+    z = explorer.latent_of(0)  # the prior's noise at the example's posterior mean path
+    example = explorer.example(0)
+    assert explorer.decode(z)["image"] == example["reconstruction"]
+    rec = model.reconstruct(explorer.x[:1])[0]
+    from vaelab.serve.explorer import render
+    assert render(rec, explorer.shape) == example["reconstruction"]  # the same z as the model's own reconstruction
+    moved = z.clone()
+    moved[4] += 2.0  # a unit of the upper layer: the decoder reads z1 only, which follows it
+    assert explorer.decode(moved)["image"] != example["reconstruction"]
+    assert len(explorer.sample(3, seed=0)["images"]) == 3

@@ -62,6 +62,9 @@ __all__ = [
     "layer_of",
     "unit_name",
     "hierarchical_samples",
+    "colour",
+    "whiten",
+    "noise_view",
 ]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -282,6 +285,17 @@ class LadderPosterior(Distribution):
         return self._walk(Size(), z, True)[1]
 
     @property
+    def stddev(self) -> Tensor:
+        """Each layer's conditional standard deviation along the mean path (the scales of
+        q(z_i | z_{i+1}, x) at the upper layers' means): the spread of each unit given the
+        layers above, not of its marginal."""
+        mean = self.mean
+        parts = _split(mean, self.prior.dims)
+        scales = [self._layer(i, parts[i + 1] if i + 1 < len(parts) else None)[1].expand_as(parts[i])
+                  for i in range(len(parts))]
+        return torch.cat(scales, -1)
+
+    @property
     def mean(self) -> Tensor:
         """The mean path: z_L = mu^_L, then each layer's merged mean given the one above
         (exact for the top layer; for lower layers the mean given the upper layers' means)."""
@@ -398,6 +412,45 @@ def hierarchical_samples(prior: LadderPrior, rows: int, columns: int, h: Tensor 
         loc, scale = prior.top_down[i](zs[i + 1], h)  # h [1, C] broadcast over rows and columns
         zs[i] = loc + scale * torch.randn_like(loc) * noise
     return torch.cat(zs, -1)
+
+
+def colour(prior: LadderPrior, eps: Tensor, h: Tensor | None = None) -> Tensor:
+    """z from the prior's standard-normal noise ``eps`` ``[*S, B, D]`` (the prior's own
+    reparameterization): z_L = eps_L, then z_i = mu_i(z_{i+1}) + sigma_i(z_{i+1}) eps_i.
+    ``eps ~ N(0, I)`` gives z ~ p(z); varying an upper layer's eps with the lower ones held
+    moves the lower layers as the top-down path says."""
+    parts = _split(eps, prior.dims)
+    zs: list[Tensor] = [torch.empty(0)] * len(parts)
+    zs[-1] = parts[-1]
+    for i in reversed(range(len(parts) - 1)):
+        loc, scale = prior.top_down[i](zs[i + 1], h)
+        zs[i] = loc + scale * parts[i]
+    return torch.cat(zs, -1)
+
+
+def whiten(prior: LadderPrior, z: Tensor, h: Tensor | None = None) -> Tensor:
+    """The inverse of :func:`colour`: eps_L = z_L, eps_i = (z_i - mu_i(z_{i+1})) / sigma_i(z_{i+1})."""
+    parts = _split(z, prior.dims)
+    out = list(parts)
+    for i in range(len(parts) - 1):
+        loc, scale = prior.top_down[i](parts[i + 1], h)
+        out[i] = (parts[i] - loc) / scale
+    return torch.cat(out, -1)
+
+
+def noise_view(q: LadderPosterior, prior: LadderPrior, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The posterior's mean path as the prior's noise, eps = whiten(mean) ``[B, D]``, and each
+    unit's conditional spread in noise units, the scale of q(z_i | z_{i+1}, x) over that of
+    p(z_i | z_{i+1}) at the upper layers' means ``[B, D]`` (what the explorer shows)."""
+    mean = q.mean
+    parts = _split(mean, prior.dims)
+    spread = []
+    for i, part in enumerate(parts):
+        above = parts[i + 1] if i + 1 < len(parts) else None
+        scale = q._layer(i, above)[1].expand_as(part)
+        prior_scale = torch.ones_like(part) if above is None else prior.top_down[i](above, h)[1]
+        spread.append(scale / prior_scale)
+    return whiten(prior, mean, h), torch.cat(spread, -1)
 
 
 def build_ladder(spec: ModelSpec) -> VAE:

@@ -28,6 +28,15 @@ log p(x|c). The semi-supervised M2 (``spec.family == "m2"``, a :class:`~vaelab.m
 needs no class to encode (q(z|x) uses the class its classifier q(y|x) predicts); the
 explorer shows the predicted class and its probability, and decodes under the chosen class.
 
+**Hierarchies.** For a ladder VAE (``--latent-dims``, :mod:`vaelab.ladder`) the explorer's
+coordinates are the prior's standard-normal noise eps, with z = colour(eps): z_L = eps_L,
+z_i = mu_i(z_{i+1}) + sigma_i(z_{i+1}) eps_i (:func:`vaelab.ladder.colour`). The prior is then
+N(0, I) as for one layer, so the sliders' range and the sampling mean the same, and moving a
+slider of an upper-layer unit moves the layers below it along the top-down path, their noise
+held: a traversal per layer. Examples sit at the eps of their posterior mean path; their
+spread is shown per unit given the layers above (in noise units); dimensions are ordered by
+their KL given the layers above.
+
 Everything the web pages show comes out of the methods here as plain JSON-ready values;
 images are rendered once, as PNG data URLs (see :func:`render`). Methods do torch work and
 are not thread-safe: the app calls them one at a time, under ``torch.no_grad()``.
@@ -171,6 +180,8 @@ class Explorer:
                 q = model.encode(x) if self.classifier is not None else model.encode(x, c=ctx)  # q(z|x, c)
                 means, stds = q.mean.cpu().double(), q.stddev.cpu().double()  # [Nt, D], the whole test set
                 kl = kl_per_dimension(q, model.vae.prior_distribution(ctx))  # [Nt, D], or None if q or p does not factorise
+                if self._hierarchy() is not None:  # a ladder: coordinates are the prior's noise (module docstring)
+                    means, stds, kl = self._noise_view(q, ctx)
             else:
                 means = stds = torch.zeros(0, model.latent_dim, dtype=torch.float64)
         self.dims = self._dimensions(means, None if kl is None else kl.cpu().double().mean(0))
@@ -332,6 +343,42 @@ class Explorer:
         return {v.name: v.names()[int(row[j])] if v.kind == "categorical" else round(float(row[j]), 5)
                 for j, v in enumerate(self.variables)}
 
+    def _hierarchy(self) -> Any:
+        """The ladder VAE's prior when the model is a hierarchy, else None."""
+        from ..ladder import LadderPrior
+
+        prior = self.model.vae.prior
+        return prior if isinstance(prior, LadderPrior) else None
+
+    def _noise_view(self, q: Any, ctx: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """A hierarchy's posterior means as prior noise eps ``[N, D]``, each unit's conditional
+        spread in noise units (q's scale over the prior's, along the mean path) and its KL given
+        the layers above ``[N, D]``."""
+        from ..ladder import LadderPosterior, noise_view
+
+        assert isinstance(q, LadderPosterior)
+        eps, spread = noise_view(q, self._hierarchy(), self.model.vae.features(ctx))
+        kl = torch.cat(q.layer_kl(q.sample((16,))), -1).mean(0)  # [N, D]
+        return eps.cpu().double(), spread.cpu().double(), kl
+
+    def _latent(self, v: Tensor, ctx: Tensor | None) -> Tensor:
+        """The model's z for explorer coordinates ``v`` ``[N, D]`` (a hierarchy's are noise: colour them)."""
+        prior = self._hierarchy()
+        if prior is None:
+            return v
+        from ..ladder import colour
+
+        return colour(prior, v.to(self.model.device), self.model.vae.features(ctx))
+
+    def _coordinates(self, z: Tensor, ctx: Tensor | None) -> Tensor:
+        """Explorer coordinates of the model's latents ``z`` ``[N, D]`` (the inverse of :meth:`_latent`)."""
+        prior = self._hierarchy()
+        if prior is None:
+            return z
+        from ..ladder import whiten
+
+        return whiten(prior, z.to(self.model.device), self.model.vae.features(ctx))
+
     def _rows(self, c: Tensor | None, n: int) -> Tensor | None:
         """A context ``[1, P]`` repeated for ``n`` latents, checked, on the model's device."""
         return None if c is None else self.model.context(c.reshape(1, -1).expand(n, -1), n=n)
@@ -352,7 +399,8 @@ class Explorer:
     def _decoded(self, z: Tensor, c: Tensor | None = None) -> dict[str, Any]:
         """Latents ``[N, D]`` with their map coordinates and decoded means under context ``c`` ``[1, P]``."""
         z = z.float()
-        x = self.model.decode(z, c=self._rows(c, len(z))).mean.cpu()  # [N, *x_shape]
+        ctx = self._rows(c, len(z))
+        x = self.model.decode(self._latent(z, ctx), c=ctx).mean.cpu()  # [N, *x_shape]
         return {"z": _floats(z), "coords": _floats(self.projection.to_plane(z.cpu()), 4),
                 "images": [render(xi, self.shape) for xi in x], "context": self.describe(c)}
 
@@ -377,11 +425,11 @@ class Explorer:
             return p.sample() if ctx is not None and tuple(p.batch_shape) == (n,) else p.sample((n,))  # [n, D]
 
         if seed is None:
-            return self._decoded(draw(), c)
+            return self._decoded(self._coordinates(draw(), ctx), c)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             z = draw()
-        return self._decoded(z, c)
+        return self._decoded(self._coordinates(z, ctx), c)
 
     def latent_of(self, index: int) -> Tensor:
         """The posterior mean of test example ``index`` ``[D]``."""
@@ -395,7 +443,8 @@ class Explorer:
         place on the map; for M2 the classifier's prediction."""
         z = self.latent_of(index)
         c = None if self.c is None else self.c[index : index + 1]  # [1, P]
-        rec = self.model.decode(z[None], c=self._rows(c, 1)).mean.cpu()[0]
+        ctx = self._rows(c, 1)
+        rec = self.model.decode(self._latent(z[None], ctx), c=ctx).mean.cpu()[0]
         return {
             "index": index,
             "label": None if self.labels is None else int(self.labels[index]),
@@ -468,12 +517,16 @@ class Explorer:
         khat = round(float(torch.cat(khats).double().median()), 2) if khats else None
         mean = q.mean[0].float()
         rec = m.decode(mean[None], c=ctx).mean.cpu()[0]
+        std = q.stddev[0]
+        if self._hierarchy() is not None:  # the explorer's coordinates: the prior's noise
+            eps, spread, _ = self._noise_view(q, ctx)
+            mean, std = eps[0].float(), spread[0]
         values = xb.reshape(-1)
         return {
             "input": render(xb[0].cpu(), self.shape),
             "reconstruction": render(rec, self.shape),
             "z": _floats(mean),
-            "std": _floats(q.stddev[0]),
+            "std": _floats(std),
             "coords": _floats(self.projection.to_plane(mean[None].cpu())[0], 4),
             "elbo": round(float(terms.elbo[0]), 3),
             "elbo_se": rec_se,
