@@ -372,7 +372,7 @@ def test_config_file_with_a_section_or_missing(tmp_path: Path, capsys: pytest.Ca
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--net", "transformer"), ("--likelihood", "poisson"), ("--epochs", "ten"), ("--binarize", "maybe")],
+    [("--net", "transformer"), ("--likelihood", "tweedie"), ("--epochs", "ten"), ("--binarize", "maybe")],
 )
 def test_unknown_option_value(option: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert_refused(["train", option, value, "--out", tmp_path], capsys, option, value)

@@ -188,7 +188,7 @@ def spec_dict(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("changes,culprits", [
     (dict(posterior={"name": "radial"}), ["model.json", "unknown posterior 'radial'", "gaussian, full-gaussian, planar, iaf"]),
     (dict(prior={"name": "flow"}), ["model.json", "unknown prior 'flow'", "normal, mog, vamp, conditional"]),
-    (dict(likelihood={"name": "poisson"}), ["model.json", "unknown likelihood 'poisson'", "bernoulli"]),
+    (dict(likelihood={"name": "tweedie"}), ["model.json", "unknown likelihood 'tweedie'", "bernoulli"]),
     (dict(net={"name": "transformer", "hidden": [8]}), ["model.json", "unknown net 'transformer'", "mlp, conv"]),
     (dict(posterior={"name": "planar", "flow_stepz": 2}), ["model.json", "posterior 'planar' has no option(s) flow_stepz",
                                                           "its options: flow_steps, min_scale"]),

@@ -242,6 +242,6 @@ def in_unit_interval(support: constraints.Constraint | None) -> bool:
     """Whether a likelihood's support lies in [0, 1] (read off the constraint itself)."""
     if support is None:
         return False
-    probe = torch.tensor([0.0, 1.0, -0.5, 1.5, 0.5])
+    probe = torch.tensor([0.0, 1.0, -0.5, 1.5, 0.5, 2.0])
     ok = support.check(probe)
-    return bool(ok[0] and ok[1] and not ok[2] and not ok[3])
+    return bool(ok[0] and ok[1] and not ok[2] and not ok[3] and not ok[5])  # 2.0: counts are not [0, 1] data

@@ -16,6 +16,10 @@ p(x|z)              :class:`BernoulliDecoder`                   likelihood ``ber
                     :class:`GaussianDecoder`                    likelihood ``gaussian``
                     :class:`LaplaceDecoder`                     likelihood ``laplace``
                     :class:`LogisticMixtureDecoder`             likelihood ``logistic-mixture``
+                    :class:`MixedDecoder`                       likelihood ``mixed`` (a table)
+p(x|z, l)           :class:`PoissonDecoder`                     likelihood ``poisson``
+(counts)            :class:`NegativeBinomialDecoder`            likelihood ``negative-binomial``
+                    :class:`ZINBDecoder`                        likelihood ``zinb``
 ==================  ==========================================  ==============================
 
 Each registers itself in :mod:`vaelab.registry` (name, options, support), which the CLI,
@@ -23,6 +27,7 @@ Each registers itself in :mod:`vaelab.registry` (name, options, support), which 
 ``c`` (``encoder(x, c)``, ``decoder(z, c)``, ``prior(c)``) for conditional models.
 """
 
+from .counts import LibraryCounts, NegativeBinomialDecoder, PoissonDecoder, ZeroInflatedNegativeBinomial, ZINBDecoder
 from .flows import IAFEncoder, InverseAutoregressiveFlow, PlanarFlow, PlanarFlowEncoder
 from .likelihoods import (
     BernoulliDecoder,
@@ -34,7 +39,8 @@ from .likelihoods import (
     LocationScaleDecoder,
     LogisticMixtureDecoder,
 )
-from .logistic import DiscretizedLogisticMixture
+from .logistic import DiscretizedLogisticMixture, RGBLogisticMixture
+from .mixed import MixedDecoder
 from .posteriors import FullCovarianceEncoder, GaussianEncoder, diagonal_gaussian
 from .priors import ConditionalGaussianPrior, GaussianMixturePrior, StandardNormalPrior, VampPrior
 
@@ -45,6 +51,7 @@ __all__ = [
     "ContinuousBernoulliDecoder",
     "Decoder",
     "DiscretizedLogisticMixture",
+    "RGBLogisticMixture",
     "FullCovarianceEncoder",
     "GaussianDecoder",
     "GaussianEncoder",
@@ -52,8 +59,14 @@ __all__ = [
     "IAFEncoder",
     "InverseAutoregressiveFlow",
     "LaplaceDecoder",
+    "LibraryCounts",
+    "NegativeBinomialDecoder",
+    "PoissonDecoder",
+    "ZeroInflatedNegativeBinomial",
+    "ZINBDecoder",
     "LocationScaleDecoder",
     "LogisticMixtureDecoder",
+    "MixedDecoder",
     "PlanarFlow",
     "PlanarFlowEncoder",
     "StandardNormalPrior",

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch import Size
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, constraints
 
+from ..errors import VaelabError
 from ..registry import Option, Shapes, in_unit_interval, register
 from .posteriors import diagonal_gaussian, run_net
 
@@ -244,6 +245,12 @@ def _mog(shapes: Shapes, prior_components: int) -> nn.Module:
 @register("prior", "vamp", options=(PRIOR_COMPONENTS,), help="VampPrior (learned pseudo-inputs)", cls=VampPrior)
 def _vamp(shapes: Shapes, prior_components: int) -> nn.Module:
     assert shapes.encoder is not None
+    if shapes.likelihood is not None and getattr(shapes.likelihood.cls, "tabular", False):
+        raise VaelabError("prior 'vamp' learns pseudo-inputs in the space of x, which the level ids and counts of a "
+                          "table (--likelihood mixed) are not; use --prior normal or mog")
+    if shapes.likelihood is not None and getattr(shapes.likelihood.cls, "counts", False):
+        raise VaelabError(f"prior 'vamp' learns real-valued pseudo-inputs in the space of x, which counts "
+                          f"(--likelihood {shapes.likelihood.name}) are not; use --prior normal or mog")
     unit = in_unit_interval(shapes.likelihood.support if shapes.likelihood is not None else None)
     return VampPrior(shapes.encoder, shapes.x_shape, prior_components, unit_interval=unit)
 

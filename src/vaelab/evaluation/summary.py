@@ -181,7 +181,7 @@ class EvaluationSummary:
     All values in nats per example (``units``). ``*_stderr`` is the standard error over the
     ``n`` examples (``None`` for one example), ``log_px_mc_stderr`` the Monte-Carlo error of
     log p(x) for these examples. The log p(x) block (``k`` .. ``ess_min``) is ``None`` when
-    evaluated with K = 0; ``bits_per_dim`` only for discrete data; ``accuracy`` only for a
+    evaluated with K = 0; ``bits_per_dim`` only for discrete data, ``nats_per_count`` only for count likelihoods; ``accuracy`` only for a
     model with a classifier q(y|x) (M2) on labelled data; ``conditional_on`` names the
     context variables of a conditional model, whose figures are all given them (log p(x|c)).
     ``estimator`` names the estimator of the log p(x) block (``is``, ``mixture``, ``ais``;
@@ -213,6 +213,7 @@ class EvaluationSummary:
     khat_max: float | None = None
     khat_bad_share: float | None = None  # share of examples whose k-hat is above 0.7
     bits_per_dim: float | None = None
+    nats_per_count: float | None = None  # count likelihoods: -log p(x) / the mean total count
     accuracy: float | None = None
     accuracy_stderr: float | None = None
     conditional_on: tuple[str, ...] = ()
@@ -270,6 +271,8 @@ class EvaluationSummary:
                     out[key] = getattr(self, key)
         if self.bits_per_dim is not None:
             out["bits_per_dim"] = self.bits_per_dim
+        if self.nats_per_count is not None:
+            out["nats_per_count"] = self.nats_per_count
         if self.accuracy is not None:
             out["accuracy"] = self.accuracy
             out["accuracy_stderr"] = self.accuracy_stderr

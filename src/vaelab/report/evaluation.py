@@ -114,6 +114,10 @@ def evaluation_section(ev: EvaluationSummary, model: TrainedModel) -> str:
             rows.append(("bits per dimension", fmt(ev.bits_per_dim, 4),
                          "−log p(x) / (D ln 2), for discrete data: the average code length per "
                          "value (pixel) of a lossless compressor built on the model."))
+        if ev.nats_per_count is not None:
+            rows.append(("nats per count", fmt(ev.nats_per_count, 4),
+                         "−log p(x) over the examples' mean total count (library size): the code length per "
+                         "counted molecule, comparable across data sets of different depth."))
         what = "chain weights of AIS" if ev.estimator == "ais" else "importance weights"
         rows.append(("effective sample size", f"median {fmt(ev.ess_median, 1)}, min {fmt(ev.ess_min, 1)}",
                      f"ESS of the {what}, (Σw)²/Σw², between 1 and {ev.k}: how many of "
