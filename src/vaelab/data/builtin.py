@@ -9,14 +9,27 @@ name                      shape      train/test   levels     where it comes from
 ``fashion-mnist``         (1,28,28)  60000/10000  256        Debian ``dataset-fashion-mnist``
                                                              if installed, else downloaded
 ``mnist``                 (1,28,28)  60000/10000  256        downloaded (md5-checked)
+``synthetic-nb``          (100,)     seeded       counts     negative-binomial counts with known
+                                                             parameters, covariate ``batch``
+                                                             (:mod:`~vaelab.data.synthetic`)
+``patches``               (3,32,32)  4000/1000    256        colour patches of scikit-learn's
+                                                             two photographs (:mod:`~vaelab.data.colour`)
+``cifar10``               (3,32,32)  50000/10000  256        downloaded (md5-checked)
+``pbmc68k``               (765,)     seeded       counts     700 cells, 10 cell types: scanpy's
+                                                             file, counts recovered exactly
+``celltypist-demo``       (32786,)   seeded       counts     559 cells of raw UMI counts that
+                                                             celltypist ships
+``pbmc3k``                (32738,)   seeded       counts     10x PBMC 3k, downloaded (md5)
 ========================  =========  ===========  =========  ================================
+
+The single-cell sets (``pbmc68k``, ``celltypist-demo``, ``pbmc3k``): :mod:`~vaelab.data.singlecell`.
 
 ``mnist5k``: the file holds 500 digits of each class, sorted by class. The split is fixed and
 does not depend on the seed: the first 400 of each class are training data, the last 100 the
 test set (4,000/1,000). Both parts are ordered round-robin over the classes (0, 1, ..., 9,
 0, 1, ...), so the first ten test images show the ten digits. Pixels are divided by 255.
 
-``mnist``, ``fashion-mnist`` and ``mnist5k`` have fixed test sets, so ``test_fraction`` does
+``mnist``, ``fashion-mnist``, ``mnist5k``, ``patches`` and ``cifar10`` have fixed test sets, so ``test_fraction`` does
 not apply to them; ``digits`` holds out a seeded, class-stratified ``test_fraction``. The
 validation part always comes out of the training part (see :func:`~vaelab.data.splits.make_splits`).
 Nothing is read or downloaded until a loader is called.
@@ -31,8 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
+from vaelab.data.colour import load_cifar10, load_patches
 from vaelab.data.idx import cache_dir, download, read_idx
+from vaelab.data.singlecell import SINGLECELL_DATASETS, load_singlecell
 from vaelab.data.splits import DataSplits, make_splits, prepare_arrays
+from vaelab.data.synthetic import SYNTHETIC_NB, load_synthetic_nb
 from vaelab.errors import VaelabError
 
 __all__ = [
@@ -45,7 +61,8 @@ __all__ = [
     "FASHION_MNIST_DIR",
 ]
 
-BUILTIN_DATASETS: tuple[str, ...] = ("mnist5k", "digits", "fashion-mnist", "mnist")
+BUILTIN_DATASETS: tuple[str, ...] = ("mnist5k", "digits", "fashion-mnist", "mnist", SYNTHETIC_NB, "patches", "cifar10",
+                                     *SINGLECELL_DATASETS)
 
 # Mirrors and md5 checksums as torchvision (torchvision/datasets/mnist.py) has them.
 MNIST_MIRRORS: tuple[str, ...] = (
@@ -82,16 +99,33 @@ def load_builtin(
     test_fraction: float = 0.1,
     seed: int = 0,
     cache: str | os.PathLike[str] | None = None,
+    covariates: Sequence[str] = (),
+    counts: bool = False,
 ) -> DataSplits:
-    """Load a built-in data set by name (one of :data:`BUILTIN_DATASETS`)."""
+    """Load a built-in data set by name (one of :data:`BUILTIN_DATASETS`); ``covariates`` and
+    ``counts`` as in :func:`~vaelab.data.load_data`, for the sets that have them."""
     loaders: dict[str, Callable[[], DataSplits]] = {
         "mnist5k": lambda: _mnist5k(val_fraction, seed),
         "digits": lambda: _digits(val_fraction, test_fraction, seed),
         "fashion-mnist": lambda: _fashion_mnist(val_fraction, seed, cache),
         "mnist": lambda: _mnist(val_fraction, seed, cache),
+        "patches": lambda: load_patches(val_fraction, seed),
+        "cifar10": lambda: load_cifar10(val_fraction, seed, cache),
     }
+    with_covariates: dict[str, Callable[[], DataSplits]] = {  # sets that read covariates (and counts) themselves
+        SYNTHETIC_NB: lambda: load_synthetic_nb(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                                covariates=tuple(covariates), counts=counts),
+        **{sc: (lambda sc=sc: load_singlecell(sc, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                              cache=cache, covariates=covariates))
+           for sc in SINGLECELL_DATASETS},  # single-cell counts (vaelab.data.singlecell)
+    }
+    if name in with_covariates:
+        return with_covariates[name]()
     if name not in loaders:
         raise VaelabError(f"unknown built-in data set '{name}'; choose one of: {', '.join(BUILTIN_DATASETS)}")
+    if covariates:
+        raise VaelabError(f"built-in data set '{name}' has no covariates ({', '.join(covariates)}); "
+                          "it can condition on its labels only (--condition-on label)")
     return loaders[name]()
 
 
