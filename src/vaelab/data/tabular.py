@@ -1,0 +1,370 @@
+"""Mixed-type tables: a CSV with a header, a type per column, missing cells kept as NaN.
+
+``load_table("patients.csv")`` (what ``load_data(..., tabular=True)`` and
+``vaelab train --likelihood mixed`` call) reads a CSV whose first row names the columns and
+gives :class:`~vaelab.data.splits.DataSplits` of kind ``"mixed"``: x ``[N, C]`` float32 with
+one value per column (a numeric value, 0/1, a level id 0..K-1, a count), NaN for a missing
+cell, and ``columns``, the :class:`~vaelab.distributions.mixed.Column` of each (its type,
+its level names, the training split's mean and standard deviation). Rows with missing cells
+are kept: the likelihood masks those cells out.
+
+Missing cells: empty, or (any case) ``NA``, ``N/A``, ``NaN``, ``null`` or ``?``.
+
+Column types, when not declared, are read off the observed cells of the whole file:
+
+* any cell that is not a number: ``categorical``, levels in sorted order;
+* only 0 and 1: ``binary``;
+* whole numbers (written without a decimal point) with at most :data:`AUTO_LEVELS`
+  distinct values: ``categorical``, levels in numeric order;
+* other non-negative whole numbers: ``count``;
+* anything else (decimals, negative whole numbers with many values): ``numeric``.
+
+``column_types="age=numeric,visits=count"`` overrides the types of the columns it names (a
+type that does not fit a cell is an error naming column, line and value); an entry that
+lists its levels (``city=categorical(Oslo|Paris|Rome)``, as a model spec keeps them) fixes
+the level ids, and a cell outside them is an error. A ``label`` column holds class labels and
+covariates asked for by name are taken out of the features, as for plain CSV files (a
+covariate of text values is categorical). Levels are read over every row (train and test);
+a level that the validation or test split holds but training never saw is refused, since
+the model cannot learn it.
+
+>>> s = load_table("patients.csv")  # doctest: +SKIP
+>>> s.kind, [c.type for c in s.columns]  # doctest: +SKIP
+('mixed', ['numeric', 'binary', 'categorical', 'count'])
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import io
+import math
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from vaelab.data.splits import DataSplits, make_splits
+from vaelab.distributions.mixed import Column, format_columns, parse_column_types
+from vaelab.errors import VaelabError
+from vaelab.spec import ModelSpec, PartSpec
+
+__all__ = ["AUTO_LEVELS", "MISSING", "Table", "read_table", "load_table", "missing_cells", "missing_note",
+           "decode_rows", "table_csv", "table_spec"]
+
+AUTO_LEVELS = 10  # whole-number columns with at most this many distinct values are read as categorical
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "?"})  # cells that mark a missing value (any case)
+_WHOLE = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass
+class Table:
+    """A CSV table as read, before splitting: x ``[N, C]`` float64 (NaN: missing), the columns
+    (types and levels; no statistics yet), and the label and covariate columns."""
+
+    x: np.ndarray
+    columns: tuple[Column, ...]
+    labels: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
+    covariates: np.ndarray | None = None  # [N, P] float64
+    covariate_classes: tuple[tuple[str, ...], ...] = ()
+    lines: np.ndarray | None = None  # [N] the file line of each row, for messages
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _is_missing(cell: str) -> bool:
+    return cell.lower() in MISSING
+
+
+def _read_rows(path: Path, what: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, rows of stripped cells and their line numbers (blank lines skipped)."""
+    try:
+        with _open_text(path) as f:
+            reader = csv.reader(f)
+            rows, lines = [], []
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    rows.append([cell.strip() for cell in row])
+                    lines.append(reader.line_num)
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as err:
+        raise VaelabError(f"{what} is not a readable UTF-8 CSV file ({' '.join(str(err).split())[:200]})") from None
+    if not rows:
+        raise VaelabError(f"{what} is empty; a table needs a header row naming its columns, then one row per example")
+    header, rows, lines = rows[0], rows[1:], lines[1:]
+    if all(_number(c) is not None for c in header):
+        raise VaelabError(f"{what} has no header row (its first row is all numbers); the mixed likelihood needs "
+                          "the first row to name the columns")
+    if any(not c for c in header):
+        raise VaelabError(f"{what}: header column {header.index('') + 1} has no name; name every column")
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise VaelabError(f"{what}: column name(s) {', '.join(map(repr, twice))} appear more than once in the header")
+    if not rows:
+        raise VaelabError(f"{what} has a header but no data rows")
+    for row, line in zip(rows, lines):
+        if len(row) != len(header):
+            raise VaelabError(f"{what}: line {line} has {len(row)} cells but the header names {len(header)} columns; "
+                              "make them match (an empty cell is a missing value)")
+    return header, rows, lines
+
+
+def _level_order(values: set[str]) -> list[str]:
+    """Levels sorted as numbers when they all are, else as text."""
+    if all(_number(v) is not None for v in values):
+        return sorted(values, key=lambda v: (float(v), v))
+    return sorted(values)
+
+
+def _canonical(cell: str) -> str:
+    """A numeric level's name: ``"3"`` for ``3``, ``03`` and ``3.0``; text as it is."""
+    v = _number(cell)
+    if v is None or not math.isfinite(v):
+        return cell
+    return str(int(v)) if v == int(v) else repr(v)
+
+
+def _infer_type(name: str, cells: list[str]) -> str:
+    numbers = [_number(c) for c in cells]
+    if any(v is None for v in numbers):
+        return "categorical"
+    values = set(numbers)
+    if values <= {0.0, 1.0}:
+        return "binary"
+    if all(_WHOLE.match(c) for c in cells):
+        if len(values) <= AUTO_LEVELS:
+            return "categorical"
+        if min(values) >= 0:  # type: ignore[type-var]
+            return "count"
+    return "numeric"
+
+
+def _encode(name: str, kind: str, cells: list[str], lines: list[int], what: str,
+            levels: tuple[str, ...] = ()) -> tuple[np.ndarray, Column]:
+    """One column's cells as float64 values (NaN: missing) and its Column (no statistics)."""
+    out = np.full(len(cells), np.nan)
+    observed = [i for i, c in enumerate(cells) if not _is_missing(c)]
+
+    def bad(i: int, need: str) -> VaelabError:
+        return VaelabError(f"{what}: column '{name}' is {kind} but holds {cells[i]!r} at line {lines[i]}; {need}")
+
+    if kind == "categorical":
+        names = [_canonical(cells[i]) for i in observed]
+        order = list(levels) if levels else _level_order(set(names))
+        ids = {v: k for k, v in enumerate(order)}
+        for i, v in zip(observed, names):
+            if v not in ids:
+                raise bad(i, f"its levels are {', '.join(order)}: mark the cell missing, or declare the level "
+                             "(--column-types NAME=categorical(LEVEL|...)) and train anew")
+            out[i] = ids[v]
+        return out, Column(name, kind, levels=tuple(order))
+    for i in observed:
+        v = _number(cells[i])
+        if v is None or not math.isfinite(v):
+            hint = {"numeric": "declare it categorical (--column-types NAME=categorical) or fix the cell",
+                    "count": "a count column holds 0, 1, 2, ...", "binary": "a binary column holds 0 or 1"}[kind]
+            raise bad(i, f"{'a finite number' if v is not None else 'not a number'}: {hint}")
+        if kind == "binary" and v not in (0.0, 1.0):
+            raise bad(i, "a binary column holds 0 or 1 (declare a column of other levels categorical)")
+        if kind == "count" and (v < 0 or v != round(v)):
+            raise bad(i, "a count column holds whole numbers 0, 1, 2, ... (declare it numeric for other values)")
+        out[i] = v
+    return out, Column(name, kind)
+
+
+def read_table(path: str | os.PathLike[str], *, column_types: str = "", covariates: Sequence[str] = ()) -> Table:
+    """Read a mixed-type CSV table (see the module docstring); every problem is a one-line
+    :class:`~vaelab.errors.VaelabError` naming the file, the column and the line."""
+    path = Path(path)
+    what = f"data file '{path}'"
+    name = path.name.lower()
+    if not (name.endswith(".csv") or name.endswith(".csv.gz")):
+        raise VaelabError(f"{what}: the mixed likelihood reads a CSV table (.csv or .csv.gz) with a header row; "
+                          "for other data choose another --likelihood")
+    if not path.is_file():
+        raise VaelabError(f"{what} not found; pass --data with an existing .csv file")
+    header, rows, lines = _read_rows(path, what)
+    cells_of = {h: [row[j] for row in rows] for j, h in enumerate(header)}
+    label = next((h for h in header if h.lower() == "label"), None)
+    for cov in covariates:
+        if cov not in header or cov == label:
+            raise VaelabError(f"--condition-on {cov}: {what} has no column '{cov}' (columns: {', '.join(header)})")
+    features = [h for h in header if h != label and h not in covariates]
+    if not features:
+        raise VaelabError(f"{what} has no feature columns besides the label and covariates; add some")
+    declared = parse_column_types(column_types)
+    if set(declared) == set(features):  # every column declared (e.g. a model's own): in the declared order
+        features = list(declared)
+    for col in declared:
+        if col not in features:
+            role = " (it is the label column)" if col == label else " (it is a covariate)" if col in covariates else ""
+            raise VaelabError(f"--column-types names column '{col}' but {what} has no feature column of that "
+                              f"name{role}; its columns: {', '.join(features)}")
+    values, columns = [], []
+    for h in features:
+        cells = cells_of[h]
+        observed = [c for c in cells if not _is_missing(c)]
+        if not observed:
+            raise VaelabError(f"{what}: column '{h}' has no values (every cell is missing); drop the column")
+        kind, levels = declared.get(h) or (_infer_type(h, observed), ())
+        v, col = _encode(h, kind, cells, lines, what, levels)
+        values.append(v)
+        columns.append(col)
+    labels, class_names = None, None
+    if label is not None:
+        labels, class_names = _labels(cells_of[label], lines, what)
+    cov, classes = None, ()
+    if covariates:
+        parts = [_covariate(c, cells_of[c], lines, what) for c in covariates]
+        cov = np.stack([p[0] for p in parts], 1)
+        classes = tuple(p[1] for p in parts)
+    return Table(np.stack(values, 1), tuple(columns), labels, class_names, cov, classes, np.asarray(lines))
+
+
+def _labels(cells: list[str], lines: list[int], what: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    for i, c in enumerate(cells):
+        if _is_missing(c):
+            raise VaelabError(f"{what}: the label at line {lines[i]} is missing; give every example a label")
+    if all(_number(c) is not None for c in cells):
+        return np.asarray([float(c) for c in cells]), None
+    names = sorted(set(cells))
+    return np.searchsorted(np.asarray(names), np.asarray(cells)).astype(np.int64), tuple(names)
+
+
+def _covariate(name: str, cells: list[str], lines: list[int], what: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A covariate column: numbers (continuous) or level ids of its sorted text levels (categorical)."""
+    for i, c in enumerate(cells):
+        if _is_missing(c):
+            raise VaelabError(f"{what}: covariate '{name}' is missing at line {lines[i]}; every example needs a value "
+                              "(fill it in or drop that row)")
+    numbers = [_number(c) for c in cells]
+    if all(v is not None and math.isfinite(v) for v in numbers):
+        return np.asarray(numbers, dtype=np.float64), ()
+    levels = sorted(set(cells))
+    return np.searchsorted(np.asarray(levels), np.asarray(cells)).astype(np.float64), tuple(levels)
+
+
+def load_table(
+    source: str | os.PathLike[str],
+    *,
+    column_types: str = "",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    covariates: Sequence[str] = (),
+) -> DataSplits:
+    """Read a mixed-type table (:func:`read_table`) and split it as :func:`~vaelab.data.load_data`
+    splits every source (seeded, stratified by label). The columns' numeric statistics are the
+    training split's; a level that only the validation or test split holds is an error."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise VaelabError(f"the mixed likelihood reads a CSV table; got a {type(source).__name__}")
+    table = read_table(source, column_types=column_types, covariates=covariates)
+    name = os.fspath(source)
+    splits = make_splits(
+        name, table.x, table.labels, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        covariates=table.covariates, covariate_names=tuple(covariates), class_names=table.class_names,
+        covariate_classes=table.covariate_classes, columns=table.columns,
+    )
+    _check_levels_seen(splits, table.columns, name)
+    return dataclasses.replace(splits, columns=_with_statistics(table.columns, splits.train))
+
+
+def _check_levels_seen(splits: DataSplits, columns: Sequence[Column], name: str) -> None:
+    for j, col in enumerate(columns):
+        if col.type != "categorical":
+            continue
+        seen = set(_ids(splits.train[:, j]))
+        for part in ("val", "test"):
+            unseen = sorted(set(_ids(getattr(splits, part)[:, j])) - seen)
+            if unseen:
+                raise VaelabError(f"data file '{name}': column '{col.name}' has level {col.levels[unseen[0]]!r} in the "
+                                  f"{part} split but never in training, so the model cannot learn it; add training rows "
+                                  "with it, merge it into another level, or mark those cells missing")
+
+
+def _ids(v: torch.Tensor) -> list[int]:
+    return v[~torch.isnan(v)].long().tolist()
+
+
+def _with_statistics(columns: Sequence[Column], train: torch.Tensor) -> tuple[Column, ...]:
+    """The columns with the training split's mean (numeric, count) and standard deviation
+    (numeric) of their observed cells; 0 and 1 when a column has none, a std of 1 when it is 0."""
+    out = []
+    x = train.double()
+    for j, col in enumerate(columns):
+        v = x[:, j][~torch.isnan(x[:, j])]
+        if col.type in ("numeric", "count") and len(v):
+            std = float(v.std(unbiased=False)) if col.type == "numeric" else 1.0
+            col = dataclasses.replace(col, mean=float(v.mean()), std=std if std > 0 else 1.0)
+        out.append(col)
+    return tuple(out)
+
+
+def missing_cells(x: torch.Tensor | np.ndarray, columns: Sequence[Column]) -> dict[str, int]:
+    """The number of missing (NaN) cells of each column of x ``[N, C]`` that has any."""
+    counts = torch.isnan(torch.as_tensor(x)).reshape(-1, len(columns)).sum(0).tolist()
+    return {col.name: int(n) for col, n in zip(columns, counts) if n}
+
+
+def missing_note(x: torch.Tensor | np.ndarray, columns: Sequence[Column]) -> str | None:
+    """One line saying how many cells of x are missing and where, or None when none is."""
+    per_column = missing_cells(x, columns)
+    if not per_column:
+        return None
+    total = int(torch.as_tensor(x).numel())
+    listed = ", ".join(f"{name} {n}" for name, n in per_column.items())
+    return (f"{sum(per_column.values())} of {total} cells are missing ({listed}); the ELBO and log p(x) score the "
+            "observed cells only")
+
+
+def decode_rows(x: torch.Tensor | np.ndarray, columns: Sequence[Column]) -> list[list[str]]:
+    """Rows of x ``[N, C]`` as text cells: level names for categorical columns, whole numbers
+    for binary and count ones, numbers for numeric ones, "" for a missing cell (e.g. to write
+    decoded samples as CSV under the header ``[c.name for c in columns]``)."""
+    rows = []
+    for row in np.asarray(torch.as_tensor(x).detach().cpu().double()).reshape(-1, len(columns)):
+        cells = []
+        for v, col in zip(row.tolist(), columns):
+            if math.isnan(v):
+                cells.append("")
+            elif col.type == "categorical":
+                cells.append(col.levels[int(round(v))])
+            elif col.type == "numeric":
+                cells.append(f"{v:.6g}")
+            else:
+                cells.append(str(int(round(v))))
+        rows.append(cells)
+    return rows
+
+
+def table_spec(spec: ModelSpec, columns: Sequence[Column]) -> ModelSpec:
+    """``spec`` with the mixed likelihood's ``column_types`` set to every column of the table,
+    with its levels and statistics: what a loaded model rebuilds its likelihood from."""
+    likelihood = PartSpec(spec.likelihood.name, {**spec.likelihood.options, "column_types": format_columns(columns)})
+    return dataclasses.replace(spec, likelihood=likelihood)
+
+
+def table_csv(x: torch.Tensor | np.ndarray, columns: Sequence[Column]) -> str:
+    """x ``[N, C]`` as CSV text under a header of the column names (:func:`decode_rows`)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([c.name for c in columns])
+    writer.writerows(decode_rows(x, columns))
+    return buf.getvalue()
