@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """This process image's peak resident memory in MB."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -59,7 +59,7 @@ def _worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     model = load(args.run, device="cpu")
     x = torch.from_numpy(np.load(args.x)).float().reshape(-1, *model.x_shape)  # [N, 1, 28, 28]
-    base = _peak_rss_mb()
+    base = peak_rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     if args.worker == "vaelab":
         from vaelab.evaluation import log_likelihood
@@ -73,7 +73,7 @@ def _worker(args: argparse.Namespace) -> None:
         "method": args.worker, "n": x.shape[0], "k": args.k, "seconds": seconds, "cpu_seconds": cpu,
         "examples_per_s": x.shape[0] / seconds, "examples_per_cpu_s": x.shape[0] / cpu,
         "log_px": float(values.double().mean()),
-        "rss_before_mb": base, "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads(),
+        "rss_before_mb": base, "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
     }))
 
 

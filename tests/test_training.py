@@ -371,7 +371,7 @@ def test_config_unknown_key_is_listed() -> None:
         ({"data": 3}, r"data must be of type str"),
         ({"hidden": "32,x"}, r"hidden must be of type list\[int\]"),
         ({"net": "transformer"}, r"unknown value 'transformer' for net; choose one of: mlp, conv"),
-        ({"likelihood": "poisson"}, r"'poisson' for likelihood"),
+        ({"likelihood": "tweedie"}, r"'tweedie' for likelihood"),
         ({"epochs": 0}, r"epochs must be a positive integer"),
         ({"lr": -1.0}, r"lr must be > 0"),
         ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
@@ -492,3 +492,84 @@ def test_lean_adam_runs_step_hooks_once_per_step() -> None:
             p.grad = torch.zeros_like(p)
     opt.step()
     assert len(own) == 1
+
+
+# --- checkpoints spaced in time (--checkpoint-every) --------------------------------------
+
+
+class _Clock:
+    """A stand-in for the loop's ``time`` module: ``monotonic()`` advances one second a call."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.perf_counter = __import__("time").perf_counter
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_spaced_checkpoints_train_the_same_weights_and_verify(run_a: Path, grey_file: Path, tmp_path: Path) -> None:
+    _, result = train(tiny(grey_file, tmp_path, "s", checkpoint_every=3600.0), progress=False, figures=False, log=quiet)
+    run_s = tmp_path / "s"
+    assert (result.stopped, result.epochs_done) == ("completed", 4)
+    assert not (run_s / "checkpoint.previous.safetensors").exists()  # one write: after the last epoch
+    for name in ("checkpoint.safetensors", "model.safetensors"):
+        assert_same_tensors(tensors(run_s / name), tensors(run_a / name))
+    assert read_metadata(run_s / "model.safetensors") == read_metadata(run_a / "model.safetensors")
+    assert untimed(read_metrics(run_s)) == untimed(read_metrics(run_a))
+    from vaelab.verify import verify
+
+    assert verify(run_s).identical  # from the seed: the only checkpoint is the last one
+
+
+def test_spaced_checkpoints_keep_the_best_weights_in_memory_until_written(grey_file: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import vaelab.training.loop as loop
+
+    monkeypatch.setattr(loop, "time", _Clock())  # each check is a second later than the last write
+    every = tiny(grey_file, tmp_path, "e", epochs=6, val_fraction=0.2, lr=0.05)
+    spaced = tiny(grey_file, tmp_path, "p", epochs=6, val_fraction=0.2, lr=0.05, checkpoint_every=2.5)
+    _, a = train(every, progress=False, figures=False, log=quiet)
+    _, b = train(spaced, progress=False, figures=False, log=quiet)
+    assert (a.best_epoch, a.epochs_done) == (b.best_epoch, b.epochs_done)
+    written = read_metadata(tmp_path / "p" / "checkpoint.safetensors")["state"]["epoch"]
+    previous = read_metadata(tmp_path / "p" / "checkpoint.previous.safetensors")["state"]["epoch"]
+    assert written == 6 and previous < 5  # spaced: the write before the last is more than one epoch back
+    assert_same_tensors(tensors(tmp_path / "p" / "model.safetensors"), tensors(tmp_path / "e" / "model.safetensors"))
+    assert read_metadata(tmp_path / "p" / "model.safetensors")["epoch"] == a.best_epoch
+    from vaelab.verify import verify
+
+    monkeypatch.undo()
+    assert verify(tmp_path / "p").identical  # trains the epochs between the two checkpoints again
+
+
+def test_a_spaced_run_stopped_between_writes_resumes_exactly(run_a: Path, grey_file: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, adam_step_hook: Any) -> None:
+    import vaelab.training.loop as loop
+
+    monkeypatch.setattr(loop, "time", _Clock())
+    steps = steps_per_epoch(grey_file)
+
+    def ctrl_c(n: int, optimizer: torch.optim.Optimizer) -> None:
+        if n == 3 * steps + 2:  # epoch 4, step 2
+            raise KeyboardInterrupt
+
+    adam_step_hook(ctrl_c)
+    config = tiny(grey_file, tmp_path, "k", checkpoint_every=1.5)  # writes after epoch 2, then not before epoch 5
+    with pytest.raises(KeyboardInterrupt, match=r"the checkpoint of epoch (\d) is intact") as stop:
+        train(config, progress=False, figures=False, log=quiet)
+    kept = read_metadata(tmp_path / "k" / "checkpoint.safetensors")["state"]["epoch"]
+    assert kept == 2 and "epoch 2 is intact" in str(stop.value)  # the last write, not epoch 3
+    assert len(read_metrics(tmp_path / "k")) == kept  # metrics.jsonl agrees with the checkpoint
+    adam_step_hook(None)
+    _, result = train(resume=tmp_path / "k", progress=False, figures=False, log=quiet)
+    assert (result.stopped, result.epochs_done) == ("completed", 4)
+    assert_same_tensors(tensors(tmp_path / "k" / "checkpoint.safetensors"), tensors(run_a / "checkpoint.safetensors"))
+    assert untimed(read_metrics(tmp_path / "k")) == untimed(read_metrics(run_a))
+
+
+def test_checkpoint_every_must_be_a_non_negative_number(grey_file: Path, tmp_path: Path) -> None:
+    for bad in (-1.0, math.inf):
+        with pytest.raises(VaelabError, match="checkpoint_every must be a finite number of seconds >= 0"):
+            tiny(grey_file, tmp_path, "x", checkpoint_every=bad)

@@ -261,10 +261,15 @@ def _read_inputs(model: Any, source: str) -> tuple[np.ndarray, np.ndarray | None
     from .context import LABEL
     from .data import BUILTIN_DATASETS, context_columns, load_data
 
-    options = model.config.data_options()  # as the run read its data (counts, covariates, ...)
+    options = model.data_options()  # as the run read its data (counts, covariates, a table's columns, ...)
     options["covariates"] = [v.name for v in model.spec.context if v.name != LABEL] if model.conditional else []
+    options["backed"] = False  # every example is read into memory here (a run trained --backed too)
+    if source != model.config.data:
+        options.pop("stratify_by", None)  # another source: its own columns (and all its rows are read)
     if source in BUILTIN_DATASETS:
-        d = load_data(source, **{**options, "covariates": []})
+        from .data.singlecell import SINGLECELL_DATASETS  # their obs columns are covariates, as a file's are
+
+        d = load_data(source, **{**options, "covariates": options["covariates"] if source in SINGLECELL_DATASETS else []})
         parts = ["test"]
     else:
         d = load_data(source, **{**options, "val_fraction": 0.0, "test_fraction": 0.0})
@@ -336,6 +341,25 @@ def _save_npy(path: Path, array: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _table_output(model: Any, npy: Path, run: str, data: str | None = None) -> Path | None:
+    """A table model's (``--likelihood mixed``) decoded output beside FILE.npy: FILE.csv, with
+    level names (checked before the first write); None for other models."""
+    if not getattr(model.vae.decoder, "tabular", False):
+        return None
+    return _check_outputs([npy.with_suffix(".csv")], run, data)[0]
+
+
+def _save_table(path: Path | None, model: Any, x: Any) -> None:
+    """Decoded rows as CSV: level names, 0/1 and counts rounded from their means (a missing
+    input cell gets the model's value: reconstructions impute it)."""
+    if path is None:
+        return
+    from .data.tabular import table_csv
+    from .training.checkpoint import atomic_write_text
+
+    atomic_write_text(path, table_csv(x, model.vae.decoder.columns))
+
+
 CHUNK = 4096  # examples encoded or reconstructed per pass: memory stays bounded whatever the data's size
 
 
@@ -359,7 +383,8 @@ def _check_samples_fit(model: Any, n: int) -> None:
 @click.argument("run", type=click.Path())
 @click.option("-n", "n", type=click.IntRange(1, 100_000), default=64, show_default=True, help="number of samples")
 @click.option("-o", "--output", default="samples.png", show_default=True,
-              help="output file: FILE.png (a grid) and FILE.npy (the decoder means, [n, *x_shape]) are written")
+              help="output file: FILE.png (a grid) and FILE.npy (the decoder means, [n, *x_shape]) are written; "
+                   "for a table (--likelihood mixed) also FILE.csv (decoded rows, level names)")
 @click.option("--seed", type=int, default=0, show_default=True, help="random seed of z ~ p(z)")
 @click.option("--draw", is_flag=True, help="draw x ~ p(x|z) instead of taking the decoder's mean")
 @click.option("--label", default=None,
@@ -374,13 +399,15 @@ def sample(run: str, n: int, output: str, seed: int, draw: bool, label: str | No
 
     png, npy = _check_outputs(_outputs(output, (".png", ".npy")), run)
     model = load(run)
+    table = _table_output(model, npy, run)
     c = None if context is None else _context_values(model, context, n)
     _check_samples_fit(model, n)
     x = model.sample(n, mean=not draw, seed=seed, label=label, c=c)
     given = f" given label {label}" if label is not None else ""
     image_grid(x[:256], png, title=f"{n} samples decoded from z ~ p(z){given}")
     _save_npy(npy, x.numpy())
-    click.echo(f"wrote {png} and {npy}")
+    _save_table(table, model, x)
+    click.echo(f"wrote {png}, {npy} and {table}" if table else f"wrote {png} and {npy}")
 
 
 @cli.command()
@@ -424,7 +451,8 @@ def encode(run: str, data: str, output: str) -> None:
 @click.argument("run", type=click.Path())
 @click.argument("data")
 @click.option("-o", "--output", required=True,
-              help="output file: FILE.png (inputs beside reconstructions) and FILE.npy (all reconstructions)")
+              help="output file: FILE.png (inputs beside reconstructions) and FILE.npy (all reconstructions); for a "
+                   "table (--likelihood mixed) also FILE.csv (decoded rows with level names, missing cells imputed)")
 @click.option("-n", "n", type=click.IntRange(1, 256), default=32, show_default=True, help="examples shown in the PNG")
 def reconstruct(run: str, data: str, output: str, n: int) -> None:
     """Reconstruct every example of DATA: the decoder's mean at the posterior mean."""
@@ -433,13 +461,15 @@ def reconstruct(run: str, data: str, output: str, n: int) -> None:
 
     png, npy = _check_outputs(_outputs(output, (".png", ".npy")), run, data)
     model = load(run)
+    table = _table_output(model, npy, run, data)
     x, _, c = _read_inputs(model, data)
     import torch
 
     rec = torch.cat(list(_chunked(model.reconstruct, x, c)))
     reconstruction_grid(model.as_batch(x[:n]).cpu(), rec[:n], png, n=n, title="inputs and reconstructions")
     _save_npy(npy, rec.numpy())
-    click.echo(f"wrote {png} and {npy}")
+    _save_table(table, model, rec)
+    click.echo(f"wrote {png}, {npy} and {table}" if table else f"wrote {png} and {npy}")
 
 
 @cli.command()

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from . import registry
 from .context import Variable
+from .data.images import parse_resize
 from .errors import VaelabError
 from .evaluation.settings import DEFAULTS
 from .spec import ModelSpec
@@ -62,10 +63,14 @@ class TrainConfig:
     """
 
     # data
-    data: str = _f("mnist5k", "built-in name (mnist5k, digits, fashion-mnist, mnist) or a .npy/.npz/.csv file or image folder")
+    data: str = _f("mnist5k", "built-in name (mnist5k, digits, fashion-mnist, mnist, synthetic-nb; colour: patches, cifar10; single-cell counts: pbmc68k, celltypist-demo, pbmc3k) or a .npy/.npz/.csv/.h5ad file or image folder")
     val_fraction: float = _f(0.1, "fraction of the training set held out for validation and early stopping")
     test_fraction: float = _f(0.1, "fraction held out as test set when the data have no test split")
     binarize: str = _f("auto", "dynamic: a fresh Bernoulli draw of the pixels each epoch; auto: dynamic for a Bernoulli likelihood on non-binary data; none")
+    backed: bool = _f(False, "leave the examples of a .npy or .h5ad file on disk and stream training batches from it (true/false): for data larger than memory")
+    layer: str = _f("", ".h5ad files: read this layer (e.g. counts) instead of X; empty: X")
+    stratify_by: str = _f("", ".h5ad files and pbmc68k: an obs column (e.g. cell_type) whose levels the seeded test and validation draws keep in proportion; empty: the labels, if any")
+    resize: str = _f("", "image folders: resize every image to HxW pixels, height first (e.g. 32x32; the aspect ratio is not kept); empty: images must all have one size")
     # conditioning
     condition_on: list[str] = _f([], "conditioning variables, comma-separated: label (the class labels) and/or covariate names (CSV columns, npz arrays train_NAME/test_NAME); empty: an unconditional model")
     embedding: int = _f(0, "label: 0 for a one-hot code, else the size of a learned embedding")
@@ -78,7 +83,7 @@ class TrainConfig:
     latent_dim: int = _f(20, "number of latent dimensions D")
     latent_dims: list[int] = _f([], "a hierarchy: the ladder VAE (Sønderby et al. 2016) with these layer sizes, bottom first, comma-separated (e.g. 64,32); replaces --latent-dim")
     net: str = _f("mlp", "encoder/decoder networks")
-    likelihood: str = _f("bernoulli", "p(x|z): bernoulli (data in [0,1]), continuous-bernoulli (grey values in [0,1]), gaussian or laplace (real data), logistic-mixture (8-bit data k/255; reports bits per dimension)")
+    likelihood: str = _f("bernoulli", "p(x|z): bernoulli (data in [0,1]), continuous-bernoulli (grey values in [0,1]), gaussian or laplace (real data), logistic-mixture (8-bit data k/255; reports bits per dimension), poisson, negative-binomial or zinb (counts, library size observed, as scVI), mixed (a CSV table: a likelihood per column, missing cells masked)")
     posterior: str = _f("gaussian", "q(z|x): gaussian (diagonal), full-gaussian (full covariance), planar or iaf (normalizing flows of --flow-steps steps)")
     prior: str = _f("normal", "p(z): normal (N(0, I)), mog (learned mixture of Gaussians), vamp (VampPrior, learned pseudo-inputs) or conditional (p(z|c), needs --condition-on)")
     # training
@@ -95,6 +100,7 @@ class TrainConfig:
     patience: int = _f(10, "stop when the validation ELBO has not improved for this many epochs (0: never)")
     seed: int = _f(0, "random seed: same seed, same machine, same numbers")
     nan_retries: int = _f(2, "when the loss turns NaN/inf: roll back to the epoch's start, halve the learning rate and go on, at most this many times (0: stop at once)")
+    checkpoint_every: float = _f(0.0, "seconds: write the checkpoint, best weights and metrics at most this often (always after the last epoch and when stopping early); 0: after every epoch. For data so small that writing an epoch's files takes longer than training it; a stopped run resumes from the last checkpoint written")
     eval_k: int = _f(DEFAULTS.k, "importance samples per test example for log p(x) after training (0: skip)")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or mps")
     # speed (none changes the model or the objective)
@@ -130,6 +136,8 @@ class TrainConfig:
             raise VaelabError(f"lr must be > 0 and finite, got {self.lr}")
         if self.threads < 0:
             raise VaelabError(f"threads must be >= 0 (0: PyTorch's default), got {self.threads}")
+        if not 0 <= self.checkpoint_every < float("inf"):
+            raise VaelabError(f"checkpoint_every must be a finite number of seconds >= 0 (0: every epoch), got {self.checkpoint_every}")
         if self.nan_retries < 0:
             raise VaelabError(f"nan_retries must be >= 0 (0: stop at the first NaN), got {self.nan_retries}")
         if self.eval_k < 0 or self.patience < 0:
@@ -147,6 +155,7 @@ class TrainConfig:
         if self.latent_dims and (len(self.latent_dims) < 2 or min(self.latent_dims) < 1):
             raise VaelabError(f"latent_dims must list two or more positive layer sizes, bottom first, e.g. 64,32; got "
                               f"{','.join(map(str, self.latent_dims))} (one layer: --latent-dim)")
+        parse_resize(self.resize)  # "HxW" or empty; anything else: one line
         if self.latent_dims and self.semi_supervised:
             raise VaelabError("--latent-dims (a ladder VAE) and --semi-supervised (M2) cannot be combined; choose one")
         names = [n for n in self.condition_on]
@@ -226,6 +235,13 @@ class TrainConfig:
             "seed": self.seed,
             "covariates": [n for n in self.condition_on if n != "label"],
             "counts": bool(getattr(registry.get("likelihood", self.likelihood).cls, "counts", False)),
+            "backed": self.backed,
+            **({"resize": self.resize} if self.resize else {}),  # image folders only
+            **({"layer": self.layer} if self.layer else {}),  # .h5ad files only
+            **({"stratify_by": self.stratify_by} if self.stratify_by else {}),  # .h5ad files and pbmc68k
+            # a mixed-type table (the mixed likelihood): its CSV reader, with the user's column types
+            **({"tabular": True, "column_types": self.column_types}
+               if getattr(registry.get("likelihood", self.likelihood).cls, "tabular", False) else {}),
         }
 
     def model_spec(self, x_shape: Sequence[int], context: Sequence[Variable] = ()) -> ModelSpec:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from .data import DataSplits
+from .data.streaming import RowStore, update_sha256
 from .errors import VaelabError
 from .outputs import atomic_write_text
 
@@ -97,6 +98,9 @@ def _tensor_sha(*tensors: torch.Tensor | None) -> str:
     for t in tensors:
         if t is None:
             h.update(b"none\n")
+            continue
+        if isinstance(t, RowStore):  # rows left on disk (--backed): the same digest, read block by block
+            update_sha256(h, t)
             continue
         t = t.detach().to("cpu").contiguous()
         h.update(f"{t.dtype}|{tuple(t.shape)}\n".encode())

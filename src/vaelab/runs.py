@@ -36,6 +36,9 @@ from .build import build_model
 from .config import TrainConfig
 from .context import Batch
 from .data import DataSplits, binarize, context_columns, context_variables, known_labels, load_data, split_batch
+from .data.streaming import RowStore, row_totals
+from .data.splits import KINDS
+from .data.tabular import missing_cells, missing_note, table_spec
 from .errors import VaelabError
 from .evaluation import EvalSettings, Evaluation, EvaluationSummary, LogLikelihood, evaluate, log_likelihood
 from .evaluation.settings import DEFAULTS
@@ -228,11 +231,15 @@ class TrainedModel:
 
     @torch.no_grad()
     def reconstruct(self, x: Any, c: Any = None, label: Any = None) -> Tensor:
-        """The decoder's mean at the posterior mean: ``E[x | z = E_q[z|x, c], c]``."""
+        """The decoder's mean at the posterior mean: ``E[x | z = E_q[z|x, c], c]`` (count
+        likelihoods: at x's own library size l, the total of its counts)."""
         xb = self.as_batch(x)
         ctx = self._own_context(xb, self.context(c, label, n=len(xb)))
         q = self.vae.encode(xb, ctx)
-        return self.vae.decode(q.mean, ctx).mean.cpu()
+        p_x = self.vae.decode(q.mean, ctx)
+        if getattr(self.vae.decoder, "counts", False):  # p(x|z, l): l observed, as when x is scored
+            p_x = p_x.with_library(xb.reshape(len(xb), -1).sum(-1))
+        return p_x.mean.cpu()
 
     def _own_context(self, xb: Tensor, ctx: Tensor | None) -> Tensor | None:
         """The context to decode x's own reconstruction with: the one given, or for the
@@ -281,8 +288,15 @@ class TrainedModel:
     # --- the run's data -------------------------------------------------------------------
     def data(self) -> DataSplits:
         """The data splits this run was trained on (same source, fractions and seed)."""
-        c = self.config
-        return load_data(c.data, **c.data_options())
+        return load_data(self.config.data, **self.data_options())
+
+    def data_options(self) -> dict[str, Any]:
+        """:func:`load_data`'s arguments for this run's data: the config's, and for a table the
+        model's own columns (types and level ids), whatever the file's cells suggest now."""
+        options = self.config.data_options()
+        if options.get("tabular"):
+            options["column_types"] = self.spec.likelihood.options["column_types"]
+        return options
 
     def test_set(self, data: DataSplits | None = None) -> tuple[Tensor, Tensor | None]:
         """The run's test examples as the model sees them (binarized once, with a fixed seed,
@@ -318,7 +332,8 @@ class TrainedModel:
                 raise VaelabError("give c or label together with x (the run's test set brings its own context)")
             data = self.data()
             batch = self.test_batch(data)
-            xb, ctx, labels = self.as_batch(batch.x), batch.c, data.test_labels
+            xb = batch.x if isinstance(batch.x, RowStore) else self.as_batch(batch.x)  # --backed: read in chunks
+            ctx, labels = batch.c, data.test_labels
             if ctx is not None:
                 ctx = self.context(ctx, n=len(xb), what="the test set's context")
         else:
@@ -329,7 +344,12 @@ class TrainedModel:
         from .evaluation.memory import check_evaluation_fits
 
         check_evaluation_fits(self.vae, xb, ctx, st)  # sizes that cannot fit: refused with the estimate, before any pass
-        return evaluate(self.vae, xb, st, c=ctx, labels=labels if self.spec.label() is not None else None)
+        result = evaluate(self.vae, xb, st, c=ctx, labels=labels if self.spec.label() is not None else None)
+        columns = getattr(self.vae.decoder, "columns", None)
+        note = missing_note(xb, columns) if columns and isinstance(xb, Tensor) else None
+        if note:  # a table with missing cells: said beside the numbers, which score the observed cells only
+            result.notes.append(note)
+        return result
 
 
 def interpolate_latents(
@@ -423,6 +443,8 @@ def train(
         world.barrier()
     variables = context_variables(data, config.condition_on, config.embedding)
     spec = _read_spec(run_dir, config, list(data.shape)) if resume is not None else config.model_spec(data.shape, variables)
+    if data.columns and resume is None:  # a table: the model spec keeps every column's type, levels and statistics
+        spec = table_spec(spec, data.columns)
     known = None
     if config.semi_supervised:
         assert data.train_labels is not None
@@ -433,16 +455,24 @@ def train(
     _check_model_size(config, spec, device)  # a huge latent_dim or width: refused with its estimate, nothing allocated
     torch.manual_seed(config.seed)
     vae = build_model(spec).to(device)
-    vae.decoder.check(data.train, f"training data '{config.data}'")
+    for xb in data.train.blocks() if isinstance(data.train, RowStore) else [data.train]:  # --backed: block by block
+        vae.decoder.check(xb, f"training data '{config.data}'")
+    if getattr(vae.decoder, "counts", False):  # count likelihoods: the library-size law sampling draws l from
+        vae.decoder.set_library_prior(row_totals(data.train)[:, None] if isinstance(data.train, RowStore) else data.train)
     first = split_batch(data, "train", spec.context, known)[:2].to(device)
     _check_batch_size(vae, first, config, int(data.train.shape[0]))
     objective.check(vae, first)  # e.g. STL with a flow posterior: fails here too
     binarized = _uses_binarization(config, data.kind)
+    if isinstance(data.train, RowStore) and (binarized or config.labelled_per_batch):
+        raise VaelabError("--backed streams batches from disk: it cannot binarize them dynamically nor add labelled rows "
+                          "(--binarize none, --labelled-per-batch 0), or drop --backed")
     data_info = {"shape": list(data.shape), "kind": data.kind, "binarized": binarized,
                  "n_train": int(data.train.shape[0]), "n_val": int(data.val.shape[0]),
                  "n_test": int(data.test.shape[0]), "discrete_levels": data.discrete_levels}
     if known is not None:
         data_info["n_labelled"] = int(known.sum())
+    if data.columns:  # a table: its missing cells per column, over all three splits
+        data_info["missing"] = missing_cells(torch.cat([data.train, data.val, data.test]), data.columns)
     tracking = _tracking(config, world.is_main)  # an unreachable MLflow server fails here, before anything is written
     if world.is_main:  # made exclusively (a default name gets a suffix if taken) and locked
         run_dir = (create_run_folder(config.out, run_dir.name, unique=not config.name) if resume is None
@@ -463,7 +493,7 @@ def train(
             patience=config.patience, binarize=binarized, objective=objective,
             resume=resume is not None, progress=progress, compile=config.compile, precision=config.precision,
             variables=spec.context, known=known, labelled_per_batch=config.labelled_per_batch,
-            nan_retries=config.nan_retries,
+            nan_retries=config.nan_retries, checkpoint_every=config.checkpoint_every,
             on_epoch=_chain(tracking.epoch if tracking else None, on_epoch),
         )
     except BaseException as error:
@@ -635,7 +665,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 _DATA_INFO = {  # config.json's "data" section: what each entry must be
     "shape": ("a list of positive integers", lambda v: isinstance(v, list) and len(v) > 0 and all(
         isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)),
-    "kind": ("one of binary, unit, real", lambda v: v in ("binary", "unit", "real")),
+    "kind": (f"one of {', '.join(KINDS)}", lambda v: v in KINDS),
+    "missing": ("an object of column names and counts >= 0", lambda v: isinstance(v, dict) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v.values())),
     "binarized": ("true or false", lambda v: isinstance(v, bool)),
     "discrete_levels": ("null or an integer >= 2", lambda v: v is None or (
         isinstance(v, int) and not isinstance(v, bool) and v >= 2)),

@@ -6,7 +6,8 @@ from the checkpoint of epoch e - 1 gives exactly the checkpoint of epoch e (same
 hardware, same thread count; :mod:`vaelab.training.loop`). :func:`verify` uses that as a test:
 it copies the run's settings and the checkpoint of the epoch before the last (kept as
 ``checkpoint.previous.safetensors``) into a temporary folder, trains the last epoch again
-there, and compares every tensor of the new checkpoint (model weights ``model.*``, optimizer
+there (with ``--checkpoint-every`` the checkpoints may lie several epochs apart: it trains
+them all again, or from the seed when only one was written), and compares every tensor of the new checkpoint (model weights ``model.*``, optimizer
 state ``optim.*``) and the epoch's metrics record with the run's own. A run of one epoch is
 trained again from its seed. The run folder is only read.
 
@@ -98,13 +99,16 @@ def verify(run: str | Path, device: str | None = None) -> Verification:
     epoch = saved_state["epoch"]
     config = _read_config(run_dir)
     previous = run_dir / PREVIOUS_CHECKPOINT
-    if epoch > 1:
-        if not previous.is_file():
-            raise VaelabError(f"run '{run_dir}' keeps no checkpoint of epoch {epoch - 1} ({PREVIOUS_CHECKPOINT}; runs "
-                              "trained before vaelab kept one have none), so there is nothing to verify from")
+    spaced = float(getattr(config, "checkpoint_every", 0.0)) > 0  # checkpoints may be several epochs apart
+    before = 0  # the epoch trained again from: 0 is the seed
+    if epoch > 1 and previous.is_file():
         before = check_state(read_metadata(previous), previous)["epoch"]
-        if before != epoch - 1:
-            raise VaelabError(f"'{previous}' holds epoch {before}, not {epoch - 1}: the run folder was edited; restore it")
+        if before >= epoch or (before != epoch - 1 and not spaced):
+            expected = f"an epoch before {epoch}" if spaced else f"{epoch - 1}"
+            raise VaelabError(f"'{previous}' holds epoch {before}, not {expected}: the run folder was edited; restore it")
+    elif epoch > 1 and not spaced:
+        raise VaelabError(f"run '{run_dir}' keeps no checkpoint of epoch {epoch - 1} ({PREVIOUS_CHECKPOINT}; runs "
+                          "trained before vaelab kept one have none), so there is nothing to verify from")
     overrides: dict[str, Any] = {"epochs": epoch}
     if device is not None:
         overrides["device"] = device
@@ -117,20 +121,21 @@ def verify(run: str | Path, device: str | None = None) -> Verification:
         if isinstance(recorded, int) and recorded > 0:
             torch.set_num_threads(recorded)
     try:
-        return _again(run_dir, config, epoch, previous, saved_state, overrides, quiet)
+        return _again(run_dir, config, epoch, previous if before else None, saved_state, overrides, quiet)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _again(run_dir: Path, config: Any, epoch: int, previous: Path, saved_state: dict[str, Any],
+def _again(run_dir: Path, config: Any, epoch: int, previous: Path | None, saved_state: dict[str, Any],
            overrides: dict[str, Any], quiet: dict[str, Any]) -> Verification:
-    """Train epoch ``epoch`` again in a temporary folder and compare (see :func:`verify`)."""
+    """Train up to epoch ``epoch`` again in a temporary folder, from the checkpoint ``previous``
+    (None: from the seed), and compare (see :func:`verify`)."""
     from .runs import CONFIG, SPEC, TrainingStopped, train
 
     with tempfile.TemporaryDirectory(prefix="vaelab-verify-") as tmp:
         again = Path(tmp) / "run"
         try:
-            if epoch == 1:  # from the seed: a fresh run of one epoch
+            if previous is None:  # from the seed: a fresh run up to the epoch
                 train(config.replace(out=str(tmp), name="run", **_NO_TRACKERS, **overrides), **quiet)
             else:
                 again.mkdir()

@@ -12,9 +12,13 @@
   with any non-number is a header and is skipped; a header column named ``label`` holds
   class labels (whole numbers, or names such as ``cat``: ids in sorted name order);
   covariates asked for by name are header columns, taken out of the features;
-* a folder of PNG/JPEG images, converted to grayscale and all of one size. When the folder
-  has subfolders, each subfolder is a class: its name is the label if every name is a whole
-  number, else labels are 0, 1, ... in sorted name order.
+* an ``.h5ad`` (AnnData) file, with the optional extra anndata: ``X`` or a ``layer``, its
+  values kept as stored; covariates are ``obs`` columns (categorical ones become categorical
+  covariates), ``stratify_by`` an ``obs`` column (:mod:`~vaelab.data.anndata`);
+* a folder of PNG/JPEG images, with their channels (grey: 1, colour: 3) and all of one size,
+  or resized with ``resize`` (:mod:`~vaelab.data.images`). When the folder has subfolders,
+  each subfolder is a class: its name is the label if every name is a whole number, else
+  labels are 0, 1, ... in sorted name order.
 
 Array shapes: ``[N, D]`` gives vectors ``(D,)``, ``[N, H, W]`` grayscale images ``(1, H, W)``,
 ``[N, C, H, W]`` stays. Integer data in 0..255 with a maximum above 1 is 8-bit and is divided
@@ -46,6 +50,8 @@ import numpy as np
 import torch
 
 from vaelab.data.builtin import BUILTIN_DATASETS, load_builtin
+from vaelab.data.images import IMAGE_SUFFIXES, parse_resize, read_image_folder
+from vaelab.data.singlecell import SINGLECELL_DATASETS, load_singlecell
 from vaelab.data.splits import DataSplits, make_splits, prepare_arrays
 from vaelab.errors import VaelabError
 
@@ -53,8 +59,7 @@ __all__ = ["load_data", "DataSource", "NPZ_KEYS", "IMAGE_SUFFIXES"]
 
 DataSource = str | os.PathLike[str] | np.ndarray | torch.Tensor | Mapping[str, Any]
 NPZ_KEYS = ("train", "test", "train_labels", "test_labels")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_FILE_KINDS = ".npy, .npz, .csv or .csv.gz file, an image folder"
+_FILE_KINDS = ".npy, .npz, .csv, .csv.gz or .h5ad file, an image folder"
 
 
 @dataclass
@@ -81,6 +86,12 @@ def load_data(
     cache: str | os.PathLike[str] | None = None,
     covariates: tuple[str, ...] | list[str] = (),
     counts: bool = False,
+    backed: bool = False,
+    tabular: bool = False,
+    column_types: str = "",
+    resize: str | tuple[int, int] | None = None,
+    layer: str | None = None,
+    stratify_by: str | None = None,
 ) -> DataSplits:
     """Load, check and split a data set (see the module docstring for the accepted sources).
 
@@ -91,20 +102,43 @@ def load_data(
     ``covariates`` names continuous covariates to read beside x (CSV columns, npz arrays
     ``train_NAME``/``test_NAME``); they are split with the examples. ``counts=True`` keeps
     integer data as counts (no 8-bit scaling; negative or fractional values are errors; kind
-    ``"counts"``), for the count likelihoods. Any problem with the data raises a one-line
-    :class:`~vaelab.errors.VaelabError`.
+    ``"counts"``), for the count likelihoods. ``backed=True`` leaves the examples of a ``.npy``
+    or ``.h5ad`` file on disk (the parts are :class:`~vaelab.data.streaming.RowStore` objects,
+    read on demand); without it such a file too large for memory is refused before loading.
+    ``tabular=True`` reads a CSV as a mixed-type table for the mixed likelihood (kind
+    ``"mixed"``, missing cells kept as NaN; ``column_types`` overrides its automatic column
+    types, see :mod:`vaelab.data.tabular`). ``resize`` (``"HxW"`` or ``(H, W)``) resizes the
+    images of an image folder to one size (for any other source it is an error).
+    ``layer`` reads that layer of an ``.h5ad`` file instead of ``X``; ``stratify_by`` names an
+    ``obs`` column of an ``.h5ad`` file (or of ``pbmc68k``) to stratify the test and validation
+    draws by (see :mod:`vaelab.data.anndata`).
+    Any problem with the data raises a one-line :class:`~vaelab.errors.VaelabError`.
 
     >>> s = load_data("mnist5k")  # doctest: +SKIP
     >>> s.train.shape, s.val.shape, s.test.shape  # doctest: +SKIP
     (torch.Size([3600, 1, 28, 28]), torch.Size([400, 1, 28, 28]), torch.Size([1000, 1, 28, 28]))
     """
     covariates = tuple(covariates)
+    size = _resize_for(source, resize)
+    _h5ad_only(source, layer, stratify_by)
+    if tabular:  # a mixed-type table: a type per column, missing cells kept
+        from vaelab.data.tabular import load_table
+
+        if backed:
+            raise VaelabError("a mixed-type table (--likelihood mixed) is read into memory; leave out --backed")
+        return load_table(source, column_types=column_types, val_fraction=val_fraction, test_fraction=test_fraction,
+                          seed=seed, covariates=covariates)
+    if backed:  # the examples stay on disk
+        from vaelab.data.streaming import load_backed
+
+        return load_backed(source, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                           covariates=covariates, counts=counts, layer=layer, stratify_by=stratify_by)
+    if isinstance(source, str) and source.lower() in SINGLECELL_DATASETS:  # counts with obs columns
+        return load_singlecell(source.lower(), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                               cache=cache, covariates=covariates, stratify_by=stratify_by, layer=layer)
     if isinstance(source, str) and source.lower() in BUILTIN_DATASETS:
-        if covariates:
-            raise VaelabError(f"built-in data set '{source}' has no covariates ({', '.join(covariates)}); "
-                              "it can condition on its labels only (--condition-on label)")
         return load_builtin(source.lower(), val_fraction=val_fraction, test_fraction=test_fraction,
-                            seed=seed, cache=cache)
+                            seed=seed, cache=cache, covariates=covariates, counts=counts)
     if isinstance(source, (np.ndarray, torch.Tensor)):
         if covariates:
             raise VaelabError(f"a bare array has no covariates ({', '.join(covariates)}); pass a mapping "
@@ -113,7 +147,10 @@ def load_data(
     elif isinstance(source, Mapping):
         name, raw = "array", _from_mapping(source, "data mapping", covariates)
     elif isinstance(source, (str, os.PathLike)):
-        name, raw = os.fspath(source), _read_path(Path(source), covariates)
+        from vaelab.data.disk import check_in_memory
+
+        check_in_memory(source, layer or None)  # a file too large for memory: refused before loading (add --backed)
+        name, raw = os.fspath(source), _read_path(Path(source), covariates, size, layer=layer, stratify_by=stratify_by)
     else:
         raise VaelabError(
             f"cannot load data from a {type(source).__name__}; pass a file path, a folder, a "
@@ -175,7 +212,39 @@ def _covariate_columns(arrays: Mapping[str, Any], names: tuple[str, ...], prefix
     return np.stack(cols, 1)
 
 
-def _read_path(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
+def _resize_for(source: Any, resize: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``resize`` parsed, or a one-line error when it is malformed or the source is no image folder."""
+    size = parse_resize(resize)
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    builtin = isinstance(source, str) and source.lower() in BUILTIN_DATASETS
+    if size is not None and (path is None or builtin or (path.exists() and not path.is_dir())):  # missing: said later
+        shown = f"'{os.fspath(source)}'" if isinstance(source, (str, os.PathLike)) else f"a {type(source).__name__}"
+        raise VaelabError(f"--resize {size[0]}x{size[1]} resizes the images of an image folder, and the data {shown} "
+                          "are not one; leave out --resize")
+    return size
+
+
+def _h5ad_only(source: Any, layer: str | None, stratify_by: str | None) -> None:
+    """``layer`` and ``stratify_by`` read an ``.h5ad`` file (``stratify_by`` also the obs of a
+    single-cell built-in set); for any other source they are an error."""
+    text = source.lower() if isinstance(source, str) else os.fspath(source).lower() if isinstance(source, os.PathLike) else ""
+    if text.endswith(".h5ad") or text in SINGLECELL_DATASETS:
+        return
+    for flag, value in (("--layer", layer), ("--stratify-by", stratify_by)):
+        if value:
+            raise VaelabError(f"{flag} {value}: it names {'a layer' if flag == '--layer' else 'an obs column'} of an "
+                              ".h5ad file, and this data is not one; leave it out (labelled data are stratified by label)")
+
+
+def _read_h5ad(path: Path, covariates: tuple[str, ...], layer: str | None, stratify_by: str | None) -> _Raw:
+    from vaelab.data.anndata import read_h5ad  # anndata (an extra) only when an .h5ad is read
+
+    d = read_h5ad(path, layer=layer, covariates=covariates, stratify_by=stratify_by)
+    return _Raw(d.x, covariates=d.covariates, covariate_classes=d.covariate_classes, strata=d.strata)
+
+
+def _read_path(path: Path, covariates: tuple[str, ...] = (), resize: tuple[int, int] | None = None, *,
+               layer: str | None = None, stratify_by: str | None = None) -> _Raw:
     if not path.exists():
         if path.suffix or len(path.parts) > 1:
             raise VaelabError(
@@ -187,11 +256,15 @@ def _read_path(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
             f"nor an existing file or folder; pass one of those names or a {_FILE_KINDS}"
         )
     name = path.name.lower()
-    if covariates and not (name.endswith(".npz") or name.endswith(".csv") or name.endswith(".csv.gz")):
+    if covariates and not (name.endswith(".npz") or name.endswith(".csv") or name.endswith(".csv.gz")
+                           or name.endswith(".h5ad")):
         raise VaelabError(f"data '{path}' cannot hold covariates ({', '.join(covariates)}); put them in CSV "
                           "columns or npz arrays train_NAME/test_NAME, or condition on the label only")
-    if path.is_dir():
-        return _read_image_folder(path)
+    if path.is_dir():  # an image folder: vaelab.data.images
+        folder = read_image_folder(path, resize)
+        return _Raw(folder.x, folder.labels, class_names=folder.class_names)
+    if name.endswith(".h5ad"):
+        return _read_h5ad(path, covariates, layer, stratify_by)
     if name.endswith(".npy"):
         return _read_npy(path)
     if name.endswith(".npz"):
@@ -378,56 +451,3 @@ def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
     if np.all(table == np.round(table)) and np.abs(table).max() < 2**53:
         table = table.astype(np.int64)  # whole numbers: integer data (8-bit pixels get scaled)
     return _Raw(table, labels, covariates=cov)
-
-
-# --- image folders -----------------------------------------------------------------------
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _read_image_folder(folder: Path) -> _Raw:
-    from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib
-
-    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = _image_files(folder)
-    labels: list[int] | None = None
-    if subfolders:
-        if files:
-            raise VaelabError(
-                f"image folder '{folder}' has images ('{files[0].name}', ...) beside class "
-                f"subfolders; move every image into its class subfolder"
-            )
-        names = [p.name for p in subfolders]
-        numbered = all(n.isdigit() for n in names)
-        ids = [int(n) for n in names] if numbered else list(range(len(names)))
-        labels = []
-        for sub, label in zip(subfolders, ids, strict=True):
-            members = _image_files(sub)
-            if not members:
-                raise VaelabError(f"class folder '{sub}' has no PNG/JPEG images; add some or remove it")
-            files += members
-            labels += [label] * len(members)
-    if not files:
-        raise VaelabError(f"image folder '{folder}' has no PNG/JPEG images")
-
-    pixels = []
-    size = None
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                if size is None:
-                    size = image.size
-                elif image.size != size:
-                    raise VaelabError(
-                        f"image '{path}' is {image.size[0]}x{image.size[1]} but '{files[0]}' is "
-                        f"{size[0]}x{size[1]} (width x height); resize all images to one size"
-                    )
-                pixels.append(np.asarray(image.convert("L"), dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as err:
-            raise VaelabError(
-                f"image '{path}' cannot be read ({_short(err)}); remove or re-save it"
-            ) from None
-    class_names = tuple(names) if labels is not None and not numbered else None
-    return _Raw(np.stack(pixels), None if labels is None else np.asarray(labels, dtype=np.int64), class_names=class_names)

@@ -8,7 +8,9 @@ label-stratified permutations, and infers what kind of values the data has:
 * ``"unit"``: every value is in [0, 1], e.g. 8-bit pixels divided by 255;
 * ``"real"``: anything finite;
 * ``"counts"``: non-negative whole numbers kept as they are, for count likelihoods
-  (``load_data(..., counts=True)``).
+  (``load_data(..., counts=True)``);
+* ``"mixed"``: a table with a type per column (``DataSplits.columns``; NaN marks a missing
+  cell), for the mixed likelihood (:mod:`vaelab.data.tabular`).
 
 >>> import numpy as np
 >>> x = np.random.default_rng(0).random((100, 5)).astype(np.float32)
@@ -20,6 +22,7 @@ label-stratified permutations, and infers what kind of values the data has:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +41,7 @@ __all__ = [
     "check_counts",
 ]
 
-KINDS = ("binary", "unit", "real", "counts")
+KINDS = ("binary", "unit", "real", "counts", "mixed")
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -47,7 +50,9 @@ class DataSplits:
 
     ``train`` is what the model is fitted to; ``val`` was held out of it (early stopping,
     model choice); ``test`` is only for the final numbers. Tensors are ``[N, *shape]``; labels,
-    when the source has them, are int64 ``[N]``.
+    when the source has them, are int64 ``[N]``. Loaded with ``backed=True``, the three parts
+    are :class:`~vaelab.data.streaming.RowStore` objects instead: rows left on disk, read as
+    float32 tensors when sliced or indexed (labels and covariates stay tensors).
     """
 
     name: str
@@ -68,6 +73,7 @@ class DataSplits:
     # per covariate: () for a continuous one; the level names of a categorical one, whose column
     # holds the level ids 0..K-1 (as floats)
     covariate_classes: tuple[tuple[str, ...], ...] = ()
+    columns: tuple[Any, ...] = ()  # kind "mixed": the table's columns (vaelab.distributions.mixed.Column)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -148,12 +154,13 @@ def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(x)
 
 
-def validate_data(x: np.ndarray | torch.Tensor, what: str, *, min_examples: int = 2) -> None:
+def validate_data(x: np.ndarray | torch.Tensor, what: str, *, min_examples: int = 2, missing: bool = False) -> None:
     """Check that ``x`` can be a data array, raising a one-line :class:`VaelabError` if not.
 
     ``what`` names the array in messages, e.g. ``"data file 'x.npy'"``. Checks: a numeric
     dtype, shape ``[N, D]``, ``[N, H, W]`` or ``[N, C, H, W]`` with no empty dimension, at least
-    ``min_examples`` examples, and no NaN or infinite values.
+    ``min_examples`` examples, and no NaN or infinite values (``missing=True``: NaN marks a
+    missing value and is allowed).
     """
     x = _to_numpy(x)
     if x.dtype.kind not in "biuf":
@@ -173,9 +180,10 @@ def validate_data(x: np.ndarray | torch.Tensor, what: str, *, min_examples: int 
             f"{what} has {len(x)} example(s) (shape {x.shape}); need at least {min_examples}"
         )
     if x.dtype.kind == "f":
-        bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        nonfinite = np.isinf(x) if missing else ~np.isfinite(x)
+        bad = nonfinite.reshape(len(x), -1).any(axis=1)
         if bad.any():
-            count = int((~np.isfinite(x)).sum())
+            count = int(nonfinite.sum())
             first = int(np.argmax(bad))
             raise VaelabError(
                 f"{what}: {count} NaN/inf values (first at row {first}, counting from 0); "
@@ -336,6 +344,7 @@ def make_splits(
     covariate_classes: tuple[tuple[str, ...], ...] = (),
     strata: np.ndarray | None = None,
     counts: bool = False,
+    columns: tuple[Any, ...] = (),
 ) -> DataSplits:
     """Assemble :class:`DataSplits` from prepared float arrays (see :func:`prepare_arrays`).
 
@@ -347,13 +356,14 @@ def make_splits(
     the examples into their parts, one column per name in ``covariate_names``
     (``covariate_classes``: see :class:`DataSplits`). ``strata`` (N values of any kind, e.g. cell
     types) stratifies both draws instead of the labels. ``counts``: the data are counts (kind
-    ``"counts"``, see :func:`prepare_arrays`).
+    ``"counts"``, see :func:`prepare_arrays`). ``columns``: x is a mixed table with these
+    columns (kind ``"mixed"``), whose NaN cells are missing values, kept.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise VaelabError(f"seed={seed!r} must be a non-negative integer")
     val_fraction = _check_fraction("val_fraction", val_fraction)
     test_fraction = _check_fraction("test_fraction", test_fraction)
-    validate_data(x, f"data '{name}'")
+    validate_data(x, f"data '{name}'", missing=bool(columns))
     if labels is not None:
         labels = validate_labels(labels, len(x), f"labels of '{name}'")
     if (covariates is None) != (not covariate_names) or (x_test is not None and (test_covariates is None) != (covariates is None)):
@@ -374,7 +384,7 @@ def make_splits(
         if covariates is not None:
             covariates, test_covariates = covariates[keep], covariates[held]
     else:
-        validate_data(x_test, f"test data of '{name}'", min_examples=1)
+        validate_data(x_test, f"test data of '{name}'", min_examples=1, missing=bool(columns))
         if x_test.shape[1:] != x.shape[1:]:
             raise VaelabError(
                 f"data '{name}': test examples have shape {x_test.shape[1:]} but training "
@@ -401,7 +411,7 @@ def make_splits(
     if covariates is not None:
         c_train, c_val = covariates[keep], covariates[held]
 
-    kind = "counts" if counts else _infer_kind([x_train, x_val, x_test])
+    kind = "mixed" if columns else "counts" if counts else _infer_kind([x_train, x_val, x_test])
     if kind == "binary":
         discrete_levels = 2
 
@@ -428,4 +438,5 @@ def make_splits(
         val_covariates=None if c_val is None else tensor(c_val),
         test_covariates=None if test_covariates is None else tensor(test_covariates),
         covariate_classes=tuple(covariate_classes),
+        columns=tuple(columns),
     )

@@ -20,6 +20,9 @@ steps (on CUDA one period late, so the GPU never drains), which is where a non-f
 noticed; its step is known exactly from a per-step record, and the end-of-epoch check comes
 before any file is written, so a NaN never reaches a checkpoint. Optional: ``compile``
 (``torch.compile`` of the forward pass) and ``precision="bfloat16"`` (CUDA autocast).
+Data left on disk (``--backed``: ``data.train`` a :class:`~vaelab.data.streaming.RowStore`)
+are not moved to the device: each epoch's batches are read from disk in a seeded order of
+shuffled blocks (:func:`streamed_epoch`), by a background thread.
 
 Semi-supervised training (``labelled_per_batch`` L > 0): besides its B ordinary rows, every
 batch gets L rows drawn from the examples whose label is known (:func:`labelled_rows`: the
@@ -47,6 +50,7 @@ from tqdm.auto import tqdm
 
 from ..context import Batch, Variable
 from ..data import DataSplits, binarize as draw_binary, split_batch
+from ..data.streaming import BUFFER, EpochStream, RowStore, block_rows, epoch_order
 from ..errors import VaelabError
 from ..evaluation import dataset_elbo
 from ..model import VAE
@@ -57,7 +61,7 @@ from .optim import make_optimizer
 from .recovery import EVENTS, NanRecovery
 
 __all__ = ["fit", "FitResult", "CHECKPOINT", "PREVIOUS_CHECKPOINT", "BEST_WEIGHTS", "METRICS", "PRECISIONS", "SYNC_EVERY",
-           "epoch_seed", "noise_seed", "epoch_data", "labelled_rows", "check_precision"]
+           "epoch_seed", "noise_seed", "epoch_data", "streamed_epoch", "labelled_rows", "check_precision"]
 
 CHECKPOINT = "checkpoint.safetensors"  # last epoch: weights + optimizer + state (for --resume)
 PREVIOUS_CHECKPOINT = "checkpoint.previous.safetensors"  # the epoch before (for vaelab verify)
@@ -108,6 +112,18 @@ def epoch_data(train: Tensor | Batch, seed: int, epoch: int, binarize: bool) -> 
     x = draw_binary(train.x, gen) if binarize else train.x
     perm = torch.randperm(len(train), generator=gen, device=train.x.device)
     return Batch(x, train.c, train.known)[perm]
+
+
+def streamed_epoch(train: Batch, seed: int, epoch: int) -> EpochStream:
+    """The training examples of ``epoch`` in visiting order when x stays on disk (``train.x`` a
+    :class:`~vaelab.data.streaming.RowStore`, ``--backed``): seeded by :func:`epoch_seed` like
+    :func:`epoch_data`, but in shuffled blocks of contiguous rows
+    (:func:`~vaelab.data.streaming.epoch_order`), read ahead by a background thread. Slice it
+    like a Batch, in order; close it when the epoch ends."""
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    block = block_rows(train.x)  # type: ignore[arg-type]
+    return EpochStream(train.x, epoch_order(len(train), gen, block, BUFFER), train.c, train.known,  # type: ignore[arg-type]
+                       group=block * BUFFER)
 
 
 def labelled_rows(known: Tensor, seed: int, epoch: int, steps: int, per_batch: int) -> Tensor:
@@ -195,14 +211,14 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
-def _nan_message(log: Tensor, done: int, w: World, epoch: int, run_dir: Path) -> str:
+def _nan_message(log: Tensor, done: int, w: World, epoch: int, run_dir: Path, kept: int | None = None) -> str:
     """Names the first step (over all processes of ``w``) whose record is not finite."""
     bad = (~torch.isfinite(log[:done])).any(1)  # [done]
     first = torch.where(bad.any(), bad.int().argmax(), torch.tensor(done, device=log.device))
     step = int(w.all_min(first.reshape(1).long())[0])
     value = float(log[step, 0]) if step < done else math.nan
     return (f"training loss became {value if not math.isfinite(value) else 'non-finite'} at epoch {epoch}, "
-            f"step {step + 1}; {_stopped(run_dir, epoch)}; try a lower --lr")
+            f"step {step + 1}; {_stopped(run_dir, epoch - 1 if kept is None else kept)}; try a lower --lr")
 
 
 def _first_bad(log: Tensor, done: int, w: World) -> tuple[int, float]:
@@ -220,16 +236,27 @@ def _compile_failed(error: BaseException) -> bool:
     return isinstance(error, TorchDynamoException) or type(error).__module__.startswith("torch._inductor")
 
 
+class _Weights:
+    """A state dict held in memory, saved like a model (:func:`save_weights` reads ``state_dict()``)."""
+
+    def __init__(self, state: dict[str, Tensor]) -> None:
+        self.state = state
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.state
+
+
 def _write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
     import json
 
     atomic_write_text(path, "".join(json.dumps(m) + "\n" for m in metrics))
 
 
-def _stopped(run_dir: Path, epoch: int) -> str:
-    """What a run stopped in ``epoch`` leaves behind: the checkpoint of the epoch before, if any."""
-    if epoch > 1:
-        return f"stopped and kept the last good checkpoint (epoch {epoch - 1}) in '{run_dir}'"
+def _stopped(run_dir: Path, kept: int) -> str:
+    """What a stopped run leaves behind: the checkpoint of epoch ``kept`` (the last one
+    written: the epoch before, or older with ``checkpoint_every``), if any."""
+    if kept > 0:
+        return f"stopped and kept the last good checkpoint (epoch {kept}) in '{run_dir}'"
     return f"stopped before the first epoch finished, so '{run_dir}' holds no checkpoint"
 
 
@@ -271,6 +298,7 @@ def fit(
     known: Tensor | None = None,
     labelled_per_batch: int = 0,
     nan_retries: int = 2,
+    checkpoint_every: float = 0.0,
 ) -> FitResult:
     """Train ``model`` on ``data.train`` and keep its checkpoints in ``run_dir``.
 
@@ -300,6 +328,12 @@ def fit(
         nan_retries: when the loss or the validation ELBO turns NaN/inf, roll back to the
             start of the epoch, halve the learning rate and train it again, at most this many
             times in the run (:mod:`vaelab.training.recovery`); 0: stop at the first NaN.
+        checkpoint_every: seconds; 0 (the default) writes the checkpoint, the best weights and
+            metrics.jsonl after every epoch. Above 0 they are written when that long has passed
+            since the last write, and always after the last epoch and when stopping early: for
+            data so small that an epoch takes less time than writing its files. The best
+            weights wait in memory meanwhile; a run stopped in between (Ctrl-C, kill, NaN)
+            resumes from the last checkpoint written, as exactly as from any other.
 
     A process group set up beforehand (:func:`vaelab.training.distributed.setup`) makes this
     one replica of a data-parallel run: the model is wrapped in DistributedDataParallel and
@@ -342,6 +376,10 @@ def fit(
     if resume and w.is_main and (run_dir / EVENTS).exists():
         _write_metrics(run_dir / EVENTS, recovery.events)  # drop events newer than the checkpoint
     train = split_batch(data, "train", variables, known).to(device)
+    streamed = isinstance(train.x, RowStore)  # --backed: batches are read from disk as training goes
+    if streamed and (binarize or labelled_per_batch):
+        raise VaelabError("training from disk (--backed) cannot binarize dynamically nor add labelled rows to "
+                          "batches; use --binarize none and --labelled-per-batch 0, or load the data into memory")
     val = split_batch(data, "val", variables).to(device)
     if binarize:
         val = Batch(draw_binary(val.x, torch.Generator(device=device).manual_seed(seed + 1)), val.c)
@@ -365,9 +403,12 @@ def fit(
     reader = _Lagged(device)
 
     result = FitResult("completed", start_epoch - 1, best_epoch, best_val, metrics)
+    written, last_write = start_epoch - 1, time.monotonic()  # the epoch of the checkpoint on disk, and when
+    best_pending: tuple[dict[str, Tensor], dict[str, Any]] | None = None  # best weights not yet written
     for epoch in recovery.epochs(start_epoch, epochs):  # an epoch comes again after a NaN (recovery)
         recovery.begin(model, optimizer)  # the in-memory snapshot a NaN rolls back to
-        x_epoch = epoch_data(train, seed, epoch, binarize)  # [N, *x_shape], visiting order
+        x_epoch = (streamed_epoch(train, seed, epoch) if streamed  # [N, *x_shape], visiting order
+                   else epoch_data(train, seed, epoch, binarize))
         extra = (labelled_rows(x_epoch.known, seed, epoch, steps, labelled_per_batch)  # [steps, L]
                  if labelled_per_batch else None)
         torch.manual_seed(noise_seed(seed, epoch, w.rank))  # the reparameterization noise eps
@@ -411,8 +452,9 @@ def fit(
         except KeyboardInterrupt:
             result.stopped = "interrupted"
             result.message = (
-                f"interrupted in epoch {epoch}; the checkpoint of epoch {epoch - 1} is intact: "
-                f"resume with 'vaelab train --resume {run_dir}'"
+                f"interrupted in epoch {epoch}; the checkpoint of epoch {written} is intact: "
+                f"resume with 'vaelab train --resume {run_dir}'" if written > 0 else
+                f"interrupted in epoch {epoch}, before any checkpoint was written; train it anew"
             )
             return result
         except Exception as error:
@@ -433,6 +475,8 @@ def fit(
             raise
         finally:
             bar.close()
+            if streamed:
+                x_epoch.close()  # stops the reader thread
         if recovery.replay_to is not None:  # the replay reached the failing step and looked
             if recovery.retry(model, optimizer):  # rolled back, learning rate lowered: the epoch again
                 reader = _Lagged(device)
@@ -448,7 +492,7 @@ def fit(
                 reader = _Lagged(device)  # no stale snapshot of the failed pass
                 continue  # replay the epoch to the failing step for the forensics
             result.stopped = "nan"
-            result.message = _nan_message(log, done, w, epoch, run_dir)
+            result.message = _nan_message(log, done, w, epoch, run_dir, kept=written)
             return result
 
         # no validation set (val_fraction 0): no early stopping, every epoch is the model so far
@@ -457,7 +501,7 @@ def fit(
         if v_elbo is not None and not math.isfinite(v_elbo):
             result.stopped = "nan"
             result.message = (
-                f"the ELBO became non-finite in epoch {epoch}; {_stopped(run_dir, epoch)}; "
+                f"the ELBO became non-finite in epoch {epoch}; {_stopped(run_dir, written)}; "
                 "try a lower --lr"
             )
             score = lambda: torch.tensor(_validation(model, val, objective, World())[0])  # noqa: E731 (probed under hooks)
@@ -485,9 +529,17 @@ def fit(
         else:
             bad_epochs += 1
         stop_early = patience > 0 and bad_epochs >= patience
-        if w.is_main:
+        due = (checkpoint_every <= 0 or stop_early or epoch == epochs
+               or time.monotonic() - last_write >= checkpoint_every)  # write this epoch's files?
+        if w.is_main and improved and not due:  # the best weights wait in memory for the next write
+            best_pending = ({k: v.detach().clone() for k, v in model.state_dict().items()},
+                            {"epoch": epoch, "val_elbo": v_elbo})
+        if w.is_main and due:
             if improved:
                 save_weights(run_dir / BEST_WEIGHTS, model, {"epoch": epoch, "val_elbo": v_elbo})
+            elif best_pending is not None:  # an earlier epoch since the last write was the best
+                save_weights(run_dir / BEST_WEIGHTS, _Weights(best_pending[0]), best_pending[1])  # type: ignore[arg-type]
+            best_pending = None
             keep_previous(run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT)  # for `vaelab verify`
             state = {
                 "epoch": epoch,
@@ -500,6 +552,9 @@ def fit(
             }
             save_checkpoint(run_dir / CHECKPOINT, model, optimizer, state)
             _write_metrics(run_dir / METRICS, metrics)
+        if due:
+            written, last_write = epoch, time.monotonic()
+        if w.is_main:
             if progress and v_elbo is None:
                 tqdm.write(f"epoch {epoch}: train ELBO {tr[0]:.2f} nats (reconstruction {tr[1]:.2f}, KL {tr[2]:.2f})")
             elif progress:
