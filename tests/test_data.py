@@ -101,8 +101,8 @@ def test_digits() -> None:
 
 def test_unknown_builtin_like_name() -> None:
     names = "mnist5k, digits, fashion-mnist, mnist"
-    with pytest.raises(VaelabError, match=rf"unknown data set 'cifar10'.*{names}"):
-        data.load_data("cifar10")
+    with pytest.raises(VaelabError, match=rf"unknown data set 'cifar100'.*{names}"):
+        data.load_data("cifar100")
 
 
 # --- files and arrays --------------------------------------------------------------------
@@ -222,7 +222,7 @@ def test_image_folder_with_class_subfolders(tmp_path: Path) -> None:
             value = 255 if label == "cat" else 0  # class readable from the pixels
             _png(tmp_path / "pets" / label / f"{i}.png", np.full((4, 4, 3), value, np.uint8), "RGB")
     s = data.load_data(tmp_path / "pets", val_fraction=0.0, test_fraction=0.2)
-    assert s.shape == (1, 4, 4) and s.kind == "binary" and s.discrete_levels == 2
+    assert s.shape == (3, 4, 4) and s.kind == "binary" and s.discrete_levels == 2  # RGB images keep 3 channels
     for x, y in ((s.train, s.train_labels), (s.test, s.test_labels)):
         assert torch.equal(x.mean(dim=(1, 2, 3)), (y == 0).float())  # cat=0 white, dog=1 black
     assert torch.bincount(s.test_labels).tolist() == [1, 1]
@@ -287,7 +287,8 @@ def test_image_folder_mixed_sizes(tmp_path: Path) -> None:
     _png(tmp_path / "m" / "a.png", np.zeros((8, 8), np.uint8))
     _png(tmp_path / "m" / "b.png", np.zeros((8, 8), np.uint8))
     _png(tmp_path / "m" / "c.png", np.zeros((12, 10), np.uint8))  # H=12, W=10
-    with pytest.raises(VaelabError, match=r"image '.*c\.png' is 10x12 but '.*a\.png' is 8x8"):
+    with pytest.raises(VaelabError, match=r"images of different sizes: '.*a\.png' is 8x8 and '.*c\.png' is 12x10 "
+                                          r"\(height x width\); pass --resize HxW"):
         data.load_data(tmp_path / "m")
 
 

@@ -177,6 +177,8 @@ class ModelSpec:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise VaelabError(f"{source}: {kind} must be an object with a 'name', got {entry!r}")
             options = {k: v for k, v in entry.items() if k != "name"}
+            if kind == "net" and entry["name"] == "conv" and "conv_channels" not in options:
+                entry = {**entry, "name": "conv-0.1"}  # written before conv took any size: vaelab 0.1's 28x28 nets
             try:
                 part = registry.get(kind, entry["name"])
             except VaelabError as err:  # name the file as well as the choices

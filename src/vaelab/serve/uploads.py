@@ -4,8 +4,8 @@ Accepted: an image (PNG, JPEG, or another format Pillow reads) for image models,
 ``.npy`` array of exactly ``prod(x_shape)`` numbers for any model. The format is told by the
 file's first bytes, not its name. An image is converted to the model's channels (grey or
 RGB; transparency is laid over white), resized with Pillow to H x W and scaled to [0, 1];
-when its border is light but the model's data have a dark background (MNIST: white digits
-on black) its values are inverted, and the result says so.
+when its border is light but the model's grey data have a dark background (MNIST: white
+digits on black) its values are inverted, and the result says so (never for colour models).
 
 Every refusal is an :class:`UploadError` whose message the page shows as it is.
 """
@@ -126,7 +126,7 @@ def _from_image(data: bytes, name: str, shape: tuple[int, ...], background: floa
     a = np.asarray(img, dtype=np.float32) / 255.0  # [H, W] or [H, W, 3]
     x = a[None] if c == 1 else a.transpose(2, 0, 1)  # [C, H, W]
     border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], -1).mean()
-    if background is not None and background < 0.5 and border > 0.5:
+    if c == 1 and background is not None and background < 0.5 and border > 0.5:  # grey digits; never a colour photo
         x = 1.0 - x
         notes.append("colours inverted: the image has a light background, the model's data a dark one")
     return Prepared(np.ascontiguousarray(x, dtype=np.float32), notes)

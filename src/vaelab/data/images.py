@@ -1,0 +1,155 @@
+"""Folders of PNG/JPEG images: read with their channels, optionally resized, into ``[N, C, H, W]``.
+
+A folder holds images directly, or one subfolder per class (the subfolder's name is the
+label if every name is a whole number, else labels are 0, 1, ... in sorted name order).
+
+Channels are kept: a folder of grey images (Pillow modes ``1``, ``L``, ``LA``, ``I``,
+``I;16``, ``F``) gives ``C = 1``, a folder of colour images gives ``C = 3`` (RGB). Images with
+a palette or transparency (``P``, ``PA``, ``RGBA``, ``CMYK``, ...) are converted to RGB; a grey
+image with alpha (``LA``) stays grey. Transparent pixels are composited onto white, as the
+latent space explorer does with uploaded images. A folder mixing grey and colour images is an error naming one file of each kind:
+convert them to one kind first (a grey image as RGB repeats its grey in the three channels).
+
+All images must have one size, or be resized with ``resize=(H, W)`` (``--resize HxW``):
+Pillow's Lanczos filter (antialiased when it shrinks; the explorer resizes uploads the same
+way); the aspect ratio is not kept (crop first to keep it). Pixels stay 8-bit
+(uint8); :func:`~vaelab.data.load_data` divides them by 255.
+
+>>> parse_resize("32x24")
+(32, 24)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaelab.errors import VaelabError
+
+__all__ = ["IMAGE_SUFFIXES", "GREY_MODES", "ImageFolder", "read_image_folder", "parse_resize", "image_files"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # Pillow modes read as C = 1
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """What an image folder holds: pixels ``[N, C, H, W]`` uint8, labels ``[N]`` int64 (or
+    None without class subfolders) and the class names (None when the names are numbers)."""
+
+    x: np.ndarray
+    labels: np.ndarray | None
+    class_names: tuple[str, ...] | None
+
+
+def parse_resize(value: str | tuple[int, int] | list[int] | None, what: str = "--resize") -> tuple[int, int] | None:
+    """``"HxW"`` (e.g. ``"32x32"``; or a pair) as ``(H, W)``; ``""``/None as None; else a one-line VaelabError."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        h, w = value
+    else:
+        found = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value) if isinstance(value, str) else None
+        if found is None:
+            raise VaelabError(f"{what} must be HxW in pixels, height first, e.g. 32x32; got {value!r}")
+        h, w = int(found[1]), int(found[2])
+    if h < 1 or w < 1:
+        raise VaelabError(f"{what} must be HxW with positive sizes, e.g. 32x32; got {h}x{w}")
+    return int(h), int(w)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The PNG/JPEG files directly in ``folder``, sorted by name (hidden files skipped)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _short(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200] or type(err).__name__
+
+
+def _listing(folder: Path) -> tuple[list[Path], list[int] | None, tuple[str, ...] | None]:
+    """The image files of a folder and, with class subfolders, their labels and class names."""
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = image_files(folder)
+    if not subfolders:
+        if not files:
+            raise VaelabError(f"image folder '{folder}' has no PNG/JPEG images")
+        return files, None, None
+    if files:
+        raise VaelabError(
+            f"image folder '{folder}' has images ('{files[0].name}', ...) beside class "
+            f"subfolders; move every image into its class subfolder"
+        )
+    names = [p.name for p in subfolders]
+    numbered = all(n.isdigit() for n in names)
+    ids = [int(n) for n in names] if numbered else list(range(len(names)))
+    labels: list[int] = []
+    for sub, label in zip(subfolders, ids, strict=True):
+        members = image_files(sub)
+        if not members:
+            raise VaelabError(f"class folder '{sub}' has no PNG/JPEG images; add some or remove it")
+        files += members
+        labels += [label] * len(members)
+    return files, labels, None if numbered else tuple(names)
+
+
+def read_image_folder(folder: str | Path, resize: tuple[int, int] | None = None) -> ImageFolder:
+    """Read every image of ``folder`` (see the module docstring) as uint8 ``[N, C, H, W]``.
+
+    Headers are read first (mode and size of every file, no decoding), so a folder that mixes
+    grey and colour, or sizes without ``resize``, is refused before any pixel is decoded.
+    """
+    from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib
+
+    folder = Path(folder)
+    files, labels, class_names = _listing(folder)
+    headers: list[tuple[str, tuple[int, int]]] = []  # (mode, (width, height)) per file
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                headers.append((image.mode, image.size))
+        except (UnidentifiedImageError, OSError) as err:
+            raise VaelabError(f"image '{path}' cannot be read ({_short(err)}); remove or re-save it") from None
+    grey = [mode in GREY_MODES for mode, _ in headers]
+    if any(grey) and not all(grey):
+        g, c = grey.index(True), grey.index(False)
+        raise VaelabError(
+            f"image folder '{folder}' mixes grey and colour images: '{files[g]}' is grey (mode {headers[g][0]}), "
+            f"'{files[c]}' is colour (mode {headers[c][0]}); convert them all to one kind (e.g. all to RGB)"
+        )
+    if resize is None:
+        first = headers[0][1]
+        other = next((i for i, (_, size) in enumerate(headers) if size != first), None)
+        if other is not None:
+            (w0, h0), (w1, h1) = first, headers[other][1]
+            raise VaelabError(
+                f"images of different sizes: '{files[0]}' is {h0}x{w0} and '{files[other]}' is {h1}x{w1} "
+                f"(height x width); pass --resize HxW to resize them all, e.g. --resize {h0}x{w0}"
+            )
+    mode = "L" if grey[0] else "RGB"
+    pixels = [_decode(path, mode, resize) for path in files]
+    x = np.stack(pixels)  # [N, H, W] or [N, H, W, 3]
+    x = x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)  # [N, C, H, W]
+    return ImageFolder(np.ascontiguousarray(x), None if labels is None else np.asarray(labels, dtype=np.int64),
+                       class_names)
+
+
+def _decode(path: Path, mode: str, resize: tuple[int, int] | None) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")  # transparent pixels onto white
+                image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            image = image.convert(mode)
+            if resize is not None and image.size != (resize[1], resize[0]):
+                image = image.resize((resize[1], resize[0]), Image.Resampling.LANCZOS)  # Pillow sizes are (W, H)
+            return np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as err:
+        raise VaelabError(f"image '{path}' cannot be read ({_short(err)}); remove or re-save it") from None
