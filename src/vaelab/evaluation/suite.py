@@ -87,6 +87,7 @@ class Evaluation:
     estimates: dict[str, LogLikelihood] = field(default_factory=dict)  # every log p(x) estimate run, by estimator
     ais: AISResult | None = None
     bdmc: BDMCResult | None = None
+    mean_count: float | None = None  # count likelihoods: the examples' mean total count l (for nats per count)
 
     @property
     def accuracy(self) -> float | None:
@@ -137,6 +138,8 @@ class Evaluation:
             )
             if self.discrete:
                 means["bits_per_dim"] = -ll.mean / (self.x_dim * math.log(2))
+            if self.mean_count:
+                means["nats_per_count"] = -ll.mean / self.mean_count
         rows = None
         if per_example:
             rows = PerExample(elbo=tuple(t.elbo.tolist()), reconstruction=tuple(t.reconstruction.tolist()),
@@ -305,12 +308,30 @@ def evaluate(
                                    for i in range(0, n, batch_size)])
         correct = (predicted == labels.cpu().long()).double()
 
-    binary = bool(((x == 0) | (x == 1)).all())
+    binary = _all_binary(x, batch_size)
     discrete = bool(getattr(model.decoder, "discrete", False)) or (binary and isinstance(model.decoder, BernoulliDecoder))
-    return Evaluation(n=n, x_dim=math.prod(x.shape[1:]), discrete=discrete, terms=terms, likelihood=ll,
+    mean_count = _mean_total(x, batch_size) if getattr(model.decoder, "counts", False) else None
+    return Evaluation(n=n, x_dim=math.prod(x.shape[1:]), discrete=discrete, terms=terms, likelihood=ll, mean_count=mean_count,
                       latents=latents, gaps=gaps, settings=st, device=str(device), notes=notes, correct=correct,
                       estimates=estimates, ais=ais_result, bdmc=bdmc_result,
                       context=tuple(v.name for v in model.context.variables) if c is not None and model.context is not None else ())
+
+
+def _mean_total(x: Tensor, batch_size: int) -> float:
+    """The mean over examples of each example's total (its library size for counts), read
+    ``batch_size`` rows at a time."""
+    total = sum(float(x[i : i + batch_size].double().sum()) for i in range(0, x.shape[0], batch_size))
+    return total / max(1, x.shape[0])
+
+
+def _all_binary(x: Tensor, batch_size: int) -> bool:
+    """Whether every value of ``x`` is 0 or 1, read ``batch_size`` rows at a time (x may be rows
+    left on disk, a :class:`~vaelab.data.streaming.RowStore`, read on demand)."""
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i : i + batch_size]
+        if not bool(((xb == 0) | (xb == 1)).all()):
+            return False
+    return True
 
 
 def _closed_form_density(q: Any) -> bool:
@@ -404,6 +425,8 @@ def format_table(ev: EvaluationSummary | Evaluation | Mapping[str, Any]) -> str:
                                                         f"{_pm(b.width, b.width_stderr)} nats (T={b.steps}, S={b.chains})"))
     if ev.bits_per_dim is not None:
         rows.append(("bits per dimension", f"{ev.bits_per_dim:.4f}"))
+    if ev.nats_per_count is not None:
+        rows.append(("nats per count", f"{ev.nats_per_count:.4f} (-log p(x) over the mean total count)"))
     if ev.accuracy is not None:
         se = "" if ev.accuracy_stderr is None else f" ± {100 * ev.accuracy_stderr:.2f}"
         rows.append(("classifier accuracy q(y|x)", f"{100 * ev.accuracy:.2f}{se} %"))
