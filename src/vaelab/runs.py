@@ -699,7 +699,10 @@ def _read_spec(run_dir: Path, config: TrainConfig, shape: Any) -> ModelSpec:
     if not path.exists():
         if not isinstance(shape, list):
             raise VaelabError(f"'{run_dir / CONFIG}': data.shape must be a list of sizes, got {shape!r}")
-        return config.model_spec(shape)
+        spec = config.model_spec(shape)
+        if spec.net.name == "conv":  # 0.1.0 had the 28x28-only conv nets: read as net conv-0.1 (ModelSpec.from_dict)
+            spec = ModelSpec.from_dict({**spec.to_dict(), "net": {"name": "conv", "hidden": spec.net.options["hidden"]}})
+        return spec
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
