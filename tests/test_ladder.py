@@ -302,3 +302,24 @@ def test_the_explorer_moves_the_lower_layers_with_an_upper_unit(tmp_path: Path) 
     moved[4] += 2.0  # a unit of the upper layer: the decoder reads z1 only, which follows it
     assert explorer.decode(moved)["image"] != example["reconstruction"]
     assert len(explorer.sample(3, seed=0)["images"]) == 3
+
+
+def test_the_gap_split_of_a_hierarchy_frees_the_messages_and_finds_the_exact_posterior(hierarchy: Hierarchy) -> None:
+    """The ladder family contains the exact posterior here: q* (the best messages per example)
+    closes the approximation gap, so a worse encoder's whole gap is amortization."""
+    from vaelab.evaluation import inference_gaps
+
+    model = hierarchy.model(exact_encoder=True)
+    with torch.no_grad():
+        for head in model.encoder.heads:
+            head.bias[: head.out_features // 2] += 0.5  # every example's messages off by 0.5
+    x = hierarchy.sample(20, seed=11)
+    torch.manual_seed(0)
+    gaps = inference_gaps(model, x, n=20, log_px=hierarchy.log_px(x), steps=400, lr=0.05, samples=32,
+                          eval_samples=4000)
+    s = gaps.summary()
+    assert s.settings.family.startswith("ladder")
+    assert abs(s.approximation_gap) < 4 * s.approximation_gap_mc_stderr + 0.01  # q* is (nearly) exact
+    assert s.amortization_gap > 0.1 and s.amortization_gap > 10 * s.amortization_gap_mc_stderr
+    assert abs(s.inference_gap - s.approximation_gap - s.amortization_gap) < 1e-9
+    assert gaps.loc.shape == (20, D1 + D2) and gaps.scale.shape == (20, D1 + D2)

@@ -252,10 +252,13 @@ class LadderPosterior(Distribution):
         loc = (loc_m * prec_m + loc_p * prec_p) / prec
         return loc, prec.rsqrt(), loc_p, scale_p
 
-    def _walk(self, sample_shape: Size, given: Tensor | None, noise: bool) -> tuple[Tensor, Tensor]:
-        """Top-down pass: draw (or read from ``given``) each layer; return z and log q(z|x)."""
+    def _walk(self, sample_shape: Size, given: Tensor | None, noise: bool,
+              eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Top-down pass: draw (or read from ``given``, or make from the noise ``eps``) each
+        layer; return z and log q(z|x)."""
         dims = self.prior.dims
         parts = None if given is None else _split(given, dims)
+        noises = None if eps is None else _split(eps, dims)
         zs: list[Tensor] = [torch.empty(0)] * len(dims)
         terms: list[Tensor] = []  # log q of each layer, [*S, B]
         for i in reversed(range(len(dims))):
@@ -266,9 +269,9 @@ class LadderPosterior(Distribution):
             else:
                 loc = loc.expand(*sample_shape, *loc.shape[-2:]) if loc.dim() == 2 else loc  # the top layer: [*S, B, D_L]
                 if noise:
-                    eps = torch.randn_like(loc)
-                    z = loc + scale * eps
-                    terms.append((-0.5 * eps**2 - scale.log() - _HALF_LOG_2PI).sum(-1))
+                    e = torch.randn_like(loc) if noises is None else noises[i]
+                    z = loc + scale * e
+                    terms.append((-0.5 * e**2 - scale.log() - _HALF_LOG_2PI).sum(-1))
                 else:
                     z = loc
             zs[i] = z
@@ -280,6 +283,12 @@ class LadderPosterior(Distribution):
 
     def rsample(self, sample_shape: Size = Size()) -> Tensor:
         return self.rsample_and_log_prob(sample_shape)[0]
+
+    def from_noise(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """z and log q(z|x) ``[S, B]`` made from given standard-normal noise ``eps``
+        ``[S, B, D]`` (the reparameterization with the draws fixed: two posteriors fed the same
+        eps give paired samples)."""
+        return self._walk(Size(eps.shape[:-2]), None, True, eps)
 
     def log_prob(self, z: Tensor) -> Tensor:  # [*S, B, D] -> [*S, B]
         return self._walk(Size(), z, True)[1]

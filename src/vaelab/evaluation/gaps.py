@@ -11,6 +11,12 @@ same family (diagonal Gaussians) for this x alone,
 The approximation gap is what the family cannot do; the amortization gap is what one shared
 encoder network loses against fitting every example separately.
 
+For a hierarchy (the ladder VAE, :mod:`vaelab.ladder`) the family is the ladder's own: q*
+keeps the model's top-down merge (whose networks are the generative model's, shared with the
+prior) and frees the bottom-up messages (mu^_i, sigma^_i) of every layer per example. Its
+approximation gap is what precision-weighted Gaussian layers cannot do even with the best
+messages; its amortization gap is what the shared bottom-up network loses against them.
+
 q* is found by local optimisation: a per-example diagonal Gaussian (mu, log sigma),
 initialised at the encoder's output, maximising the ELBO with Adam (``samples``
 reparameterized draws per step, closed-form KL when there is one, cosine-decayed learning
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -178,6 +184,39 @@ def _diagonal_parts(q: Distribution) -> tuple[Tensor, Tensor]:
     )
 
 
+def _free_parameters(q: Distribution) -> tuple[list[Tensor], Callable[[list[Tensor]], Distribution], str]:
+    """The parameters of ``q`` that q* frees per example (initial values ``[B, ...]``), how to
+    build a posterior from them, and the family's name: (mu, log sigma) of a diagonal
+    Gaussian, or a ladder posterior's bottom-up messages (mu^_i, log sigma^_i) per layer."""
+    from ..ladder import LadderPosterior
+
+    if isinstance(q, LadderPosterior):
+        flat = [t for loc, scale in q.messages for t in (loc, scale.log())]
+
+        def ladder(params: list[Tensor]) -> Distribution:
+            messages = [(params[i], params[i + 1].exp()) for i in range(0, len(params), 2)]
+            return LadderPosterior(messages, q.prior, q.h)
+
+        return flat, ladder, "ladder (per-example bottom-up messages, the model's top-down merge)"
+    loc, scale = _diagonal_parts(q)
+    return [loc, scale.log()], lambda params: diagonal_gaussian(params[0], params[1].exp()), "diagonal Gaussian"
+
+
+def _from_noise(q: Distribution, eps: Tensor) -> Tensor:
+    """z from standard-normal noise ``eps`` ``[S, B, D]`` by ``q``'s reparameterization."""
+    if hasattr(q, "from_noise"):
+        return q.from_noise(eps)[0]
+    loc, scale = _diagonal_parts(q)
+    return loc + scale * eps
+
+
+def _mean_and_scale(q: Distribution) -> tuple[Tensor, Tensor]:
+    """q*'s location and spread ``[B, D]`` to keep (a hierarchy: its mean path and conditional scales)."""
+    if hasattr(q, "from_noise"):
+        return q.mean, q.stddev
+    return _diagonal_parts(q)
+
+
 def _closed_kl(q: Distribution, prior: Distribution, kl: KLMethod) -> Tensor | None:
     """KL(q || p) ``[B]`` in closed form, or ``None`` when there is none or ``kl="mc"``."""
     if kl == "mc":
@@ -206,7 +245,8 @@ def optimal_posterior(
     kl: KLMethod = "auto",
     c: Tensor | None = None,
 ) -> Distribution:
-    """The locally optimal diagonal Gaussian q*(z|x) of each example of ``x`` ``[B, *x_shape]``.
+    """The locally optimal diagonal Gaussian q*(z|x) of each example of ``x`` ``[B, *x_shape]``
+    (for a hierarchy, the ladder posterior with the best bottom-up messages; module docstring).
 
     Maximises ELBO(mu, sigma) = E_q[log p(x|z)] - KL(q || p(z)) over a separate (mu, log sigma)
     per example, starting from the encoder's output, with Adam (learning rate ``lr``
@@ -214,21 +254,20 @@ def optimal_posterior(
     parameters are not touched. Uses the global random number generator.
 
     Returns:
-        ``Independent(Normal(mu, sigma), 1)``, batch ``[B]``, event ``[D]``, detached.
+        ``Independent(Normal(mu, sigma), 1)``, batch ``[B]``, event ``[D]``, detached (a
+        hierarchy: its ladder posterior).
     """
     if steps < 0 or samples < 1:
         raise ValueError(f"steps must be >= 0 and samples >= 1, got steps={steps}, samples={samples}")
     with torch.no_grad():
-        loc0, scale0 = _diagonal_parts(model.encode(x, c))
+        start, build, _ = _free_parameters(model.encode(x, c))
         prior = model.prior_distribution(c)
-    loc = loc0.detach().clone().requires_grad_(True)  # [B, D]
-    log_scale = scale0.detach().log().clone().requires_grad_(True)  # [B, D]
-    params = [loc, log_scale]
+    params = [p.detach().clone().requires_grad_(True) for p in start]  # [B, ...] each
     moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     for t in range(1, steps + 1):
         with torch.enable_grad():
-            q = diagonal_gaussian(loc, log_scale.exp())
+            q = build(params)
             z = q.rsample((samples,))  # [S, B, D]
             reconstruction = model.decode(z, c).log_prob(x).mean(0)  # [B]
             # each example's ELBO depends on its own (mu, sigma) only: the sum is separable
@@ -243,7 +282,8 @@ def optimal_posterior(
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
                 p.sub_(step_size * m_hat / (v_hat.sqrt() + eps))
-    return diagonal_gaussian(loc.detach(), log_scale.detach().exp())
+    with torch.no_grad():
+        return build([p.detach() for p in params])
 
 
 @torch.no_grad()
@@ -251,19 +291,19 @@ def _paired_elbos(
     model: VAE, x: Tensor, q_a: Distribution, q_b: Distribution, samples: int, chunk: int, kl: KLMethod,
     c: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """ELBOs of two diagonal Gaussians over the same x with shared noise eps ``[S, B, D]``.
+    """ELBOs of two posteriors of one family over the same x with shared noise eps ``[S, B, D]``.
 
     Returns (elbo_a, se_a, elbo_b, se_b, se of elbo_b - elbo_a), each ``[B]``.
     """
     prior = model.prior_distribution(c)
-    (loc_a, scale_a), (loc_b, scale_b) = _diagonal_parts(q_a), _diagonal_parts(q_b)
+    ref = _mean_and_scale(q_a)[0]  # [B, D]: shape, dtype and device of the noise
     terms_a, terms_b = [], []
     done = 0
     while done < samples:
         s = min(chunk, samples - done)
-        eps = torch.randn((s, *loc_a.shape), dtype=loc_a.dtype, device=loc_a.device)  # [s, B, D]
-        for (loc, scale), q, out in (((loc_a, scale_a), q_a, terms_a), ((loc_b, scale_b), q_b, terms_b)):
-            z = loc + scale * eps
+        eps = torch.randn((s, *ref.shape), dtype=ref.dtype, device=ref.device)  # [s, B, D]
+        for q, out in ((q_a, terms_a), (q_b, terms_b)):
+            z = _from_noise(q, eps)
             log_lik = model.decode(z, c).log_prob(x)  # [s, B]
             closed = _closed_kl(q, prior, kl)
             if closed is None:  # per-sample log p(x|z) + log p(z) - log q(z|x)
@@ -337,7 +377,8 @@ def inference_gaps(
         q_opt = optimal_posterior(model, xb, steps=steps, lr=lr, samples=samples, kl=kl, c=cb)
         chunk = max(1, PASS_ROWS // xb.shape[0])  # samples per pass
         ea, sa, eb, sb, sd = _paired_elbos(model, xb, q_enc, q_opt, eval_samples, chunk, kl, cb)
-        loc, scale = _diagonal_parts(q_opt)
+        loc, scale = _mean_and_scale(q_opt)
+        family = _free_parameters(q_opt)[2]
         for key, value in zip(parts, (ea, sa, eb, sb, sd, loc, scale)):
             parts[key].append(value.detach().double().cpu())
     if log_px is None:
@@ -350,7 +391,7 @@ def inference_gaps(
     cat = {key: torch.cat(values) for key, values in parts.items()}
     settings = {"n": int(indices.numel()), "steps": steps, "lr": lr, "samples": samples,
                 "eval_samples": eval_samples, "optimizer": "adam, cosine-decayed learning rate",
-                "family": "diagonal Gaussian", "kl": kl, "log_px_estimator": log_px_estimator if log_px is not None else "is"}
+                "family": family, "kl": kl, "log_px_estimator": log_px_estimator if log_px is not None else "is"}
     return InferenceGaps(
         indices=indices.cpu(), log_px=lp, log_px_mc_se=lp_se,
         elbo_encoder=cat["ea"], elbo_encoder_mc_se=cat["sa"],

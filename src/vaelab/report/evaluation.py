@@ -191,11 +191,16 @@ def gaps_section(ev: EvaluationSummary) -> str:
     if g is None:
         return intro + '<p class="explain">Not computed for this evaluation (K = 0 or the split was switched off).</p>'
     s = g.settings
+    if s.family.startswith("ladder"):  # a hierarchy: q* frees the bottom-up messages (vaelab.evaluation.gaps)
+        intro += ('<p class="explain">For this hierarchy the family is the ladder\'s own: q* keeps the model\'s '
+                  "top-down merge and frees every layer's bottom-up message (mean and scale) per example. The "
+                  "approximation gap is what precision-weighted Gaussian layers cannot do even with the best "
+                  "messages; the amortization gap, what the shared bottom-up network loses against them.</p>")
     rows = [
         ("inference gap", f"{pm(g.inference_gap, g.inference_gap_stderr)} nats",
          "log p(x) − ELBO of the encoder's q(z|x)."),
         ("&nbsp;&nbsp;approximation gap", f"{pm(g.approximation_gap, g.approximation_gap_stderr)} nats",
-         "log p(x) − ELBO(q*): the limit of the diagonal Gaussian family."),
+         f"log p(x) − ELBO(q*): the limit of the {esc(s.family.split(' (')[0])} family."),
         ("&nbsp;&nbsp;amortization gap", f"{pm(g.amortization_gap, g.amortization_gap_stderr)} nats",
          "ELBO(q*) − ELBO(q): the price of one shared encoder."),
         ("ELBO of the encoder / of q*", f"{fmt(g.elbo_encoder)} / {fmt(g.elbo_optimal)} nats",
