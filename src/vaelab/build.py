@@ -10,7 +10,7 @@ a new part registered in :mod:`vaelab.registry` is built here with no change to 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
@@ -20,33 +20,44 @@ from .model import VAE
 from .nets import InputTransform
 from .spec import ModelSpec
 
-__all__ = ["build_vae", "build_model", "build_parts"]
+__all__ = ["build_vae", "build_model", "build_parts", "net_builders"]
 
 
-def build_parts(spec: ModelSpec, context_dim: int | None = None) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """The encoder, decoder and prior a spec names (networks read ``context_dim`` context numbers;
-    default: the spec's own context).
+def net_builders(spec: ModelSpec, context_dim: int, decoder_latent: int | None = None
+                 ) -> tuple[Callable[[int], nn.Module], Callable[[int], nn.Module]]:
+    """``(encoder_net, decoder_net)``: the spec's ``net`` from x (and ``context_dim`` context
+    numbers) to ``n_out`` numbers, and from ``decoder_latent`` latents (default: the spec's
+    ``latent_dim``) to ``per_value * prod(x_shape)`` numbers (see :class:`vaelab.registry.Shapes`).
 
     When the likelihood's class has ``encoder_input(x_shape, **options)`` returning
     ``(module, feature_shape)``, every encoder-side network is built on ``feature_shape`` and
     reads ``module(x)`` (:class:`~vaelab.nets.InputTransform`): e.g. log1p of counts."""
-    cdim = spec.context_dim if context_dim is None else context_dim
     net = registry.get("net", spec.net.name)
     lik = registry.get("likelihood", spec.likelihood.name)
     x_shape = spec.x_shape
+    latent = spec.latent_dim if decoder_latent is None else decoder_latent
     # a likelihood may ask the encoder to read a transform of x (counts: log1p; tables: one-hot + mask)
     make_input = getattr(lik.cls, "encoder_input", None)
-    transform = make_input(x_shape, **spec.likelihood.options) if make_input is not None else None
 
     def encoder_net(n_out: int) -> nn.Module:
-        if transform is None:
-            return net.build("encoder", x_shape, n_out, cdim, **spec.net.options)
+        if make_input is None:
+            return net.build("encoder", x_shape, n_out, context_dim, **spec.net.options)
         module, feature_shape = make_input(x_shape, **spec.likelihood.options)  # a fresh module per network
-        return InputTransform(module, net.build("encoder", tuple(feature_shape), n_out, cdim, **spec.net.options))
+        return InputTransform(module, net.build("encoder", tuple(feature_shape), n_out, context_dim, **spec.net.options))
 
     def decoder_net(per_value: int) -> nn.Module:
-        return net.build("decoder", spec.latent_dim, (per_value, *x_shape), cdim, **spec.net.options)
+        return net.build("decoder", latent, (per_value, *x_shape), context_dim, **spec.net.options)
 
+    return encoder_net, decoder_net
+
+
+def build_parts(spec: ModelSpec, context_dim: int | None = None) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The encoder, decoder and prior a spec names (networks read ``context_dim`` context numbers;
+    default: the spec's own context; the networks from :func:`net_builders`)."""
+    cdim = spec.context_dim if context_dim is None else context_dim
+    lik = registry.get("likelihood", spec.likelihood.name)
+    x_shape = spec.x_shape
+    encoder_net, decoder_net = net_builders(spec, cdim)
     shapes = registry.Shapes(x_shape, spec.latent_dim, cdim, encoder_net, decoder_net, likelihood=lik)
     # the encoder's network first, then the decoder's: the order of random initialisation of 0.1.0
     encoder = registry.get("posterior", spec.posterior.name).build(shapes, **spec.posterior.options)

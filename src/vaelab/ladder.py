@@ -44,6 +44,7 @@ from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from . import registry
+from .build import net_builders
 from .context import ContextEncoder
 from .errors import VaelabError
 from .model import VAE
@@ -471,23 +472,15 @@ def build_ladder(spec: ModelSpec) -> VAE:
     if spec.family != "ladder" or len(dims) < 2:
         raise VaelabError("build_ladder needs a model spec of family 'ladder' with two or more latent_dims")
     cdim = spec.context_dim
-    net = registry.get("net", spec.net.name)
     lik = registry.get("likelihood", spec.likelihood.name)
     hidden = list(spec.net.options.get("hidden", [400])) or [400]
     width = int(hidden[-1])
     min_scale = float(spec.posterior.options.get("min_scale", 1e-4))
     x_shape = spec.x_shape
-    make_input = getattr(lik.cls, "encoder_input", None)
+    encoder_net, first_layer_net = net_builders(spec, cdim, decoder_latent=dims[0])
 
-    def encoder_net(n_out: int) -> nn.Module:
-        if make_input is None:
-            return net.build("encoder", x_shape, n_out, cdim, **spec.net.options)
-        module, feature_shape = make_input(x_shape, **spec.likelihood.options)
-        return InputTransform(module, net.build("encoder", tuple(feature_shape), n_out, cdim, **spec.net.options))
-
-    def decoder_net(per_value: int) -> nn.Module:
-        return InputTransform(FirstUnits(dims[0]), net.build("decoder", dims[0], (per_value, *x_shape), cdim,
-                                                             **spec.net.options))
+    def decoder_net(per_value: int) -> nn.Module:  # the likelihood reads z_1, the first D_1 numbers of z
+        return InputTransform(FirstUnits(dims[0]), first_layer_net(per_value))
 
     # the encoder's networks first, then the decoder's, then the top-down path
     bottom_up: list[nn.Module] = [_Activated(encoder_net(width), nn.ReLU())]
