@@ -15,7 +15,9 @@ seed, same machine, same numbers.
 Speed (see ``benchmarks/speed.py``): the data live on the model's device as one tensor; each
 epoch is binarized and permuted there in one go and the batches are slices of it; Adam is
 PyTorch's fused kernel called without its per-step Python bookkeeping
-(:mod:`vaelab.training.optim`); the host reads the device only every ``SYNC_EVERY``
+(:mod:`vaelab.training.optim`); the common model (MLP encoder and decoder, Gaussian posterior,
+N(0, I) prior, Bernoulli likelihood, the ELBO with one sample) takes a fast path whose loss
+and gradients are written out by hand (:mod:`vaelab.training.fastpath`; same maths, same draws); the host reads the device only every ``SYNC_EVERY``
 steps (on CUDA one period late, so the GPU never drains), which is where a non-finite loss is
 noticed; its step is known exactly from a per-step record, and the end-of-epoch check comes
 before any file is written, so a NaN never reaches a checkpoint. Optional: ``compile``
@@ -57,6 +59,7 @@ from ..model import VAE
 from ..objectives import Objective
 from .checkpoint import atomic_write_text, keep_previous, load_checkpoint, save_checkpoint, save_weights
 from .distributed import World, world as current_world
+from .fastpath import fast_step
 from .optim import make_optimizer
 from .recovery import EVENTS, NanRecovery
 
@@ -388,6 +391,8 @@ def fit(
 
     step: nn.Module = _TrainStep(model, objective, precision)
     plain = step  # unwrapped: NaN forensics run it under forward hooks
+    fast = None if labelled_per_batch else fast_step(model, objective, precision=precision, compile=compile,
+                                                      processes=w.size)  # the common VAE, by hand
     if w.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -434,9 +439,12 @@ def fit(
                     if recovery.look(model, optimizer, lambda: plain(xb.x, epoch - 1 + i / steps, xb.c, xb.known)[0] * weight):
                         break
                     continue
-                loss, stats = step(xb.x, epoch - 1 + i / steps, xb.c, xb.known)
-                optimizer.zero_grad(set_to_none=True)
-                (loss if weight == 1 else loss * weight).backward()
+                if fast is not None:  # loss and gradients written out by hand (training/fastpath.py)
+                    loss, stats = fast.step(xb.x, epoch - 1 + i / steps)
+                else:
+                    loss, stats = step(xb.x, epoch - 1 + i / steps, xb.c, xb.known)
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss if weight == 1 else loss * weight).backward()
                 optimizer.step()
                 log[i] = stats if weight > 0 else 0.0
                 done = i + 1

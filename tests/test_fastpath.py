@@ -1,0 +1,148 @@
+"""The hand-differentiated training step of the common VAE (vaelab.training.fastpath).
+
+Checked against the general path (distributions + autograd) in float64: the same loss, the
+same per-step statistics and the same gradients for the same random draws; it applies only
+where it computes the same thing, and fit trains the same model with it as without it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vaelab.build import build_vae
+from vaelab.data import load_data
+from vaelab.objectives import Objective
+from vaelab.training import loop
+from vaelab.training.fastpath import FastStep, fast_step
+from vaelab.training.loop import _TrainStep, fit
+
+
+def _model(hidden: list[int], latent: int = 3, shape: tuple[int, ...] = (1, 4, 5), seed: int = 0,
+           **kw: object) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_vae(shape, latent_dim=latent, hidden=hidden, likelihood="bernoulli", **kw).double()
+
+
+def _general(model: torch.nn.Module, objective: Objective, x: torch.Tensor, progress: float, seed: int):
+    """Loss (float64, before the float32 cast), stats and gradients of the general path."""
+    for p in model.parameters():
+        p.grad = None
+    torch.manual_seed(seed)
+    trace = model.trace(x, 1)
+    loss, terms = objective.trace_loss(trace, progress)
+    loss.backward()
+    stats = torch.stack([loss, terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()]).detach()
+    return loss.detach(), stats, [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("hidden", [[7], [6, 5], []])
+@pytest.mark.parametrize("objective,progress", [(Objective(), 0.3), (Objective(beta=0.5), 0.0),
+                                                (Objective(warmup=4.0), 1.5), (Objective(kl="analytic", beta=2.0), 9.0)])
+def test_loss_stats_and_gradients_equal_autograd(hidden, objective, progress):
+    model = _model(hidden)
+    x = torch.bernoulli(torch.rand(9, 1, 4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    x[0] = 0.37  # grey values are allowed by the Bernoulli likelihood too
+    fast = fast_step(model, objective)
+    assert isinstance(fast, FastStep)
+    torch.manual_seed(7)
+    loss, stats = fast.step(x, progress)
+    grads = [p.grad.clone() for p in model.parameters()]
+    ref_loss, ref_stats, ref_grads = _general(model, objective, x, progress, 7)
+    assert math.isclose(loss.item(), ref_loss.item(), rel_tol=1e-12)
+    assert torch.allclose(stats.double(), ref_stats.float().double(), rtol=1e-6)  # stats are float32
+    assert torch.allclose(stats.double(), ref_stats, rtol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-10, atol=1e-12)
+    assert stats[0].item() == pytest.approx(-(stats[2].item() - objective.kl_weight(progress) * stats[3].item()) / 9, rel=1e-6)
+
+
+def test_gradient_buffers_are_reused():
+    model = _model([6])
+    fast = fast_step(model, Objective())
+    x = torch.ones(4, 1, 4, 5, dtype=torch.float64)
+    fast.step(x, 0.0)
+    first = [p.grad.data_ptr() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = None  # what zero_grad(set_to_none=True) does
+    fast.step(x, 0.0)
+    assert [p.grad.data_ptr() for p in model.parameters()] == first
+
+
+def test_min_scale_is_the_encoders():
+    model = _model([6], min_scale=0.05)
+    fast = fast_step(model, Objective())
+    assert fast.min_scale == 0.05
+    x = torch.zeros(5, 1, 4, 5, dtype=torch.float64)
+    torch.manual_seed(3)
+    loss, _ = fast.step(x, 0.0)
+    assert math.isclose(loss.item(), _general(model, Objective(), x, 0.0, 3)[0].item(), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["iwae", "k2", "free_bits", "stl", "mc", "gaussian", "flow", "vamp", "context",
+                                  "tanh", "frozen", "compile", "bf16", "processes"])
+def test_not_used_where_it_would_differ(case):
+    kw: dict = {}
+    objective = Objective()
+    if case == "iwae":
+        objective = Objective(kind="iwae", k=2)
+    elif case == "k2":
+        objective = Objective(k=2)
+    elif case == "free_bits":
+        objective = Objective(free_bits=0.1)
+    elif case == "stl":
+        objective = Objective(estimator="stl")
+    elif case == "mc":
+        objective = Objective(kl="mc")
+    elif case == "gaussian":
+        kw = {"likelihood": "gaussian"}
+    elif case == "flow":
+        kw = {"posterior": "iaf"}
+    elif case == "vamp":
+        kw = {"prior": "vamp"}
+    torch.manual_seed(0)
+    opts = {"likelihood": "bernoulli", **kw}
+    if case == "context":
+        from vaelab.context import Variable
+        model = build_vae((1, 4, 5), latent_dim=3, hidden=[6], context=(Variable("label", "categorical", classes=3),), **opts)
+    else:
+        model = build_vae((1, 4, 5), latent_dim=3, hidden=[6], **opts)
+    if case == "tanh":
+        model.encoder.net[2] = torch.nn.Tanh()
+    if case == "frozen":
+        model.decoder.net[1].bias.requires_grad_(False)
+    extra = {"compile": case == "compile", "precision": "bfloat16" if case == "bf16" else "float32",
+             "processes": 2 if case == "processes" else 1}
+    assert fast_step(model, objective, **extra) is None
+    assert fast_step(build_vae((1, 4, 5), latent_dim=3, hidden=[6], likelihood="bernoulli"), Objective()) is not None
+
+
+def test_fit_trains_the_same_model_with_and_without_it(tmp_path, monkeypatch):
+    data = load_data("digits")
+    runs = []
+    for name, use_fast in (("fast", True), ("general", False)):
+        if not use_fast:
+            monkeypatch.setattr(loop, "fast_step", lambda *a, **k: None)
+        torch.manual_seed(0)
+        model = build_vae(data.shape, latent_dim=4, hidden=[32], likelihood="bernoulli")
+        result = fit(model, data, tmp_path / name, epochs=2, batch_size=64, seed=3, binarize=True, progress=False)
+        runs.append((result.metrics, [p.detach().clone() for p in model.parameters()]))
+    (m_fast, w_fast), (m_gen, w_gen) = runs
+    for a, b in zip(m_fast, m_gen):
+        for key in ("train_elbo", "val_elbo"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4)
+    for a, b in zip(w_fast, w_gen):
+        assert torch.allclose(a, b, atol=1e-4)  # float32 rounding apart, the same path through training
+
+
+def test_train_step_module_is_unchanged_for_the_general_path():
+    """The general step (still used for NaN forensics and every other model) gives the same loss."""
+    model = _model([6])
+    x = torch.ones(4, 1, 4, 5, dtype=torch.float64)
+    torch.manual_seed(2)
+    loss, _ = _TrainStep(model, Objective(), "float32")(x, 0.0)
+    torch.manual_seed(2)
+    fast_loss, _ = fast_step(model, Objective()).step(x, 0.0)
+    assert math.isclose(loss.item(), fast_loss.item(), rel_tol=1e-6)
