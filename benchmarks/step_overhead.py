@@ -6,8 +6,10 @@ walking the autograd graph, the optimizer. Two steps are timed on one thread:
 
 * minimal: nn.Linear layers, BCE-with-logits summed, the closed-form KL written out,
   ``torch.optim.Adam(fused=True)``: the fastest eager step we know how to write by hand;
-* vaelab: the training step of ``vaelab.training.loop.fit`` (distributions, Objective, the
-  per-step statistics) with vaelab's lean Adam.
+* vaelab general step: the step ``vaelab.training.loop.fit`` takes for any model
+  (distributions, Objective, autograd, the per-step statistics) with vaelab's lean Adam;
+* vaelab fast path: the step it takes for the common model (``vaelab.training.fastpath``:
+  loss and gradients written out by hand, no autograd graph) with the same Adam.
 
 Forward-only times are printed too. Best of five timings, microseconds per step. This is where
 the eager ceiling at batch 128 comes from (see the README's "Speed and scale")::
@@ -26,6 +28,7 @@ from torch import nn
 
 from vaelab.build import build_vae
 from vaelab.objectives import Objective
+from vaelab.training.fastpath import fast_step
 from vaelab.training.loop import _TrainStep
 from vaelab.training.optim import make_optimizer
 
@@ -83,7 +86,16 @@ def main() -> None:
         lean.step()
         log[0] = stats
 
-    rows = [("minimal eager step", best_time(minimal_step)), ("vaelab step", best_time(vaelab_step)),
+    fast = fast_step(vae, Objective())
+    assert fast is not None
+
+    def fast_path_step() -> None:
+        loss, stats = fast.step(x, 0.0)
+        lean.step()
+        log[0] = stats
+
+    rows = [("minimal eager step", best_time(minimal_step)), ("vaelab general step", best_time(vaelab_step)),
+            ("vaelab fast path step", best_time(fast_path_step)),
             ("minimal forward", best_time(lambda: minimal(x))), ("vaelab forward", best_time(lambda: step(x, 0.0)))]
     print(f"torch {torch.__version__}, 1 thread; tiny model, batch 2 (microseconds, best of 5)")
     for name, us in rows:
