@@ -1,5 +1,10 @@
-"""The IAF's inverse evaluated unit by unit (``vaelab.distributions.flows.iaf_inverse``) against
+"""The IAF's inverse evaluated unit by unit (``vaelab.distributions.iaf_inverse``) against
 zuko's, and the VampPrior under an IAF posterior against its per-component definition.
+
+The sweeps run in reusable buffers (``_Workspace``, lent per call): the tests below also check
+that sweeps in flight at once, repeated backward passes and calls without gradients never
+see each other's buffers, that the buffers are reused, and that any grouping of the positions
+into blocks gives the same numbers.
 
 The reference is zuko's own inverse (``NormalizingFlow.log_prob``: D passes of the whole MADE
 network per step), one pseudo-input at a time for the VampPrior:
@@ -11,6 +16,7 @@ Weights are drawn wider than at initialisation so that the flows are far from th
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -19,7 +25,9 @@ from zuko.distributions import NormalizingFlow
 from zuko.flows import MaskedAutoregressiveTransform
 
 from vaelab.build import build_vae
-from vaelab.distributions.flows import IAFEncoder, InverseAutoregressiveFlow, _made_plan, iaf_inverse
+from vaelab.distributions import iaf_inverse as flows
+from vaelab.distributions.flows import IAFEncoder, InverseAutoregressiveFlow
+from vaelab.distributions.iaf_inverse import _made_plan, iaf_inverse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -121,3 +129,70 @@ def test_the_inverse_runs_in_full_precision_under_autocast() -> None:
     assert (log_p - reference).abs().max() < 0.1
     log_p.sum().backward()
     assert vae.prior.raw_pseudo_inputs.grad is not None and vae.prior.raw_pseudo_inputs.grad.abs().sum() > 0
+
+
+def _grads(flow: InverseAutoregressiveFlow, z: torch.Tensor, enc: IAFEncoder, log_prob: torch.Tensor) -> list[torch.Tensor]:
+    weights = torch.linspace(-1, 1, log_prob.numel(), dtype=log_prob.dtype).view_as(log_prob)
+    return list(torch.autograd.grad((log_prob * weights).sum(), [z, *enc.parameters()], retain_graph=True))
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 5])
+def test_any_blocks_of_positions_give_zukos_numbers(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    monkeypatch.setattr(flows, "_SWEEP_BLOCK", block)  # D = 5: one position per block ... all in one
+    made: list[flows._Workspace] = []
+    monkeypatch.setattr(flows._Workspace, "__init__", _counting(flows._Workspace.__init__, made))
+    enc = _encoder(d=5, context=3, steps=2, hidden=(7, 5))
+    x = torch.randn(4, 6, dtype=torch.float64)
+    z = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    fast, slow = enc(x).log_prob(z), _zuko_log_prob(enc(x), z)
+    assert made and all(ws.blocks[0] == (0, block) for ws in made)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
+    for a, b in zip(_grads(enc(x), z, enc, fast), _grads(enc(x), z, enc, slow)):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_sweeps_in_flight_at_once_keep_their_own_buffers() -> None:
+    """Two densities of the same shape taken before either is differentiated, a call without
+    gradients in between, and a second backward pass (retain_graph): each gradient is zuko's."""
+    enc = _encoder(d=4, context=3, steps=2, hidden=(8, 8))
+    x = torch.randn(3, 6, dtype=torch.float64)
+    z1 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    z2 = (3 * torch.randn(2, 3, 4, dtype=torch.float64)).requires_grad_()
+    first, second = enc(x).log_prob(z1), enc(x).log_prob(z2)  # both sweeps' buffers still needed
+    with torch.no_grad():
+        enc(x).log_prob(torch.randn(2, 3, 4, dtype=torch.float64))  # a third sweep, same shape
+    for z, fast in [(z2, second), (z1, first), (z1, first)]:  # z1 twice: a repeated backward pass
+        slow = _zuko_log_prob(enc(x), z)
+        torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
+        for a, b in zip(_grads(enc(x), z, enc, fast), _grads(enc(x), z, enc, slow)):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_buffers_are_reused_and_large_sweeps_get_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    enc = _encoder(d=4, context=3, steps=2, hidden=(8, 8))
+    x = torch.randn(3, 6, dtype=torch.float64)
+    z = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    plans = [_made_plan(step) for step in enc.transforms]
+    made: list[flows._Workspace] = []
+    monkeypatch.setattr(flows._Workspace, "__init__", _counting(flows._Workspace.__init__, made))
+    for _ in range(3):  # forward and backward, as in training: each step's buffers come back
+        enc(x).log_prob(z).sum().backward()
+    with torch.no_grad():
+        enc(x).log_prob(z)
+    assert len(made) == 2  # one workspace per step, made once
+    assert [sum(len(pool) for pool in plan.workspaces.values()) for plan in plans] == [1, 1]  # idle again
+
+    monkeypatch.setattr(flows, "_WORKSPACE_BYTES", 0)  # every sweep "large": buffers of its own
+    fast = enc(x).log_prob(z)
+    assert len(made) == 4 and [sum(len(pool) for pool in plan.workspaces.values()) for plan in plans] == [1, 1]
+    torch.testing.assert_close(fast, _zuko_log_prob(enc(x), z), rtol=0, atol=1e-10)
+
+
+def _counting(init: Callable[..., None], made: list[flows._Workspace]) -> Callable[..., None]:
+    """``_Workspace.__init__`` that also records each workspace made."""
+
+    def counted(self: flows._Workspace, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        init(self, *args, **kwargs)
+
+    return counted

@@ -20,37 +20,26 @@ fixed-seed noise, so the same inputs give the same numbers.
   z_t = mu_t(z_{t-1}, h) + sigma_t(z_{t-1}, h) * z_{t-1} with MADE networks conditioned on
   a context h from the encoder, built on zuko's masked autoregressive transforms.
 
-Inverting an IAF step is sequential: z_{t-1, i} = (z_{t,i} - mu_t,i) / sigma_t,i needs
-z_{t-1, <i} first, D dependent steps. zuko runs the whole MADE network once per dimension
-(D full passes, each differentiated by autograd). :func:`iaf_inverse` computes the same
-function with each hidden unit evaluated once: a MADE unit depends on the inputs up to some
-position m of the order (its *level*), so it is final as soon as those m inputs are known.
-With the units sorted by level, step i evaluates the units of level i from the inputs and
-units already known and reads (mu_t,i, sigma_t,i): the D sequential steps together cost
-about one MADE pass instead of D. The gradient is a hand-written reverse sweep of the same
-shape (:class:`_StepInverse`), not autograd through D steps. Exact, not an approximation:
-the densities equal zuko's to rounding (``tests/test_flows_vamp.py``). This is what makes the
-VampPrior under an IAF posterior affordable: its density scores every z under the C flow
-posteriors of the pseudo-inputs, each needing the inverse (``benchmarks/flows_vamp.py``).
+An IAF's density at a z it did not sample needs the flow's inverse: D dependent steps per
+flow step, computed exactly with each MADE unit evaluated once by :func:`iaf_inverse`
+(:mod:`vaelab.distributions.iaf_inverse`). This is what makes the VampPrior under an IAF
+posterior affordable: its density scores every z under the C flow posteriors of the
+pseudo-inputs, each needing the inverse (``benchmarks/flows_vamp.py``).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import weakref
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Size, Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.distributions import Distribution, constraints
 from zuko.distributions import NormalizingFlow
 from zuko.flows import MaskedAutoregressiveTransform
-from zuko.nn import MaskedLinear
-from zuko.transforms import ComposedTransform, MonotonicAffineTransform
+from zuko.transforms import ComposedTransform
 
 from ..registry import Option, Shapes, register
+from .iaf_inverse import iaf_inverse
 from .posteriors import MIN_SCALE, diagonal_gaussian, run_net
 
 __all__ = ["PlanarFlow", "PlanarFlowEncoder", "InverseAutoregressiveFlow", "IAFEncoder", "iaf_inverse",
@@ -272,265 +261,6 @@ class PlanarFlowEncoder(nn.Module):
 
 
 # --- inverse autoregressive flows ---------------------------------------------------------
-
-
-class _MadePlan(NamedTuple):
-    """How to invert one masked autoregressive step unit by unit (see :func:`iaf_inverse`).
-
-    The sweep runs in the step's order: ``features[p]`` is the feature at position p,
-    ``positions[f]`` the position of feature f (both None when the order is the identity)
-    and ``out_rows`` the output rows (shift, raw log-scale) of each position in turn. For
-    each hidden layer, ``perms[l]`` sorts its units by level (a unit of level m depends on
-    the inputs at positions < m only) and ``starts[l][m]:starts[l][m + 1]`` are the units of
-    level m.
-    """
-
-    features: Tensor | None  # [D]: the feature at each position (None: the identity)
-    positions: Tensor | None  # [D]: the position of each feature (None: the identity)
-    out_rows: Tensor  # [2 D]
-    perms: tuple[Tensor, ...]  # per hidden layer, [H_l]
-    starts: tuple[tuple[int, ...], ...]  # per hidden layer, D + 1 offsets
-
-
-_PLANS: "weakref.WeakKeyDictionary[nn.Module, _MadePlan | None]" = weakref.WeakKeyDictionary()
-_LOG_SCALE_BOUND = -math.log(1e-3)  # zuko's MonotonicAffineTransform: log sigma = a / (1 + |a| / 6.91)
-
-
-def _made_plan(step: nn.Module) -> _MadePlan | None:
-    """The plan of a zuko ``MaskedAutoregressiveTransform`` with an affine univariate map, a
-    fully autoregressive order and a plain ReLU MADE (what :class:`IAFEncoder` builds), read
-    from its masks and cached per module (and device); None for any other step (zuko's
-    inverse is used then)."""
-    plan = _PLANS.get(step, False)
-    if plan is None or (plan is not False and plan.out_rows.device == step.order.device):
-        return plan
-    plan = None
-    layers = list(getattr(step, "hyper", ()))
-    linears, activations = layers[0::2], layers[1::2]
-    if (
-        isinstance(step, MaskedAutoregressiveTransform)
-        and step.univariate is MonotonicAffineTransform
-        and tuple(tuple(shape) for shape in step.shapes) == ((), ())
-        and step.order is not None
-        and len(linears) == len(activations) + 1 >= 2
-        and all(isinstance(layer, MaskedLinear) for layer in linears)
-        and all(type(layer) is nn.ReLU for layer in activations)
-    ):
-        d = step.order.numel()
-        position = step.order  # [D] the position of each feature in the order
-        if sorted(position.tolist()) == list(range(d)) and linears[-1].out_features == 2 * d:
-            level = (linears[0].mask[:, :d].long() * (position + 1)).amax(1)  # [H1]
-            perms, starts = [], []
-            for i, layer in enumerate(linears[:-1]):
-                if i > 0:
-                    level = (layer.mask.long() * level).amax(1)  # [H_i]: the deepest input reached
-                perms.append(torch.sort(level, stable=True).indices)
-                counts = torch.bincount(level, minlength=d).tolist()
-                starts.append(tuple(itertools.accumulate(counts, initial=0)))
-                if len(counts) > d:  # a unit that needs every input feeds no output
-                    break
-            else:
-                needs = (linears[-1].mask.long() * level).amax(1).view(d, 2).amax(1)  # [D]
-                if bool((needs <= position).all()):  # output f reads only units of level <= its position
-                    features = torch.argsort(position)
-                    out_rows = torch.stack([2 * features, 2 * features + 1], -1).flatten()
-                    identity = bool((position == torch.arange(d, device=position.device)).all())
-                    plan = _MadePlan(None if identity else features, None if identity else position.clone(),
-                                     out_rows, tuple(perms), tuple(starts))
-    _PLANS[step] = plan
-    return plan
-
-
-class _StepInverse(torch.autograd.Function):
-    """x = T^{-1}(y) and log |det dy/dx| = sum_p s_p of one affine MADE step, exactly.
-
-    Inputs (hidden units sorted by level): y ``[N, D]``; ``first`` the first layer's
-    pre-activation before the inputs (bias + context), ``[H_1, N]``; ``wx``
-    ``[D, H_1]`` the first layer's weights from the inputs (transposed); ``weights[l]``
-    ``[H_{l+1}, H_l]`` (nn.Linear's layout; the last one ``[2 D, H_L]``, to the outputs
-    (mu, a) of position p at rows 2p, 2p + 1); ``biases[l]`` of layer l + 2 (the last one the
-    outputs'); ``features``/``positions`` the step's order (None: the identity). Forward,
-    for p = 0..D-1 (f the feature at position p):
-
-        the units of level p, layer by layer: their pre-activation from the inputs of
-        positions < p (first layer) or the units of levels <= p below, then ReLU;
-        mu, a = outputs 2p, 2p + 1 (from the last layer's units of levels <= p);
-        s_p = a / (1 + |a| / 6.91) (zuko's bound);  x_f = (y_f - mu) / exp(s_p).
-
-    Backward is the same sweep in reverse, by hand (each unit once, no autograd graph of D
-    steps). With x_bar_p = dL/dx_f + the first-layer adjoints of the units that read x_f
-    (levels > p, done in earlier reverse steps) times their weights,
-
-        dL/dmu = -x_bar_p e^{-s_p},  dL/da = (dL/dlogdet - x_bar_p x_f) / (1 + |a| / 6.91)^2,
-
-    then the units of level p take their adjoints (all their readers are done; ReLU masks
-    from the saved activations); at the end dL/dy_f = x_bar_p e^{-s_p} and the weight
-    gradients are dense products. Buffers are ``[features, N]`` so that a level's units and
-    a position's values are contiguous rows.
-    """
-
-    @staticmethod
-    def forward(ctx, starts: tuple[tuple[int, ...], ...], features: Tensor | None, positions: Tensor | None,
-                y: Tensor, first: Tensor, wx: Tensor, *params: Tensor) -> tuple[Tensor, Tensor]:
-        n, d = y.shape
-        layers = len(starts)
-        weights, biases = params[:layers], params[layers:]
-        # pre-activations [H_l, N], each level's rows turned into activations when evaluated
-        act = [first.clone()] + [b[:, None].expand(-1, n).contiguous() for b in biases[:-1]]
-        out = biases[-1][:, None].expand(-1, n).contiguous()  # [2D, N], position order
-        y_p = _rows(y.t(), features).contiguous()  # [D, N], position order
-        x = torch.empty_like(y_p)  # [D, N], position order
-        wx_p = _rows(wx, features)  # [D, H1], position order
-        ones = y.new_ones(n)
-        # Views made up front, per position p: (the units of level p of each layer, in turn,
-        # then the outputs of p; the weights into them; what they read: the inputs of
-        # positions < p, or the units of levels <= p of the layer below).
-        jobs: list[list[tuple[Tensor, Tensor | None, Tensor, bool]]] = [[] for _ in range(d)]
-        for p in range(d):
-            for l in range(layers):
-                lo, hi = starts[l][p], starts[l][p + 1]
-                if hi > lo:
-                    if l == 0:
-                        block, source = wx_p[:p, lo:hi].t(), x[:p]
-                    else:
-                        end = starts[l - 1][p + 1]
-                        block, source = weights[l - 1][lo:hi, :end], act[l - 1][:end]
-                    jobs[p].append((act[l][lo:hi], block if block.shape[1] else None, source, True))
-            end = starts[-1][p + 1]
-            block = weights[-1][2 * p : 2 * p + 2, :end] if end else None
-            jobs[p].append((out[2 * p : 2 * p + 2], block, act[-1][:end], False))
-        log_scales = []
-        for p in range(d):
-            for units, block, source, hidden in jobs[p]:  # level p is computable: evaluate it
-                if block is not None:
-                    units.addmm_(block, source)
-                if hidden:
-                    units.relu_()
-            raw = out[2 * p + 1]
-            log_scale = raw / torch.add(ones, torch.abs(raw), alpha=1 / _LOG_SCALE_BOUND)
-            torch.sub(y_p[p], out[2 * p], out=x[p]).div_(torch.exp(log_scale))
-            log_scales.append(log_scale)
-        s = torch.stack(log_scales)  # [D, N], position order
-        ctx.starts, ctx.features, ctx.positions = starts, features, positions
-        ctx.save_for_backward(x, s, out, wx_p, *act, *weights)
-        return _rows(x, positions).t(), s.sum(0)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_x: Tensor | None, grad_log_det: Tensor | None) -> tuple[Tensor | None, ...]:
-        starts, features, positions = ctx.starts, ctx.features, ctx.positions
-        layers = len(starts)
-        x, s, out, wx_p, *rest = ctx.saved_tensors  # [D, N], [D, N], [2D, N], [D, H1], ..., position order
-        act, weights = rest[:layers], rest[layers:]
-        d, n = x.shape
-        adj_post = [torch.zeros_like(a) for a in act]  # dL/d activation, accumulated
-        adj_pre: list[list[Tensor]] = [[] for _ in act]  # dL/d pre-activation, level by level
-        adj_out: list[Tensor] = []  # [2, N] per position, last first
-        # dL/dx, completed as the first-layer units that read x take their adjoints
-        x_bar = _rows(grad_x.t(), features).contiguous() if grad_x is not None else torch.zeros_like(x)
-        # With x_bar_p final, (dL/dmu_p, dL/da_p) = x_bar_p * gain_p + offset_p, [2, N] each:
-        scale = torch.exp(-s)  # [D, N]
-        slope = (out[1::2].abs() / _LOG_SCALE_BOUND + 1).pow(-2)  # ds/da, [D, N]
-        gain = torch.stack([-scale, -x * slope], 1)  # [D, 2, N]
-        offset = torch.zeros_like(gain)
-        if grad_log_det is not None:
-            offset[:, 1] = grad_log_det * slope
-        # Views made up front, per position p: the weights to (and adjoints of) the last-layer
-        # units of levels <= p from the outputs of p; per layer, the units of level p
-        # (adjoints, activations) with the weights to (and adjoints of) the units below of
-        # levels <= p -- for the first layer, the inputs of positions < p.
-        heads = [(weights[-1][2 * p : 2 * p + 2, :end].t(), adj_post[-1][:end]) for p, end in enumerate(starts[-1][1:])]
-        columns = [w.t() for w in weights[:-1]]  # [H_l, H_{l+1}]
-        jobs: list[list[tuple[int, Tensor, Tensor, Tensor | None, Tensor]]] = [[] for _ in range(d)]
-        for l in reversed(range(layers)):
-            ends = starts[l - 1][1:] if l > 0 else range(d)
-            below = adj_post[l - 1] if l > 0 else x_bar
-            for p, (lo, hi, end) in enumerate(zip(starts[l][:-1], starts[l][1:], ends)):
-                if hi > lo:
-                    block = wx_p[:end, lo:hi] if l == 0 else columns[l - 1][:end, lo:hi]
-                    jobs[p].append((l, adj_post[l][lo:hi], act[l][lo:hi], block if end else None, below[:end]))
-        relu_backward = torch.ops.aten.threshold_backward
-        for p in reversed(range(d)):
-            # x_bar_p is final: the units that read x_p (levels > p) are done
-            out_bar = torch.addcmul(offset[p], gain[p], x_bar[p])  # [2, N]
-            w_out, post_last = heads[p]
-            post_last.addmm_(w_out, out_bar)
-            adj_out.append(out_bar)
-            for l, post, units, block, post_below in jobs[p]:  # level p has all its readers: final
-                adj = relu_backward(post, units, 0.0)
-                adj_pre[l].append(adj)
-                if block is not None:
-                    post_below.addmm_(block, adj)
-        grad_pre = [torch.cat(levels[::-1]) for levels in adj_pre]  # [H_l, N]
-        grad_out = torch.cat(adj_out[::-1])  # [2D, N]
-        hidden = [a.t() for a in act]  # [N, H_l], activations
-        grad_weights = [grad_pre[l + 1] @ hidden[l] for l in range(layers - 1)] + [grad_out @ hidden[-1]]
-        grad_biases = [a.sum(1) for a in grad_pre[1:]] + [grad_out.sum(1)]
-        grad_y = _rows(x_bar * scale, positions).t()  # dL/dy = x_bar e^{-s}
-        grad_wx = _rows(x @ grad_pre[0].t(), positions)
-        return (None, None, None, grad_y, grad_pre[0], grad_wx, *grad_weights, *grad_biases)
-
-
-def _rows(t: Tensor, index: Tensor | None) -> Tensor:
-    """The rows ``index`` of ``t`` (``t`` itself when the index is the identity, None)."""
-    return t if index is None else t.index_select(0, index)
-
-
-def _invert_step(step: nn.Module, plan: _MadePlan, h: Tensor, y: Tensor, shape: Size) -> tuple[Tensor, Tensor]:
-    """x = T^{-1}(y) and sum_i log sigma_i for one step, rows ``y`` ``[N, D]`` (N = prod(shape)),
-    context ``h`` ``[*batch, C]`` broadcast to ``shape``: the step's masked weights, sorted by
-    level (outputs in position order), through :class:`_StepInverse`."""
-    linears = list(step.hyper)[0::2]
-    n_rows, d = y.shape
-    weights = [layer.weight * layer.mask for layer in linears]  # masked, as zuko's MaskedLinear
-    w1 = weights[0].index_select(0, plan.perms[0])  # [H1, D + C]
-    first = nn.functional.linear(h, w1[:, d:], linears[0].bias.index_select(0, plan.perms[0]))  # [*batch, H1]
-    first = first.expand(*shape, first.shape[-1]).movedim(-1, 0).reshape(first.shape[-1], n_rows)  # [H1, N]
-    hidden = [(weights[l].index_select(0, plan.perms[l]).index_select(1, plan.perms[l - 1]),
-               linears[l].bias.index_select(0, plan.perms[l]))
-              for l in range(1, len(linears) - 1)]  # [H_{l+1}, H_l], [H_{l+1}]
-    w_out = weights[-1].index_select(0, plan.out_rows).index_select(1, plan.perms[-1])  # [2D, H_L], position order
-    b_out = linears[-1].bias.index_select(0, plan.out_rows)
-    return _StepInverse.apply(plan.starts, plan.features, plan.positions, y, first, w1[:, :d].t(),
-                              *(w for w, _ in hidden), w_out, *(b for _, b in hidden), b_out)
-
-
-def iaf_inverse(steps: Sequence[nn.Module], h: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-    """z0 = f^{-1}(z) and log |det dz/dz0| for the IAF z = f(z0) = T_n(...T_1(z0; h)...; h).
-
-    ``steps`` are zuko ``MaskedAutoregressiveTransform`` modules in sampling order, ``h`` the
-    context ``[*batch, C]``, ``z`` ``[..., D]`` with ``...`` broadcastable to ``*batch``;
-    returns ``[*shape, D]`` and ``[*shape]``, ``shape = broadcast(z.shape[:-1], batch)``.
-
-    Each step y = T(x) has y_i = mu_i(x_<i) + sigma_i(x_<i) x_i, so
-
-        x_i = (y_i - mu_i(x_<i)) / sigma_i(x_<i),   log |det dy/dx| = sum_i log sigma_i(x_<i),
-
-    in the order of the step. Rather than D passes of the whole MADE network (zuko), every
-    hidden unit is evaluated once, as soon as the inputs it depends on are known (module
-    docstring): the same function, so the same numbers up to rounding, differentiable (once)
-    in z, h and the weights through a hand-written reverse sweep (:class:`_StepInverse`).
-    Steps of any other kind (not a fully autoregressive affine ReLU MADE) use zuko's inverse.
-
-    Example:
-        >>> flow = IAFEncoder(MLP(784, [400], IAFEncoder.outputs(20, 20)), 20, 20, 4)(x)   # batch [B]
-        >>> z0, log_det = iaf_inverse(flow.made, flow.context, z)    # z [K, B, 20] -> [K, B, 20], [K, B]
-    """
-    d = z.shape[-1]
-    shape = torch.broadcast_shapes(z.shape[:-1], h.shape[:-1])
-    dtype = torch.promote_types(z.dtype, h.dtype)
-    x = z.to(dtype).expand(*shape, d).reshape(-1, d)  # [N, D]
-    log_det = x.new_zeros(x.shape[0])
-    with torch.autocast(z.device.type, enabled=False):  # a density: full precision, like the KL
-        for step in reversed(steps):
-            plan = _made_plan(step)
-            if plan is None:
-                x_full, minus = step(h.to(dtype)).inv.call_and_ladj(x.reshape(*shape, d))  # zuko: D passes
-                x, log_det = x_full.reshape(-1, d), log_det - minus.reshape(-1)
-            else:
-                x, step_log_det = _invert_step(step, plan, h.to(dtype), x, shape)
-                log_det = log_det + step_log_det
-    return x.reshape(*shape, d), log_det.reshape(shape)
 
 
 class InverseAutoregressiveFlow(_MonteCarloMoments, NormalizingFlow):
