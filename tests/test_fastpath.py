@@ -146,3 +146,23 @@ def test_train_step_module_is_unchanged_for_the_general_path():
     torch.manual_seed(2)
     fast_loss, _ = fast_step(model, Objective()).step(x, 0.0)
     assert math.isclose(loss.item(), fast_loss.item(), rel_tol=1e-6)
+
+
+def test_epoch_data_in_reused_buffers_gives_the_same_batches():
+    """fit's epochs reuse two buffers for the binarized, permuted x: the same numbers as fresh
+    tensors, and the same memory every epoch."""
+    from vaelab.context import Batch
+    from vaelab.data import binarize
+    from vaelab.training.loop import epoch_data
+
+    x = torch.rand(50, 1, 3, 4, generator=torch.Generator().manual_seed(0))
+    train = Batch(x, torch.randn(50, 2), torch.rand(50) < 0.5)
+    buffers: list[torch.Tensor] = []
+    for epoch in (1, 2, 3):
+        for draw in (True, False):
+            fresh, reused = epoch_data(train, 7, epoch, draw), epoch_data(train, 7, epoch, draw, buffers)
+            assert torch.equal(fresh.x, reused.x) and torch.equal(fresh.c, reused.c)
+            assert torch.equal(fresh.known, reused.known)
+            assert reused.x.data_ptr() == buffers[1].data_ptr()
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(binarize(x, torch.Generator().manual_seed(3)), (u < x).float())

@@ -128,21 +128,24 @@ class DataSplits:
         )
 
 
-def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Draw ``Bernoulli(x)`` element-wise: the usual dynamic binarization of [0, 1] data.
 
     Returns 0/1 values of ``x``'s floating dtype (float32 for float32 data, the usual case; float32
     for non-float input) on ``x``'s device. ``x`` is taken to lie in [0, 1]; values outside act as
     clamped. The draw is one ``torch.rand`` call, so a seeded ``generator`` (on ``x``'s device)
-    makes it reproducible.
+    makes it reproducible. ``out`` (a tensor of x's shape and that dtype) receives the result
+    (the same numbers, no new memory).
 
     >>> g = torch.Generator().manual_seed(0)
     >>> binarize(torch.tensor([0.0, 1.0, 1.0]), g)
     tensor([0., 1., 1.])
     """
     dtype = x.dtype if x.is_floating_point() else torch.float32
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=dtype)
-    return (u < x).to(dtype)
+    if out is None:
+        out = torch.empty(x.shape, device=x.device, dtype=dtype)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=dtype, out=out)
+    return u.lt_(x)  # 1.0 where u < x, else 0.0, in place
 
 
 def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -102,19 +102,33 @@ def noise_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return s if rank == 0 else (s + rank * 2_654_435_761) % (2**63 - 1)
 
 
-def epoch_data(train: Tensor | Batch, seed: int, epoch: int, binarize: bool) -> Batch:
+def epoch_data(train: Tensor | Batch, seed: int, epoch: int, binarize: bool,
+               buffers: list[Tensor] | None = None) -> Batch:
     """The training examples of ``epoch`` in the order the loop visits them, a :class:`Batch`.
 
     On ``train``'s device, from one generator seeded by :func:`epoch_seed`: a Bernoulli draw of
     every pixel (when ``binarize``), then one permutation of x, c and the known-label mask.
     Batch ``i`` is rows ``[i * B, (i + 1) * B)``; every process of a distributed run holds the
     same tensors.
+
+    ``buffers`` (an empty list the first time, then the same list each epoch) lets the x of
+    one epoch reuse the memory of the previous one: the same numbers, without allocating (and
+    page-faulting in) two copies of the training set every epoch. The returned x then lives in
+    those buffers until the next call.
     """
     train = train if isinstance(train, Batch) else Batch(train)
     gen = torch.Generator(device=train.x.device).manual_seed(epoch_seed(seed, epoch))
-    x = draw_binary(train.x, gen) if binarize else train.x
+    if buffers is None:
+        x = draw_binary(train.x, gen) if binarize else train.x
+        perm = torch.randperm(len(train), generator=gen, device=train.x.device)
+        return Batch(x, train.c, train.known)[perm]
+    if len(buffers) != 2 or buffers[0].shape != train.x.shape or buffers[0].dtype != train.x.dtype:
+        buffers[:] = [torch.empty_like(train.x, memory_format=torch.contiguous_format) for _ in range(2)]
+    drawn, visited = buffers
+    x = draw_binary(train.x, gen, out=drawn) if binarize else train.x
     perm = torch.randperm(len(train), generator=gen, device=train.x.device)
-    return Batch(x, train.c, train.known)[perm]
+    torch.index_select(x, 0, perm, out=visited)
+    return Batch(visited, None if train.c is None else train.c[perm], None if train.known is None else train.known[perm])
 
 
 def streamed_epoch(train: Batch, seed: int, epoch: int) -> EpochStream:
@@ -410,10 +424,11 @@ def fit(
     result = FitResult("completed", start_epoch - 1, best_epoch, best_val, metrics)
     written, last_write = start_epoch - 1, time.monotonic()  # the epoch of the checkpoint on disk, and when
     best_pending: tuple[dict[str, Tensor], dict[str, Any]] | None = None  # best weights not yet written
+    epoch_buffers: list[Tensor] = []  # the memory of each epoch's binarized, permuted x (epoch_data)
     for epoch in recovery.epochs(start_epoch, epochs):  # an epoch comes again after a NaN (recovery)
         recovery.begin(model, optimizer)  # the in-memory snapshot a NaN rolls back to
         x_epoch = (streamed_epoch(train, seed, epoch) if streamed  # [N, *x_shape], visiting order
-                   else epoch_data(train, seed, epoch, binarize))
+                   else epoch_data(train, seed, epoch, binarize, epoch_buffers))
         extra = (labelled_rows(x_epoch.known, seed, epoch, steps, labelled_per_batch)  # [steps, L]
                  if labelled_per_batch else None)
         torch.manual_seed(noise_seed(seed, epoch, w.rank))  # the reparameterization noise eps
