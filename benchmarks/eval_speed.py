@@ -12,11 +12,31 @@ that part's numbers). CPU time is the figure to read on a shared machine; median
     vaelab train --epochs 30 --threads 1 --name base      # the default mnist5k model
     python benchmarks/eval_speed.py runs/base --rounds 3
     python benchmarks/eval_speed.py runs/base --old k_chunk=50 --new k_chunk=10,gap_steps=150
+
+Two versions of the *code* (today's defaults of each) are compared one process at a time:
+``--one LABEL --log FILE`` runs one evaluation with the ``--new`` settings and appends its
+times and estimates to FILE as a JSON line; alternate the versions (``PYTHONPATH`` naming the
+other's ``src``), then ``--table FILE`` prints the medians of the first two labels side by side:
+
+    git archive c9b7e15 src | tar -x -C /tmp/vaelab-old     # the code before, unpacked
+    for r in 1 2; do
+        PYTHONPATH=/tmp/vaelab-old/src python benchmarks/eval_speed.py runs/base --one before --new "" --log e.jsonl
+        python benchmarks/eval_speed.py runs/base --one after --new "" --log e.jsonl
+    done
+    python benchmarks/eval_speed.py --table e.jsonl
+
+``--optimisers`` compares the gap split's local optimisers on its 100 examples (the subset
+``vaelab eval`` takes) with the final ELBOs' noise *paired* (the same 1,000 draws for every
+optimiser), so that differences of ELBO(q*) far below its Monte-Carlo error show, each
+optimiser run from two seeds (STEPS:GRADIENT[:SAMPLES[:LR]]):
+
+    python benchmarks/eval_speed.py runs/base --optimisers 300:closed,150:closed,150:stl,100:stl,60:stl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from typing import Any, Callable
@@ -92,16 +112,114 @@ def _estimates(result: Any) -> dict[str, tuple[float, float | None, float | None
     return out
 
 
+def _print_table(times: dict[str, dict[str, list[tuple[float, float]]]], labels: tuple[str, str],
+                 estimates: tuple[dict[str, Any], dict[str, Any]], rounds: int) -> None:
+    """The medians of every part's (CPU s, wall s) of two columns, then their estimates side by side."""
+    a, b = labels
+    print(f"{'part':<16}{a + ' CPU':>12}{b + ' CPU':>12}{'ratio':>8}{a + ' wall':>12}{b + ' wall':>12}   ({rounds} rounds)")
+    for part in (*PARTS, "total"):
+        if part not in times[a] or part not in times[b]:
+            continue
+        o = [statistics.median(c[i] for c in times[a][part]) for i in (0, 1)]
+        n = [statistics.median(c[i] for c in times[b][part]) for i in (0, 1)]
+        print(f"{NAMES.get(part, part):<16}{o[0]:>12.2f}{n[0]:>12.2f}{n[0] / max(o[0], 1e-9):>8.2f}{o[1]:>12.2f}{n[1]:>12.2f}")
+    old, new = estimates
+    print(f"\n{'estimate (nats)':<22}{a:>10}{b:>10}{'diff':>8}{'SE over x':>11}{'MC SE':>8}")
+    for key, (value, se, mc) in old.items():
+        if key not in new:
+            continue
+        other = new[key][0]
+        se_text = "" if se is None else f"{se:.3f}"
+        mc_text = "" if mc is None else f"{mc:.3f}"
+        print(f"{key:<22}{value:>10.3f}{other:>10.3f}{other - value:>8.3f}{se_text:>11}{mc_text:>8}")
+
+
+def compare_optimisers(model: Any, specs: str, seeds: int = 2) -> None:
+    """ELBO(q*) of the gap split's examples for each optimiser ``STEPS:GRADIENT[:SAMPLES[:LR]]``
+    of ``specs`` (comma-separated), the final ELBOs from the same 1,000 draws for all."""
+    from vaelab.evaluation.gaps import _paired_elbos, optimal_posterior
+
+    x, _ = model.test_set()
+    x = model.as_batch(x)
+    torch.manual_seed(EvalSettings().seed + 3)  # the subset evaluate() takes (inference_gaps under seed + 3)
+    n = EvalSettings().gap_examples
+    rows = torch.randperm(x.shape[0])[:n] if x.shape[0] > n else torch.arange(x.shape[0])
+    xb = x[rows]
+    with torch.no_grad():
+        q_enc = model.vae.encode(xb)
+    base = None
+    print(f"{'optimiser':<28}{'CPU s':>8}{'ELBO(q*)':>12}{'vs first':>10}{'seeds differ by':>17}")
+    for spec in filter(None, specs.split(",")):
+        parts = spec.split(":")
+        steps, gradient = int(parts[0]), parts[1]
+        samples = int(parts[2]) if len(parts) > 2 else EvalSettings().gap_samples
+        lr = float(parts[3]) if len(parts) > 3 else EvalSettings().gap_lr
+        values, cpu = [], []
+        for seed in range(seeds):
+            torch.manual_seed(100 + seed)
+            began = time.process_time()
+            q = optimal_posterior(model.vae, xb, steps=steps, lr=lr, samples=samples, gradient=gradient)
+            cpu.append(time.process_time() - began)
+            torch.manual_seed(12345)  # the same final draws for every optimiser
+            values.append(float(_paired_elbos(model.vae, xb, q_enc, q, 1000, 20, "auto")[2].mean()))
+        mean = statistics.mean(values)
+        base = mean if base is None else base
+        print(f"{spec:<28}{statistics.median(cpu):>8.2f}{mean:>12.4f}{mean - base:>10.4f}{max(values) - min(values):>17.4f}",
+              flush=True)
+
+
+def _table_from_log(path: str) -> None:
+    """``--table``: the medians of the first two labels of a ``--one`` log."""
+    times: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    estimates: dict[str, dict[str, Any]] = {}
+    rounds: dict[str, int] = {}
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            label = row["label"]
+            for part, cost in row["times"].items():
+                times.setdefault(label, {}).setdefault(part, []).append((cost[0], cost[1]))
+            estimates[label] = {k: tuple(v) for k, v in row["estimates"].items()}
+            rounds[label] = rounds.get(label, 0) + 1
+    labels = tuple(times)[:2]
+    if len(labels) < 2:
+        raise SystemExit(f"{path} holds {len(labels)} label(s); --table needs two")
+    print(f"{path}: {', '.join(f'{k}: {v} runs' for k, v in rounds.items())}; one thread, medians (CPU s / wall s)")
+    _print_table(times, labels, (estimates[labels[0]], estimates[labels[1]]), min(rounds[k] for k in labels))  # type: ignore[arg-type]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", help="a run folder (vaelab train ... --name base)")
+    parser.add_argument("run", nargs="?", help="a run folder (vaelab train ... --name base)")
     parser.add_argument("--old", default="", help="settings changes of the old column, e.g. k_chunk=50")
     parser.add_argument("--new", default="k_chunk=10", help="settings changes of the new column")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--one", metavar="LABEL", help="run one evaluation (the --new settings) and append it to --log")
+    parser.add_argument("--log", help="the JSON-lines file of --one")
+    parser.add_argument("--table", metavar="LOG", help="print the medians of a --one log's first two labels")
+    parser.add_argument("--optimisers", metavar="SPECS", help="compare gap-split optimisers, e.g. 300:closed,100:stl")
     args = parser.parse_args()
+    if args.table:
+        _table_from_log(args.table)
+        return
+    if args.run is None:
+        parser.error("give a run folder (or --table LOG)")
     torch.set_num_threads(1)
     model = vaelab.load(args.run)
     base = EvalSettings(kl=model.config.kl)
+    if args.optimisers:
+        compare_optimisers(model, args.optimisers)
+        return
+    if args.one:
+        if not args.log:
+            parser.error("--one needs --log FILE")
+        settings = base.replace(**_changes(args.new))
+        result, spent = timed_evaluation(model, settings)
+        with open(args.log, "a") as f:
+            f.write(json.dumps({"label": args.one, "vaelab": vaelab.__file__, "settings": settings.to_dict(),
+                                "times": spent, "estimates": _estimates(result)}) + "\n")
+        print(f"{args.one}: {spent['total'][0]:.1f} s CPU, {spent['total'][1]:.1f} s wall", flush=True)
+        return
     columns = {"old": base.replace(**_changes(args.old)), "new": base.replace(**_changes(args.new))}
     times: dict[str, dict[str, list[tuple[float, float]]]] = {c: {} for c in columns}
     results: dict[str, Any] = {}
@@ -114,23 +232,7 @@ def main() -> None:
 
     print(f"\n{args.run}, one thread, medians over {args.rounds} rounds (CPU s / wall s)")
     print(f"  old: {args.old or 'the defaults'}\n  new: {args.new or 'the defaults'}")
-    print(f"{'part':<16}{'old CPU':>10}{'new CPU':>10}{'ratio':>8}{'old wall':>10}{'new wall':>10}")
-    for part in (*PARTS, "total"):
-        if part not in times["old"] or part not in times["new"]:
-            continue
-        o = [statistics.median(c[i] for c in times["old"][part]) for i in (0, 1)]
-        n = [statistics.median(c[i] for c in times["new"][part]) for i in (0, 1)]
-        print(f"{NAMES.get(part, part):<16}{o[0]:>10.2f}{n[0]:>10.2f}{n[0] / max(o[0], 1e-9):>8.2f}{o[1]:>10.2f}{n[1]:>10.2f}")
-
-    old, new = _estimates(results["old"]), _estimates(results["new"])
-    print(f"\n{'estimate (nats)':<22}{'old':>10}{'new':>10}{'diff':>8}{'SE over x':>11}{'MC SE':>8}")
-    for key, (value, se, mc) in old.items():
-        if key not in new:
-            continue
-        other = new[key][0]
-        se_text = "" if se is None else f"{se:.3f}"
-        mc_text = "" if mc is None else f"{mc:.3f}"
-        print(f"{key:<22}{value:>10.3f}{other:>10.3f}{other - value:>8.3f}{se_text:>11}{mc_text:>8}")
+    _print_table(times, ("old", "new"), (_estimates(results["old"]), _estimates(results["new"])), args.rounds)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
-"""The pass sizes of the evaluation change its speed, never its numbers.
+"""What made ``vaelab eval`` faster changes its speed, never its numbers.
 
-``vaelab eval`` was made faster by passing fewer decoder rows at a time (the outputs stay in the
-cache): importance samples ``k_chunk`` at a time for log p(x), ``PASS_ROWS`` rows for the gap
-split's final ELBOs. The draws are the same in distribution whatever the pass size (and, where
-every pass holds a multiple of 16 numbers, the same draws: torch fills normals 16 at a time),
-so at every pass size the estimates must match log p(x) and the ELBO of the linear-Gaussian
-model in closed form (float64) within their Monte-Carlo standard errors, and each other.
+* Pass sizes: importance samples ``k_chunk`` at a time for log p(x), ``PASS_ROWS`` rows for the
+  gap split's final ELBOs. The draws are the same in distribution whatever the pass size (and,
+  where every pass holds a multiple of 16 numbers, the same draws: torch fills normals 16 at a
+  time), so at every pass size the estimates must match log p(x) and the ELBO of the
+  linear-Gaussian model in closed form (float64) within their Monte-Carlo standard errors.
+* The fused Bernoulli decoder (:class:`~vaelab.evaluation.likelihood.DecoderDensity`): the
+  same log p(x|z) as ``model.decode(z).log_prob(x)`` and as ``torch.distributions.Bernoulli``,
+  and the same gradient in z as autograd (float64, to rounding).
+* The encoder run once per batch, not once per pass of samples: the same draws, the same
+  estimates as through :meth:`VAE.log_weights`.
+* The gap split's sticking-the-landing gradient: q* is the best mean-field posterior of the
+  linear-Gaussian model in closed form, at the default number of steps.
 """
 
 from __future__ import annotations
@@ -15,9 +21,15 @@ import math
 import pytest
 import torch
 
+from torch.distributions import Bernoulli, Independent
+
 from linear_gaussian import LinearGaussian
+from vaelab.build import build_vae
 from vaelab.evaluation import log_likelihood
-from vaelab.evaluation.gaps import _paired_elbos
+from vaelab.evaluation.gaps import _paired_elbos, optimal_posterior
+from vaelab.evaluation.likelihood import DecoderDensity, decoder_log_prob
+from vaelab.evaluation.settings import DEFAULTS
+from vaelab.model import VAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -69,3 +81,78 @@ def test_paired_elbos_do_not_depend_on_the_samples_per_pass(lg, x, chunk: int) -
             err = float(se.pow(2).sum().sqrt() / x.shape[0])
             assert 0 < err < math.inf
             assert abs(float(elbo.mean() - exact.mean())) < Z * err, (float(elbo.mean()), float(exact.mean()), err)
+
+
+@pytest.fixture(scope="module")
+def bernoulli_vae() -> VAE:
+    torch.manual_seed(0)
+    return build_vae((1, 4, 3), latent_dim=3, hidden=[8, 6]).double()  # two hidden layers: the body's loop
+
+
+@pytest.fixture(scope="module")
+def binary_x() -> torch.Tensor:
+    return (torch.rand(5, 1, 4, 3, generator=torch.Generator().manual_seed(2)) < 0.4).double()
+
+
+def test_fused_bernoulli_decoder_gives_the_density_and_its_gradient(bernoulli_vae, binary_x) -> None:
+    vae, x = bernoulli_vae, binary_x
+    assert DecoderDensity(vae, x).fused  # the fused path is the one under test
+    z = torch.randn(7, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    weights = torch.rand(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))  # [S, B]
+    fused = decoder_log_prob(vae, z, x)  # [S, B]
+    reference = vae.decode(z).log_prob(x)
+    logits = vae.decoder.net(z.reshape(-1, 3)).reshape(7, 5, 1, 4, 3)
+    exact = Independent(Bernoulli(logits=logits), 3).log_prob(x)  # torch's own Bernoulli
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-10)
+    torch.testing.assert_close(fused, exact, rtol=0, atol=1e-10)
+    (g_fused,) = torch.autograd.grad((weights * fused).sum(), z)
+    (g_ref,) = torch.autograd.grad((weights * exact).sum(), z, retain_graph=True)
+    torch.testing.assert_close(g_fused, g_ref, rtol=0, atol=1e-10)
+    (g_each,) = torch.autograd.grad(exact.sum(), z)
+    torch.testing.assert_close(DecoderDensity(vae, x).grad(z), g_each, rtol=0, atol=1e-10)  # the gradient alone
+    assert torch.autograd.gradcheck(lambda t: decoder_log_prob(vae, t, x), (z[:2].detach().requires_grad_(True),))
+    with torch.no_grad():  # no gradient asked: the same value
+        torch.testing.assert_close(decoder_log_prob(vae, z, x), fused.detach(), rtol=0, atol=0)
+
+
+def test_other_decoders_keep_their_own_density(lg, x) -> None:
+    vae = lg.vae(lg.exact_encoder())  # a Gaussian decoder on a Linear map: not fused
+    assert not DecoderDensity(vae, x).fused
+    z = torch.randn(4, x.shape[0], lg.latent_dim, dtype=torch.float64)
+    torch.testing.assert_close(decoder_log_prob(vae, z, x), vae.decode(z).log_prob(x), rtol=0, atol=0)
+    leaf = z.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(vae.decode(leaf).log_prob(x).sum(), leaf)
+    torch.testing.assert_close(DecoderDensity(vae, x).grad(z), grad, rtol=0, atol=0)
+
+
+class _Traced(VAE):
+    """The same VAE through its own ``log_weights`` (the path that encodes every pass)."""
+
+    def log_weights(self, x: torch.Tensor, k: int = 1, c: torch.Tensor | None = None) -> torch.Tensor:
+        return super().log_weights(x, k, c)
+
+
+@pytest.mark.parametrize("k_chunk", [4, 64])
+def test_encoding_once_per_batch_draws_the_same_samples(bernoulli_vae, binary_x, k_chunk: int) -> None:
+    vae = bernoulli_vae
+    traced = _Traced(vae.encoder, vae.decoder, vae.prior)
+    torch.manual_seed(6)
+    once = log_likelihood(vae, binary_x, 64, k_chunk=k_chunk, batch_size=3)
+    torch.manual_seed(6)
+    every_pass = log_likelihood(traced, binary_x, 64, k_chunk=k_chunk, batch_size=3)
+    torch.testing.assert_close(once.per_example, every_pass.per_example, rtol=0, atol=1e-10)
+    torch.testing.assert_close(once.ess, every_pass.ess, rtol=1e-9, atol=0)
+
+
+def test_sticking_the_landing_finds_the_best_mean_field_posterior_at_the_default_steps(lg, x) -> None:
+    vae = lg.vae(lg.mean_field_encoder(shift=0.2, inflate=1.3))
+    torch.manual_seed(8)
+    q = optimal_posterior(vae, x)  # the defaults: DEFAULTS.gap_steps steps of the STL gradient
+    loc, scale = q.base_dist.loc, q.base_dist.scale
+    m, _ = lg.posterior(x)
+    found = lg.elbo_gap(x, loc, torch.diag_embed(scale**2))  # KL(q* || p(z|x)) exactly, [B]
+    best = lg.elbo_gap(x, m, lg.mean_field_cov())  # the optimum of the family
+    start = lg.elbo_gap(x, m + 0.2, lg.mean_field_cov() * 1.3**2)
+    assert DEFAULTS.gap_steps <= 100
+    assert float((start - best).min()) > 0.05  # there was a gap to close
+    assert float((found - best).max()) < 0.01  # nats: q* is as good as the optimum, example by example

@@ -61,7 +61,7 @@ from torch.distributions import Distribution
 
 from ..errors import VaelabError
 from ..model import VAE, Classifier
-from .likelihood import LogLikelihood
+from .likelihood import DecoderDensity, LogLikelihood
 from .memory import check_fits
 from .settings import AUTO_COST, AUTO_MIN_STEPS, DEFAULTS
 
@@ -173,19 +173,27 @@ class _Path:
             self.prior = model.prior_distribution(c)
             self.q0: Distribution = model.encode(x, c) if start == "encoder" else self.prior
         self.gamma = 1.0 if start == "encoder" else 0.0  # h = E - gamma C
+        self.density = DecoderDensity(model, x, c)  # log p(x|z): one binding of x for every pass
 
     def sample_start(self, chains: int) -> Tensor:
         if self.q0.batch_shape == torch.Size([]):  # an unconditional prior: one for all examples
             return self.q0.sample((chains, self.x.shape[0]))  # [S, B, D]
         return self.q0.sample((chains,))  # [S, B, D]
 
-    def terms(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(C, E, grad C, grad E) at z ``[S, B, D]``."""
+    def terms(self, z: Tensor, value: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """(C, E, grad C, grad E) at z ``[S, B, D]``; E is None with ``value=False`` (the inner
+        leapfrog steps need the gradient only: a fused decoder then skips the log-density)."""
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             cheap = self.q0.log_prob(z)  # [S, B]
             (g_cheap,) = torch.autograd.grad(cheap.sum(), z)
-            joint = self.model.decode(z, self.c).log_prob(self.x)  # [S, B]
+            if not value:
+                g_joint = self.density.grad(z)  # [S, B, D]
+                if self.start == "encoder":
+                    (g_prior,) = torch.autograd.grad(self.prior.log_prob(z).sum(), z)
+                    g_joint = g_joint + g_prior
+                return cheap.detach(), None, g_cheap, g_joint
+            joint = self.density.log_prob(z)  # [S, B]
             if self.start == "encoder":
                 joint = joint + self.prior.log_prob(z)
             (g_joint,) = torch.autograd.grad(joint.sum(), z)
@@ -212,6 +220,7 @@ def _anneal(path: _Path, z: Tensor, betas: Tensor, leapfrog: int, eps: Tensor, *
     """
     dtype = z.dtype
     cheap, joint, g_cheap, g_joint = path.terms(z)
+    assert joint is not None
     log_w = torch.zeros(z.shape[:2], dtype=torch.float64, device=z.device)  # [S, B]
     accepted = torch.zeros(z.shape[:2], dtype=torch.float64, device=z.device)
     betas_list = betas.tolist()
@@ -232,8 +241,9 @@ def _anneal(path: _Path, z: Tensor, betas: Tensor, leapfrog: int, eps: Tensor, *
         zn, p = z, p0 + 0.5 * e * path.grad(beta, g_cheap, g_joint)
         for step in range(leapfrog):
             zn = zn + e * p
-            c_n, j_n, gc_n, gj_n = path.terms(zn)
+            c_n, j_n, gc_n, gj_n = path.terms(zn, value=step == leapfrog - 1)  # the density at the end only
             p = p + (e if step < leapfrog - 1 else 0.5 * e) * path.grad(beta, gc_n, gj_n)
+        assert j_n is not None
         f1 = path.f(beta, c_n, j_n)
         log_ratio = (f1 - 0.5 * p.pow(2).sum(-1)) - (f0 - 0.5 * p0.pow(2).sum(-1))  # [S, B]
         log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)
