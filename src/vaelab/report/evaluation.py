@@ -207,7 +207,8 @@ def gaps_section(ev: EvaluationSummary) -> str:
          f"on {g.n} test examples, each ELBO from {s.eval_samples} samples with shared noise"),
         ("log p(x) from", esc(s.log_px_estimator), "the tightest estimate of log p(x) that was run"),
     ]
-    how = (f"q* from {s.steps} Adam steps (learning rate {s.lr}, cosine-decayed, "
+    gradient = "the sticking-the-landing gradient, " if "sticking" in str(s.optimizer) else ""
+    how = (f"q* from {s.steps} Adam steps ({gradient}learning rate {s.lr}, cosine-decayed, "
            f"{s.samples} samples per step), started at the encoder's output. ± is the standard "
            f"error over the {g.n} examples; the Monte-Carlo errors are ± {fmt(g.approximation_gap_mc_stderr, 3)} "
            f"(approximation) and ± {fmt(g.amortization_gap_mc_stderr, 3)} (amortization).")
