@@ -1,6 +1,7 @@
 """A plain PyTorch VAE in the style of PyTorch's official example (examples/vae/main.py).
 
-Eager mode, a DataLoader over the training tensor, fc 784-400-(20, 20) / 20-400-784, the
+Eager mode, a DataLoader over the training tensor (or, in :func:`reference_epochs_in_memory`,
+batches sliced from it by a permutation), fc 784-400-(20, 20) / 20-400-784, the
 loss BCE(sum) + KL with ``exp(0.5 * logvar)`` scales, Adam. Written without vaelab, so that
 benchmarks compare vaelab with what a user would write by hand. Dynamic binarization is a
 ``torch.bernoulli`` of each batch, as is usual for MNIST VAEs.
@@ -63,6 +64,42 @@ def reference_epochs(x_train: torch.Tensor, *, epochs: int = 30, batch_size: int
         t0 = time.perf_counter()
         model.train()
         for (data,) in loader:
+            if binarize:
+                data = torch.bernoulli(data)
+            optimizer.zero_grad()
+            logits, mu, logvar = model(data)
+            loss, _, _ = loss_function(logits, data, mu, logvar)
+            loss.backward()
+            optimizer.step()
+        yield model, time.perf_counter() - t0
+
+
+def reference_model(seed: int = 0) -> ReferenceVAE:
+    """The initial model of a reference loop run with ``seed``: ``torch.manual_seed(seed)`` then
+    ``ReferenceVAE()``, as :func:`reference_epochs` and :func:`reference_epochs_in_memory` begin
+    (here in a forked RNG, so the caller's random state is left alone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ReferenceVAE()
+
+
+def reference_epochs_in_memory(x_train: torch.Tensor, *, epochs: int = 30, batch_size: int = 128,
+                               lr: float = 1e-3, seed: int = 0,
+                               binarize: bool = True) -> Iterator[tuple[ReferenceVAE, float]]:
+    """:func:`reference_epochs` without the DataLoader: each epoch one ``torch.randperm`` and
+    batches gathered from the training tensor ``x_train`` [N, 784] by index, a
+    ``torch.bernoulli`` of each batch; the same model, initial weights, loss and Adam. Yields
+    the model and the seconds of each epoch."""
+    torch.manual_seed(seed)
+    model = ReferenceVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    n = x_train.shape[0]
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n)
+        for i in range(0, n, batch_size):
+            data = x_train[perm[i : i + batch_size]]  # [B, 784]
             if binarize:
                 data = torch.bernoulli(data)
             optimizer.zero_grad()
