@@ -166,3 +166,37 @@ def test_epoch_data_in_reused_buffers_gives_the_same_batches():
             assert reused.x.data_ptr() == buffers[1].data_ptr()
     u = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))
     assert torch.equal(binarize(x, torch.Generator().manual_seed(3)), (u < x).float())
+
+
+def test_share_scales_the_gradients_not_the_loss():
+    model = _model([6])
+    x = torch.bernoulli(torch.rand(5, 1, 4, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    fast = fast_step(model, Objective())
+    torch.manual_seed(1)
+    loss, _ = fast.step(x, 0.0, 0.25)
+    grads = [p.grad.clone() for p in model.parameters()]
+    ref_loss, _, ref_grads = _general(model, Objective(), x, 0.0, 1)
+    assert math.isclose(loss.item(), ref_loss.item(), rel_tol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, 0.25 * r, rtol=1e-10, atol=1e-13)
+
+
+def test_the_last_partial_batch_weighs_its_share_of_a_full_one(tmp_path, monkeypatch):
+    """loss = -(1/B) sum ELBO with B the configured batch size, also for the last batch."""
+    data = load_data("digits")
+    n, batch = data.train.shape[0], 64
+    assert n % batch, "the test needs a partial last batch"
+    shares: list[float] = []
+    real = FastStep.step
+
+    def spy(self, x, progress, share=1.0):
+        shares.append((x.shape[0], share))
+        return real(self, x, progress, share)
+
+    monkeypatch.setattr(FastStep, "step", spy)
+    torch.manual_seed(0)
+    model = build_vae(data.shape, latent_dim=4, hidden=[16], likelihood="bernoulli")
+    fit(model, data, tmp_path / "run", epochs=1, batch_size=batch, seed=0, binarize=True, progress=False)
+    assert len(shares) == -(-n // batch)
+    assert all(s == 1.0 for rows, s in shares[:-1]) and all(rows == batch for rows, s in shares[:-1])
+    assert shares[-1] == (n % batch, (n % batch) / batch)

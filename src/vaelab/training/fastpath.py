@@ -114,9 +114,11 @@ def _numel(shape: Sequence[int]) -> int:
 class FastStep:
     """Loss and gradients of one step of the common VAE (module docstring).
 
-    ``step(x, progress)`` draws eps, computes the loss, writes every parameter's gradient into
-    its ``.grad`` (replacing what was there) and returns ``(loss, stats)`` like the general
-    path: the loss (detached) and ``[loss, sum ELBO, sum reconstruction, sum KL]`` over the batch.
+    ``step(x, progress, share)`` draws eps, computes the loss, writes the gradient of
+    ``share * loss`` into every parameter's ``.grad`` (replacing what was there; ``share`` is
+    the loop's weight of a batch: rows / batch size for the last, partial one) and returns
+    ``(loss, stats)`` like the general path: the loss (detached, unweighted) and
+    ``[loss, sum ELBO, sum reconstruction, sum KL]`` over the batch.
     """
 
     def __init__(self, encoder: Sequence[nn.Linear], decoder: Sequence[nn.Linear], latent_dim: int,
@@ -165,7 +167,7 @@ class FastStep:
         return dout
 
     @torch.no_grad()
-    def step(self, x: Tensor, progress: float) -> tuple[Tensor, Tensor]:
+    def step(self, x: Tensor, progress: float, share: float = 1.0) -> tuple[Tensor, Tensor]:
         x = x.reshape(x.shape[0], -1)  # [B, P]
         b, d = x.shape[0], self.latent_dim
         out, enc_in = self._forward(self.encoder, x)  # [B, 2D]
@@ -182,7 +184,7 @@ class FastStep:
         loss = (weight * kl_sum - rec_sum) / b
         stats = torch.stack([loss, rec_sum - kl_sum, rec_sum, kl_sum]).float()
 
-        g = 1.0 / b
+        g = share / b  # the gradients of share * loss (the loop's weight of a partial batch)
         dlogits = torch.sigmoid(logits).sub_(x).mul_(g)  # [B, P]
         dz = self._backward(self.decoder, dec_in, dlogits, True)  # [B, D]
         assert dz is not None
