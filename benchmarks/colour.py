@@ -1,23 +1,31 @@
-"""Bits per dimension on colour images: MLP against convolutional and residual networks.
+"""Bits per dimension on colour images: MLP against convolutional and residual networks, with
+one stochastic layer and with two (the ladder VAE).
 
-Three VAEs with one stochastic layer are trained on the built-in ``patches`` (32x32 RGB
-patches of scikit-learn's two photographs; training patches from the left three quarters of
-each photo, test patches from the right quarter) for the same fixed budget, and differ only
-in their encoder/decoder networks:
+VAEs are trained on the built-in ``patches`` (32x32 RGB patches of scikit-learn's two
+photographs; training patches from the left three quarters of each photo, test patches from
+the right quarter) for the same fixed budget, and differ only in their encoder/decoder
+networks and in the number of stochastic layers:
 
     mlp      3072-400-(2x32) encoder, mirrored decoder                            (--net mlp)
     conv     two 4x4 stride-2 convolutions 32, 64 (32 -> 16 -> 8), ELU, FC 400     (--net conv)
     resnet   the same with 2 residual blocks (ELU, 3x3 convs) per stage            (--net resnet)
+    <net>-ladder   the same net as the ladder's first bottom-up layer and its likelihood's
+             network, two stochastic layers of 32 (bottom) and 16 units, free bits 0.25 nats
+             per unit (--latent-dims 32,16 --free-bits 0.25; ``src/vaelab/ladder.py``)
 
-Shared: latent dimension 32, N(0, I) prior, diagonal Gaussian posterior, PixelCNN++'s
-discretized logistic mixture over whole RGB pixels (5 logistics, green and blue locations
+Shared: latent dimension 32 (the ladder's bottom layer), N(0, I) prior, diagonal Gaussian
+posterior, PixelCNN++'s discretized logistic mixture over whole RGB pixels (5 logistics, green
+and blue locations
 linear in the pixel's red and green values), Adam 1e-3, batch 64, no early stopping
 (``patience 0``; the weights kept are those of the best validation ELBO), one CPU thread.
 The test score is -log p(x) by importance sampling with ``--k`` samples on the first
 ``--test-n`` test patches (half from each photo), in bits per dimension:
--log p(x) / (3072 ln 2), with its standard error over examples; the ELBO likewise. Train
-time is the CPU time of the training process (``time.process_time``, one thread), which a
-busy machine inflates less than wall time.
+-log p(x) / (3072 ln 2), with its standard error over examples; the ELBO likewise; paired
+differences on the same test patches against the MLP and, for a ladder row, against the same
+net with one layer. KL per stochastic layer and its informative units (KL above 0.1 nats) come
+from :func:`vaelab.evaluation.latent_diagnostics` on the same patches. Train time is the CPU
+time of the training process (``time.process_time``, one thread), which a busy machine
+inflates less than wall time, and its wall time beside it.
 
 The budget is short (a few epochs), so these are the nets' standings early in training, not
 converged results. The literature's CIFAR-10 figures (IAF-VAE 3.11, NVAE 2.91 bits/dim; much
@@ -27,6 +35,7 @@ scale.
 Run (progress on stderr, the markdown table on stdout)::
 
     python benchmarks/colour.py --epochs 6 --test-n 500 --k 20 --json colour.json
+    python benchmarks/colour.py --models mlp-ladder conv-ladder resnet-ladder   # the ladder rows alone
 """
 
 from __future__ import annotations
@@ -42,14 +51,16 @@ from typing import Any
 
 import torch
 
-from vaelab.evaluation import dataset_elbo, log_likelihood
+from vaelab.evaluation import dataset_elbo, latent_diagnostics, log_likelihood
 from vaelab.runs import train
 
-MODELS: dict[str, dict[str, Any]] = {
+NETS: dict[str, dict[str, Any]] = {
     "mlp": {"net": "mlp", "hidden": [400]},
     "conv": {"net": "conv", "hidden": [400], "conv_channels": [32, 64]},
     "resnet": {"net": "resnet", "hidden": [400], "conv_channels": [32, 64], "res_blocks": 2},
 }
+LADDER: dict[str, Any] = {"latent_dims": [32, 16], "free_bits": 0.25}  # two stochastic layers, bottom first
+MODELS: dict[str, dict[str, Any]] = {**NETS, **{f"{net}-ladder": {**options, **LADDER} for net, options in NETS.items()}}
 SHARED = {"data": "patches", "latent_dim": 32, "likelihood": "logistic-mixture", "mixtures": 5, "lr": 1e-3,
           "batch_size": 64, "patience": 0, "eval_k": 0, "threads": 1}
 DIMS = 3 * 32 * 32
@@ -73,12 +84,22 @@ def run_one(model: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     ll = log_likelihood(vae, x, args.k, batch_size=5, k_chunk=args.k)  # small passes: 3072 x 20 numbers per value
     torch.manual_seed(args.seed)
     terms = dataset_elbo(vae, x, k=1, batch_size=50)
+    torch.manual_seed(args.seed)
+    health = latent_diagnostics(vae, x, mi_samples=10, batch_size=50)  # the KL per unit; I(x;z) is not used
     eval_cpu = time.process_time() - cpu0
+    sizes = list(health.layers or [vae.latent_dim])
+    kl_unit = health.kl_per_dim.double() if health.kl_per_dim is not None else None  # [D], bottom layer first
+    layers, start = [], 0
+    for size in sizes:
+        unit = slice(start, start + size)
+        layers.append({"size": size, "kl": None if kl_unit is None else float(kl_unit[unit].sum()),
+                       "informative": int(health.informative[unit].sum())})
+        start += size
     scale = 1 / (DIMS * math.log(2))
     row = {
         "model": model, "epochs": fit.epochs_done, "best_epoch": fit.best_epoch, "n_test": int(x.shape[0]),
         "k": args.k, "bpd": -ll.mean * scale, "bpd_stderr": ll.stderr * scale, "elbo_bpd": -terms.elbo * scale,
-        "kl_nats": terms.kl, "params": sum(p.numel() for p in vae.parameters()),
+        "kl_nats": terms.kl, "layers": layers, "params": sum(p.numel() for p in vae.parameters()),
         "train_cpu_s": train_cpu, "train_wall_s": train_wall, "eval_cpu_s": eval_cpu, "settings": settings,
         "log_px": ll.per_example.tolist(),
     }
@@ -87,18 +108,31 @@ def run_one(model: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return row
 
 
+def _paired(r: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """r - base in bits/dim on the same test patches, ± the SE of the per-patch differences."""
+    if base is None or r is base:
+        return ""
+    d = -(torch.tensor(r["log_px"], dtype=torch.float64) - torch.tensor(base["log_px"], dtype=torch.float64))
+    d = d / (DIMS * math.log(2))
+    return f"{float(d.mean()):+.3f} ± {float(d.std() / math.sqrt(d.numel())):.3f}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| net | parameters | epochs | test bits/dim (IS, K) | vs mlp (paired) | ELBO bits/dim | KL nats "
-             "| train CPU s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    base = next((r for r in rows if r["model"] == "mlp"), None)
+    lines = ["| net | stochastic layers | parameters | epochs | test bits/dim (IS, K) | vs mlp (paired) "
+             "| vs one layer (paired) | ELBO bits/dim | KL nats per layer (informative units) | train CPU s "
+             "| train wall s |", "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    by_model = {r["model"]: r for r in rows}
     for r in rows:
-        delta = ""
-        if base is not None and r is not base:
-            d = -(torch.tensor(r["log_px"], dtype=torch.float64) - torch.tensor(base["log_px"], dtype=torch.float64))
-            d = d / (DIMS * math.log(2))
-            delta = f"{float(d.mean()):+.3f} ± {float(d.std() / math.sqrt(d.numel())):.3f}"
-        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f} M | {r['epochs']} | {r['bpd']:.3f} ± {r['bpd_stderr']:.3f} "
-                     f"(K={r['k']}) | {delta} | {r['elbo_bpd']:.3f} | {r['kl_nats']:.1f} | {r['train_cpu_s']:.0f} |")
+        ladder = r["model"].endswith("-ladder")
+        net = r["model"].removesuffix("-ladder")
+        versus_mlp = _paired(r, by_model.get("mlp"))
+        versus_one = _paired(r, by_model.get(net)) if ladder else ""
+        sizes = ", ".join(str(x["size"]) for x in r["layers"])
+        kl = " / ".join(("?" if x["kl"] is None else f"{x['kl']:.1f}") + f" ({x['informative']} of {x['size']})"
+                        for x in r["layers"])
+        lines.append(f"| {net} | {sizes} | {r['params'] / 1e6:.2f} M | {r['epochs']} | {r['bpd']:.3f} ± {r['bpd_stderr']:.3f} "
+                     f"(K={r['k']}) | {versus_mlp} | {versus_one} | {r['elbo_bpd']:.3f} | {kl} | {r['train_cpu_s']:.0f} "
+                     f"| {r['train_wall_s']:.0f} |")
     return "\n".join(lines)
 
 
