@@ -7,11 +7,14 @@ posterior have closed forms:
 With W's columns orthogonal, p(x|z1) as a function of z1 is a diagonal Gaussian message, so
 the exact posterior p(z1|z2, x) is the precision-weighted merge of that message with
 p(z1|z2): the ladder family contains the exact posterior, and with the right (linear) bottom-up
-networks every log weight equals log p(x).
+networks every log weight equals log p(x). So does the residual parameterisation (q relative to
+p(z1|z2)): with s1 constant, the exact posterior's mean minus A z2 + a is linear in x and z2 and
+its scale over s1 is constant.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -58,7 +61,7 @@ class Hierarchy:
         g = torch.Generator().manual_seed(seed)
         return self.mu_x + torch.randn(n, P, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(self.cov_x).T
 
-    def model(self, exact_encoder: bool) -> VAE:
+    def model(self, exact_encoder: bool, inference: str = "precision") -> VAE:
         top = nn.Linear(D2, 2 * D1).double()
         with torch.no_grad():
             top.weight.zero_()
@@ -91,7 +94,19 @@ class Hierarchy:
                 heads[1].weight[:D2] = gain
                 heads[1].bias[:D2] = -gain @ self.mu_x
                 heads[1].bias[D2:] = _inv_softplus(v2.sqrt().reshape(1))
-        encoder = LadderEncoder(bottom, heads, prior, min_scale=0.0)
+        encoder = LadderEncoder(bottom, heads, prior, min_scale=0.0, inference=inference)
+        if exact_encoder and inference == "residual":
+            # message (m, v) = (M (x - b), s^2 / |w|^2) merged with N(A z2 + a, s1^2) gives
+            # vq = 1 / (1/v + 1/s1^2) and mu_q - (A z2 + a) = (vq / v) (m - A z2 - a)
+            v = self.s**2 / wtw
+            vq = 1 / (1 / v + 1 / self.s1**2)
+            r = vq / v  # [D1]
+            assert encoder.mix is not None
+            with torch.no_grad():
+                heads[0].weight[:D1] = r[:, None] * m
+                heads[0].bias[:D1] = r * (-m @ self.b - self.a)
+                heads[0].bias[D1:] = _inv_softplus(vq.sqrt() / self.s1)
+                encoder.mix[0].weight.copy_(-r[:, None] * self.A)
         return VAE(encoder, decoder, prior)
 
 
@@ -115,8 +130,9 @@ def test_prior_density_and_samples_are_the_hierarchy(hierarchy: Hierarchy) -> No
                                atol=0.08, rtol=0)
 
 
-def test_the_exact_ladder_posterior_makes_every_log_weight_log_px(hierarchy: Hierarchy) -> None:
-    model = hierarchy.model(exact_encoder=True)
+@pytest.mark.parametrize("inference", ["precision", "residual"])
+def test_the_exact_ladder_posterior_makes_every_log_weight_log_px(hierarchy: Hierarchy, inference: str) -> None:
+    model = hierarchy.model(exact_encoder=True, inference=inference)
     x = hierarchy.sample(6)
     torch.manual_seed(0)
     log_w = model.log_weights(x, 50)  # [K, B]
@@ -304,12 +320,15 @@ def test_the_explorer_moves_the_lower_layers_with_an_upper_unit(tmp_path: Path) 
     assert len(explorer.sample(3, seed=0)["images"]) == 3
 
 
-def test_the_gap_split_of_a_hierarchy_frees_the_messages_and_finds_the_exact_posterior(hierarchy: Hierarchy) -> None:
-    """The ladder family contains the exact posterior here: q* (the best messages per example)
-    closes the approximation gap, so a worse encoder's whole gap is amortization."""
+@pytest.mark.parametrize("inference", ["precision", "residual"])
+def test_the_gap_split_of_a_hierarchy_frees_the_messages_and_finds_the_exact_posterior(hierarchy: Hierarchy,
+                                                                                       inference: str) -> None:
+    """The ladder family contains the exact posterior here: q* (the best messages per example,
+    the model's own inference kept) closes the approximation gap, so a worse encoder's whole gap
+    is amortization."""
     from vaelab.evaluation import inference_gaps
 
-    model = hierarchy.model(exact_encoder=True)
+    model = hierarchy.model(exact_encoder=True, inference=inference)
     with torch.no_grad():
         for head in model.encoder.heads:
             head.bias[: head.out_features // 2] += 0.5  # every example's messages off by 0.5
@@ -323,3 +342,154 @@ def test_the_gap_split_of_a_hierarchy_frees_the_messages_and_finds_the_exact_pos
     assert s.amortization_gap > 0.1 and s.amortization_gap > 10 * s.amortization_gap_mc_stderr
     assert abs(s.inference_gap - s.approximation_gap - s.amortization_gap) < 1e-9
     assert gaps.loc.shape == (20, D1 + D2) and gaps.scale.shape == (20, D1 + D2)
+
+
+# --- the ingredients (spec.ladder, --ladder-*) -------------------------------------------------
+
+INGREDIENTS = [
+    {"inference": "residual"},
+    {"inference": "independent"},
+    {"activation": "tanh"},
+    {"activation": "elu"},
+    {"norm": "layer"},
+    {"skip": True},
+    {"init": "prior"},
+    {"inference": "residual", "activation": "elu", "norm": "layer", "skip": True, "init": "prior"},
+]
+
+
+def _spec(ladder: dict | None = None, dims: tuple[int, ...] = (4, 3)) -> ModelSpec:
+    return ModelSpec.create((1, 6, 6), family="ladder", latent_dims=dims, options={"hidden": [16]}, ladder=ladder)
+
+
+@pytest.mark.parametrize("ladder", INGREDIENTS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
+def test_each_ingredient_builds_trains_and_round_trips(ladder: dict) -> None:
+    from vaelab.build import build_model
+
+    spec = _spec(ladder)
+    assert all(spec.ladder[k] == v for k, v in ladder.items()) and len(spec.ladder) == 5  # defaults filled in
+    again = ModelSpec.from_dict(json.loads(spec.to_json()))
+    assert again == spec
+    torch.manual_seed(0)
+    model = build_model(spec).double()
+    x = torch.rand(8, 1, 6, 6, dtype=torch.float64).bernoulli()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = -data_elbo(model, x, k=2).elbo.mean()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, no_grad  # every parameter is in the graph
+    opt.step()
+    clone = build_model(again).double()
+    clone.load_state_dict(model.state_dict())  # strict: the same modules from the saved spec
+    torch.manual_seed(1)
+    a = model.log_weights(x, 5)
+    torch.manual_seed(1)
+    b = clone.log_weights(x, 5)
+    torch.testing.assert_close(a, b)
+    assert bool(torch.isfinite(a).all())
+
+
+@torch.no_grad()
+def test_the_ingredients_do_what_they_say() -> None:
+    from vaelab.build import build_model
+
+    x = torch.rand(6, 1, 6, 6, dtype=torch.float64).bernoulli()
+    torch.manual_seed(0)
+    # prior init with residual inference: q(z|x) = p(z) exactly, so log q = log p and the KL is 0
+    model = build_model(_spec({"inference": "residual", "init": "prior"})).double()
+    q = model.encode(x)
+    z, log_q = q.rsample_and_log_prob((4,))
+    torch.testing.assert_close(log_q, model.prior_distribution().log_prob(z))
+    assert all(float(t.abs().max()) < 1e-12 for t in q.layer_kl(z))
+    # prior init alone: p(z1 | z2) = N(0, I) whatever z2
+    loc, scale = model.prior.top_down[0](torch.randn(5, 3, dtype=torch.float64))
+    torch.testing.assert_close(loc, torch.zeros_like(loc))
+    torch.testing.assert_close(scale, torch.ones_like(scale))
+    # independent: z1's q does not move with z2; precision merge: it does
+    for inference, moves in (("independent", False), ("precision", True)):
+        q = build_model(_spec({"inference": inference})).double().encode(x)
+        z = q.mean
+        shifted = z.clone()
+        shifted[:, 4:] += 1.0
+        assert torch.allclose(q.mean_given(shifted, layer=1)[:, :4], z[:, :4]) != moves
+    # skip: the likelihood reads z2 too; without it, z1 alone
+    for skip in (False, True):
+        model = build_model(_spec({"skip": skip})).double()
+        z = torch.randn(3, 7, dtype=torch.float64)
+        moved = z.clone()
+        moved[:, 4:] += 1.0
+        p_x, p_moved = model.decoder(z), model.decoder(moved)
+        assert torch.allclose(p_x.log_prob(x[:3]), p_moved.log_prob(x[:3])) != skip
+    # activation and norm: in every network (the spec's encoder and decoder nets too)
+    model = build_model(_spec({"activation": "tanh", "norm": "layer"}))
+    kinds = {type(m) for m in model.modules()}
+    assert nn.Tanh in kinds and nn.ReLU not in kinds and nn.LayerNorm in kinds
+    assert nn.LayerNorm not in {type(m) for m in build_model(_spec()).modules()}
+
+
+def test_old_ladder_folders_load_as_the_default_ladder(tmp_path: Path) -> None:
+    """A model.json written before the ladder had options (no "ladder" key) is today's default."""
+    model, _ = vaelab.train(data="digits", latent_dims=[4, 2], hidden=[16], epochs=1, eval_k=0, out=str(tmp_path),
+                            name="old", threads=1, figures=False, log=lambda *a: None)
+    path = tmp_path / "old" / "model.json"
+    spec = json.loads(path.read_text())
+    assert spec["ladder"] == {"inference": "precision", "activation": "relu", "norm": "none", "skip": False,
+                              "init": "default"}
+    del spec["ladder"]
+    path.write_text(json.dumps(spec))
+    loaded = vaelab.load(tmp_path / "old")
+    assert loaded.spec == model.spec
+    x = torch.rand(3, *loaded.x_shape)
+    torch.manual_seed(0)
+    a = loaded.vae.log_weights(x, 5)
+    torch.manual_seed(0)
+    torch.testing.assert_close(a, model.vae.log_weights(x, 5))
+
+
+def test_train_a_ladder_with_ingredients_from_python_and_load_it(tmp_path: Path) -> None:
+    model, _ = vaelab.train(data="digits", latent_dims=[4, 2], hidden=[16], epochs=1, eval_k=0, out=str(tmp_path),
+                            name="ing", threads=1, figures=False, log=lambda *a: None, ladder_inference="residual",
+                            ladder_skip=True, ladder_init="prior", ladder_norm="layer", ladder_activation="elu")
+    saved = json.loads((tmp_path / "ing" / "model.json").read_text())["ladder"]
+    assert saved == {"inference": "residual", "activation": "elu", "norm": "layer", "skip": True, "init": "prior"}
+    loaded = vaelab.load(tmp_path / "ing")
+    x = torch.rand(3, *loaded.x_shape)
+    torch.manual_seed(0)
+    a = loaded.vae.log_weights(x, 5)
+    torch.manual_seed(0)
+    torch.testing.assert_close(a, model.vae.log_weights(x, 5))
+
+
+@pytest.mark.parametrize("ladder, culprit", [
+    ({"inference": "bottom-up"}, "inference"),
+    ({"activation": "sigmoid"}, "activation"),
+    ({"norm": "batch"}, "norm"),
+    ({"init": "zeros"}, "init"),
+    ({"skip": "yes"}, "skip"),
+    ({"depth": 3}, "depth"),
+])
+def test_bad_ladder_options_are_one_line_errors(ladder: dict, culprit: str) -> None:
+    with pytest.raises(VaelabError, match=culprit) as err:
+        _spec(ladder)
+    assert "\n" not in str(err.value)
+
+
+def test_ladder_options_belong_to_a_ladder() -> None:
+    with pytest.raises(VaelabError, match="add latent_dims"):
+        ModelSpec.create((5,), ladder={"skip": True})
+    assert "ladder" not in ModelSpec.create((5,)).to_dict()  # model.json of one-layer models is unchanged
+    d = _spec().to_dict()
+    d["ladder"] = "residual"
+    with pytest.raises(VaelabError, match="ladder must be an object"):
+        ModelSpec.from_dict(d)
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["--ladder-skip", "true"], "--latent-dims"),
+    (["--ladder-inference", "residual"], "--latent-dims"),
+    (["--latent-dims", "4,2", "--ladder-norm", "batch"], "ladder-norm"),
+    (["--latent-dims", "4,2", "--ladder-inference", "merge"], "ladder-inference"),
+])
+def test_the_cli_refuses_bad_ladder_flags(argv: list[str], culprit: str, tmp_path: Path, refused) -> None:
+    refused(["train", "--data", "digits", *argv, "--out", tmp_path / "runs"], culprit)
+    assert not (tmp_path / "runs").exists()

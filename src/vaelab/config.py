@@ -20,7 +20,7 @@ from .context import Variable
 from .data.images import parse_resize
 from .errors import VaelabError
 from .evaluation.settings import DEFAULTS
-from .spec import ModelSpec
+from .spec import LADDER_OPTIONS, ModelSpec
 
 __all__ = ["TrainConfig", "load_config_file", "CHOICES", "PART_KINDS", "LOGGERS", "choices"]
 
@@ -33,7 +33,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "estimator": ("standard", "stl", "dreg"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "precision": ("float32", "bfloat16"),
+    **{f"ladder_{o.name}": o.choices for o in LADDER_OPTIONS if o.choices},
 }
+_LADDER = {o.name: o for o in LADDER_OPTIONS}
 PART_KINDS = ("net", "posterior", "prior", "likelihood")
 # experiment trackers `--log` may name (:mod:`vaelab.tracking`; each an optional extra)
 LOGGERS = ("tensorboard", "mlflow")
@@ -82,6 +84,12 @@ class TrainConfig:
     # model
     latent_dim: int = _f(20, "number of latent dimensions D")
     latent_dims: list[int] = _f([], "a hierarchy: the ladder VAE (Sønderby et al. 2016) with these layer sizes, bottom first, comma-separated (e.g. 64,32); replaces --latent-dim")
+    # the ladder's ingredients, declared once in spec.LADDER_OPTIONS (with --latent-dims only)
+    ladder_inference: str = _f(_LADDER["inference"].default, _LADDER["inference"].help)
+    ladder_activation: str = _f(_LADDER["activation"].default, _LADDER["activation"].help)
+    ladder_norm: str = _f(_LADDER["norm"].default, _LADDER["norm"].help)
+    ladder_skip: bool = _f(_LADDER["skip"].default, _LADDER["skip"].help)
+    ladder_init: str = _f(_LADDER["init"].default, _LADDER["init"].help)
     net: str = _f("mlp", "encoder/decoder networks")
     likelihood: str = _f("bernoulli", "p(x|z): bernoulli (data in [0,1]), continuous-bernoulli (grey values in [0,1]), gaussian or laplace (real data), logistic-mixture (8-bit data k/255; reports bits per dimension), poisson, negative-binomial or zinb (counts, library size observed, as scVI), mixed (a CSV table: a likelihood per column, missing cells masked)")
     posterior: str = _f("gaussian", "q(z|x): gaussian (diagonal), full-gaussian (full covariance), planar or iaf (normalizing flows of --flow-steps steps)")
@@ -158,6 +166,7 @@ class TrainConfig:
         parse_resize(self.resize)  # "HxW" or empty; anything else: one line
         if self.latent_dims and self.semi_supervised:
             raise VaelabError("--latent-dims (a ladder VAE) and --semi-supervised (M2) cannot be combined; choose one")
+        self._check_ladder_flags()
         names = [n for n in self.condition_on]
         if len(set(names)) != len(names) or any(not n for n in names):
             raise VaelabError(f"condition_on must name distinct variables, got {','.join(names)!r}")
@@ -251,7 +260,21 @@ class TrainConfig:
             likelihood=self.likelihood, context=context,
             family="m2" if self.semi_supervised else "ladder" if self.latent_dims else "vae",
             options=self.part_options(), latent_dims=tuple(self.latent_dims),
+            ladder=self.ladder_options() if self.latent_dims else None,
         )
+
+    def ladder_options(self) -> dict[str, Any]:
+        """The ladder's options (spec.LADDER_OPTIONS) these settings give, by their names in the spec."""
+        return {o.name: getattr(self, f"ladder_{o.name}") for o in LADDER_OPTIONS}
+
+    def _check_ladder_flags(self) -> None:
+        """A ``--ladder-*`` setting away from its default needs ``--latent-dims`` (a hierarchy)."""
+        given = [f"--ladder-{name} {str(value).lower() if isinstance(value, bool) else value}"
+                 for name, value in self.ladder_options().items()
+                 if value != _LADDER[name].default]
+        if given and not self.latent_dims:
+            raise VaelabError(f"{', '.join(given)} set(s) an ingredient of the ladder VAE; add --latent-dims "
+                              "(e.g. 20,10) or drop it")
 
 
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}

@@ -16,6 +16,29 @@ generative p(z_i|z_{i+1}) by the paper's precision-weighted merge
 
 so the posterior shares the generative top-down networks, as in the paper.
 
+The ingredients (``spec.ladder``, :data:`vaelab.spec.LADDER_OPTIONS`, ``--ladder-<name>`` on the
+CLI; the defaults are the ladder above):
+
+- ``inference``: ``precision`` (the merge above); ``residual`` (NVAE, Vahdat & Kautz 2020: q is
+  written relative to the prior, q(z_i | z_{i+1}, x) = N(mu_i(z_{i+1}) + dmu_i, sigma_i(z_{i+1}) dsigma_i)
+  with dmu_i = mu^_i + U_i z_{i+1} and dsigma_i = sigma^_i, U_i a linear map from the layer above,
+  zero at the start; the top layer's prior is N(0, I), so there q is the message as before); or
+  ``independent`` (q(z_i | x) = N(mu^_i, sigma^_i^2), the bottom-up message alone, no merge).
+  On a linear-Gaussian hierarchy with a constant sigma_i the exact posterior has
+  mu_q - mu_i(z_{i+1}) linear in x and z_{i+1} and sigma_q / sigma_i constant, so the residual
+  family holds it as the precision merge does; the independent one does not (its z_1 ignores z_2).
+- ``activation``: ``relu``, ``tanh`` or ``elu`` in every network (the spec's encoder and decoder
+  networks too: each of their ``nn.ReLU`` modules is swapped).
+- ``norm``: ``layer`` puts a layer norm before every activation of the bottom-up and top-down
+  paths' own layers (after the spec's encoder network, on the bottom-up layers above it and in
+  the top-down MLPs). Batch norm is left out: it would make log p(x) of an example depend on
+  the batch it is scored in.
+- ``skip``: the likelihood reads the whole z (every layer) instead of z_1 alone, so an upper
+  layer reaches the data without passing through the layers below.
+- ``init``: ``prior`` zeroes the last layer of every message head and top-down network (biases
+  giving mean 0 and scale 1): p(z_i | z_{i+1}) = N(0, I) and every message N(0, I) at the
+  start, so with residual inference q(z|x) = p(z) and the KL is 0 before the first step.
+
 How it fits the rest of vaelab: the posterior and the prior are distributions over the
 concatenated z ``[.., D_1 + ... + D_L]`` (bottom layer first). :class:`LadderPosterior` samples
 with its log-density in one pass (``rsample_and_log_prob``, like a flow) and
@@ -37,7 +60,8 @@ is ~0 although its activity is not, which is why active units per layer are coun
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Size, Tensor, nn
@@ -49,7 +73,7 @@ from .context import ContextEncoder
 from .errors import VaelabError
 from .model import VAE
 from .nets import MLP, InputTransform
-from .spec import ModelSpec
+from .spec import LADDER_OPTIONS, ModelSpec
 
 __all__ = [
     "FirstUnits",
@@ -66,7 +90,13 @@ __all__ = [
     "colour",
     "whiten",
     "noise_view",
+    "INFERENCE",
+    "ACTIVATIONS",
 ]
+
+# the inference parameterisations and activations the spec's ladder options name (spec.LADDER_OPTIONS)
+INFERENCE: tuple[str, ...] = next(o.choices or () for o in LADDER_OPTIONS if o.name == "inference")
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -228,18 +258,31 @@ class LadderPrior(nn.Module):
 class LadderPosterior(Distribution):
     """q(z_1, ..., z_L | x) over the concatenated z: batch ``[B]``, event ``[sum D_i]``.
 
-    ``messages[i]`` is the bottom-up Gaussian (mu^_i, sigma^_i) of layer i, ``[B, D_i]`` each.
+    ``messages[i]`` is the bottom-up Gaussian (mu^_i, sigma^_i) of layer i, ``[B, D_i]`` each;
+    ``inference`` how a layer's q is made of it and p(z_i | z_{i+1}) (module docstring), ``mix``
+    the residual inference's L - 1 maps U_i from z_{i+1} to ``D_i`` numbers.
     """
 
     arg_constraints: dict = {}
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, messages: Sequence[tuple[Tensor, Tensor]], prior: LadderPrior, h: Tensor | None) -> None:
+    def __init__(self, messages: Sequence[tuple[Tensor, Tensor]], prior: LadderPrior, h: Tensor | None,
+                 inference: str = "precision", mix: Sequence[nn.Module] | None = None) -> None:
+        if inference not in INFERENCE:
+            raise VaelabError(f"unknown ladder inference {inference!r}; choose one of: {', '.join(INFERENCE)}")
+        if inference == "residual" and (mix is None or len(mix) != len(prior.dims) - 1):
+            raise ValueError(f"residual inference over {len(prior.dims)} layers needs {len(prior.dims) - 1} mix maps")
         self.messages = list(messages)
         self.prior = prior
         self.h = h
+        self.inference = inference
+        self.mix = mix
         super().__init__(Size(messages[0][0].shape[:1]), Size((sum(prior.dims),)), validate_args=False)
+
+    def with_messages(self, messages: Sequence[tuple[Tensor, Tensor]]) -> "LadderPosterior":
+        """The same posterior (prior, context, inference) with other bottom-up messages."""
+        return LadderPosterior(messages, self.prior, self.h, self.inference, self.mix)
 
     def _layer(self, i: int, z_above: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """q(z_i | z_{i+1}, x) as (loc, scale) and the prior p(z_i | z_{i+1}) it merged with
@@ -248,6 +291,11 @@ class LadderPosterior(Distribution):
         if z_above is None:
             return loc_m, scale_m, None, None
         loc_p, scale_p = self.prior.top_down[i](z_above, self.h)  # [*S, B, D_i]
+        if self.inference == "independent":  # q(z_i | x): the message alone
+            return loc_m, scale_m, loc_p, scale_p
+        if self.inference == "residual":  # N(mu_p + mu^ + U z_{i+1}, sigma_p sigma^)
+            assert self.mix is not None
+            return loc_p + loc_m + _run(self.mix[i], z_above, None), scale_p * scale_m, loc_p, scale_p
         prec_m, prec_p = scale_m.pow(-2), scale_p.pow(-2)
         prec = prec_m + prec_p
         loc = (loc_m * prec_m + loc_p * prec_p) / prec
@@ -268,7 +316,8 @@ class LadderPosterior(Distribution):
                 z = parts[i]
                 terms.append(_normal_log_prob(z, loc, scale))
             else:
-                loc = loc.expand(*sample_shape, *loc.shape[-2:]) if loc.dim() == 2 else loc  # the top layer: [*S, B, D_L]
+                # a q that does not read z_{i+1} (the top layer; independent: every layer): [*S, B, D_i]
+                loc = loc.expand(*sample_shape, *loc.shape[-2:]) if loc.dim() == 2 else loc
                 if noise:
                     e = torch.randn_like(loc) if noises is None else noises[i]
                     z = loc + scale * e
@@ -317,7 +366,7 @@ class LadderPosterior(Distribution):
         unit of ``layer`` decodes, the lower layers following it as inference would."""
         parts = _split(z, self.prior.dims)
         for i in reversed(range(layer)):
-            parts[i] = self._layer(i, parts[i + 1])[0]
+            parts[i] = self._layer(i, parts[i + 1])[0].expand_as(parts[i])
         return torch.cat(parts, -1)
 
     def layer_kl(self, z: Tensor) -> list[Tensor]:
@@ -345,18 +394,38 @@ class LadderEncoder(nn.Module):
         prior: the model's :class:`LadderPrior` (held by reference, not as a submodule: its
             parameters belong to the prior, whose networks the inference pass shares).
         min_scale: floor added to the messages' softplus scales.
+        inference: ``precision``, ``residual`` or ``independent`` (module docstring).
+        mix: residual inference: L - 1 maps, ``mix[i]`` from z_{i+1} ``[N, D_{i+1}]`` to ``[N, D_i]``
+            (default: bias-free linear maps, zero at the start); other inference: none.
     """
 
     def __init__(self, bottom_up: Sequence[nn.Module], heads: Sequence[nn.Module], prior: LadderPrior,
-                 min_scale: float = 1e-4) -> None:
+                 min_scale: float = 1e-4, inference: str = "precision", mix: Sequence[nn.Module] | None = None) -> None:
         super().__init__()
         if not len(bottom_up) == len(heads) == len(prior.dims):
             raise ValueError(f"{len(prior.dims)} layers need as many bottom-up networks and heads, "
                              f"got {len(bottom_up)} and {len(heads)}")
+        if inference not in INFERENCE:
+            raise VaelabError(f"unknown ladder inference {inference!r}; choose one of: {', '.join(INFERENCE)}")
+        if mix is not None and inference != "residual":
+            raise ValueError(f"mix maps belong to residual inference, not {inference!r}")
         self.bottom_up = nn.ModuleList(bottom_up)
         self.heads = nn.ModuleList(heads)
         object.__setattr__(self, "_prior", prior)  # shared, not registered twice (one copy in the weights)
         self.min_scale = float(min_scale)
+        self.inference = inference
+        if inference == "residual":
+            if mix is None:
+                dims = prior.dims
+                mix = [nn.Linear(dims[i + 1], dims[i], bias=False) for i in range(len(dims) - 1)]
+                for m in mix:
+                    nn.init.zeros_(m.weight)
+                ref = next(iter(self.heads.parameters()), None)
+                if ref is not None:
+                    mix = [m.to(ref.dtype) for m in mix]
+            self.mix: nn.ModuleList | None = nn.ModuleList(mix)
+        else:
+            self.mix = None
 
     @property
     def dims(self) -> tuple[int, ...]:
@@ -373,10 +442,10 @@ class LadderEncoder(nn.Module):
             d = net(d) if (i > 0 or h is None) else net(d, h)  # [B, width_i]
             loc, raw = head(d).chunk(2, dim=-1)
             messages.append((loc, nn.functional.softplus(raw) + self.min_scale))
-        return LadderPosterior(messages, self._prior, h)
+        return LadderPosterior(messages, self._prior, h, self.inference, self.mix)
 
     def extra_repr(self) -> str:
-        return f"dims={list(self.dims)}, min_scale={self.min_scale}"
+        return f"dims={list(self.dims)}, min_scale={self.min_scale}, inference={self.inference}"
 
 
 class _Activated(nn.Module):
@@ -463,34 +532,72 @@ def noise_view(q: LadderPosterior, prior: LadderPrior, h: Tensor | None = None) 
     return whiten(prior, mean, h), torch.cat(spread, -1)
 
 
+def _swap_relu(module: nn.Module, activation: type[nn.Module]) -> nn.Module:
+    """``module`` with every ``nn.ReLU`` inside it replaced by ``activation()`` (in place)."""
+    if activation is nn.ReLU:
+        return module
+    for name, child in module.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(module, name, activation())
+        else:
+            _swap_relu(child, activation)
+    return module
+
+
+def _activation(activation: type[nn.Module], norm: bool, width: int) -> nn.Module:
+    """The nonlinearity after a linear layer of ``width`` units, with a layer norm before it if ``norm``."""
+    return nn.Sequential(nn.LayerNorm(width), activation()) if norm else activation()
+
+
+def _start_at_prior(last: nn.Linear, min_scale: float) -> None:
+    """Zero ``last`` (a layer giving means and raw scales) so that it gives mean 0 and scale 1."""
+    half = last.out_features // 2
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[half:] = math.log(math.expm1(1.0 - min_scale))  # softplus(b) + min_scale = 1
+
+
 def build_ladder(spec: ModelSpec) -> VAE:
     """The ladder VAE a spec of family ``"ladder"`` describes (``spec.latent_dims``, bottom
-    first). Networks: the first bottom-up layer is the spec's ``net`` from x to ``W`` units
-    (W = the last of ``hidden``), then ``Linear(W, W)`` per layer above; the top-down and head
-    networks are MLPs of width W; all with ReLU. The likelihood is the spec's, reading z_1."""
+    first; ``spec.ladder`` its ingredients, module docstring). Networks: the first bottom-up
+    layer is the spec's ``net`` from x to ``W`` units (W = the last of ``hidden``), then
+    ``Linear(W, W)`` per layer above; the top-down networks are MLPs of width W, the message
+    heads linear; all with the chosen activation (ReLU by default). The likelihood is the
+    spec's, reading z_1 (or, with ``skip``, every layer)."""
     dims = spec.latent_dims
     if spec.family != "ladder" or len(dims) < 2:
         raise VaelabError("build_ladder needs a model spec of family 'ladder' with two or more latent_dims")
+    opts: dict[str, Any] = dict(spec.ladder)
+    act = ACTIVATIONS[opts.get("activation", "relu")]
+    norm = opts.get("norm", "none") == "layer"
+    skip = bool(opts.get("skip", False))
     cdim = spec.context_dim
     lik = registry.get("likelihood", spec.likelihood.name)
     hidden = list(spec.net.options.get("hidden", [400])) or [400]
     width = int(hidden[-1])
     min_scale = float(spec.posterior.options.get("min_scale", 1e-4))
     x_shape = spec.x_shape
-    encoder_net, first_layer_net = net_builders(spec, cdim, decoder_latent=dims[0])
+    read = sum(dims) if skip else dims[0]  # the z units the likelihood reads
+    encoder_net, first_layer_net = net_builders(spec, cdim, decoder_latent=read)
 
-    def decoder_net(per_value: int) -> nn.Module:  # the likelihood reads z_1, the first D_1 numbers of z
-        return InputTransform(FirstUnits(dims[0]), first_layer_net(per_value))
+    def decoder_net(per_value: int) -> nn.Module:  # the likelihood reads z_1, the first D_1 numbers of z (skip: all)
+        net = _swap_relu(first_layer_net(per_value), act)
+        return net if skip else InputTransform(FirstUnits(dims[0]), net)
 
     # the encoder's networks first, then the decoder's, then the top-down path
-    bottom_up: list[nn.Module] = [_Activated(encoder_net(width), nn.ReLU())]
-    bottom_up += [nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in dims[1:]]
+    bottom_up: list[nn.Module] = [_Activated(_swap_relu(encoder_net(width), act), _activation(act, norm, width))]
+    bottom_up += [nn.Sequential(nn.Linear(width, width), _activation(act, norm, width)) for _ in dims[1:]]
     heads = [nn.Linear(width, 2 * d) for d in dims]
-    shapes = registry.Shapes(x_shape, dims[0], cdim, encoder_net, decoder_net, likelihood=lik)
+    shapes = registry.Shapes(x_shape, read, cdim, encoder_net, decoder_net, likelihood=lik)
     decoder = lik.build(shapes, **spec.likelihood.options)
-    top_down = [TopDown(MLP(dims[i + 1], [width], 2 * dims[i], context=cdim), dims[i], min_scale)
-                for i in range(len(dims) - 1)]
+    hidden_act: Callable[[], nn.Module] = partial(_activation, act, norm, width)
+    top_down = [TopDown(MLP(dims[i + 1], [width], 2 * dims[i], activation=hidden_act,  # type: ignore[arg-type]
+                            context=cdim), dims[i], min_scale) for i in range(len(dims) - 1)]
+    if opts.get("init", "default") == "prior":
+        for layer in [*heads, *(t.net[-1] for t in top_down)]:
+            _start_at_prior(layer, min_scale)
     prior = LadderPrior(dims, top_down)
-    encoder = LadderEncoder(bottom_up, heads, prior, min_scale)
+    encoder = LadderEncoder(bottom_up, heads, prior, min_scale, inference=opts.get("inference", "precision"))
     context = ContextEncoder(spec.context) if spec.context else None
     return VAE(encoder=encoder, decoder=decoder, prior=prior, context=context)

@@ -30,11 +30,27 @@ from . import registry
 from .context import LABEL, Variable
 from .errors import VaelabError
 
-__all__ = ["PartSpec", "ModelSpec", "FAMILIES", "SPEC_VERSION"]
+__all__ = ["PartSpec", "ModelSpec", "FAMILIES", "SPEC_VERSION", "LADDER_OPTIONS"]
 
 FAMILIES: tuple[str, ...] = ("vae", "m2", "ladder")
 SPEC_VERSION = 1
 PART_KINDS = ("net", "posterior", "prior", "likelihood")
+# the ladder VAE's ingredients (family "ladder" only; model.json key "ladder", :func:`vaelab.ladder.build_ladder`;
+# ``--ladder-<name>`` on the CLI); the defaults are the ladder of vaelab before they existed
+LADDER_OPTIONS: tuple[registry.Option, ...] = (
+    registry.Option("inference", str, "precision", "the ladder's q(z_i|z_{i+1},x): precision (the bottom-up message "
+                    "merged with p(z_i|z_{i+1}) by precision weighting, Sønderby et al.), residual (relative to the "
+                    "prior, NVAE: N(mu_p + dmu, sigma_p dsigma)) or independent (the bottom-up message alone)",
+                    choices=("precision", "residual", "independent")),
+    registry.Option("activation", str, "relu", "the ladder's activation, in every network (bottom-up, top-down, "
+                    "likelihood)", choices=("relu", "tanh", "elu")),
+    registry.Option("norm", str, "none", "the ladder's normalisation: none, or layer (layer norm before every "
+                    "activation of the bottom-up and top-down paths)", choices=("none", "layer")),
+    registry.Option("skip", bool, False, "the ladder's likelihood reads every layer's z, not z_1 alone (true/false)"),
+    registry.Option("init", str, "default", "the ladder's initialisation: default (PyTorch's), or prior (the last "
+                    "layers of the messages and the top-down path zeroed: p(z_i|z_{i+1}) = N(0, I) at the start, and "
+                    "with residual inference q = p)", choices=("default", "prior")),
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,7 @@ class ModelSpec:
     context: tuple[Variable, ...] = ()
     family: str = "vae"
     latent_dims: tuple[int, ...] = ()  # the ladder's layer sizes, bottom first (family "ladder" only)
+    ladder: Mapping[str, Any] = field(default_factory=dict)  # the ladder's LADDER_OPTIONS, defaults filled in
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x_shape", tuple(int(s) for s in self.x_shape))
@@ -95,6 +112,7 @@ class ModelSpec:
             if registered.conditional_only and not self.context:
                 raise VaelabError(f"{kind} {part.name!r} needs a conditioning variable; add --condition-on (e.g. label) "
                                   f"or choose another {kind}")
+        self._check_ladder_options()
         if self.family == "ladder" and (self.posterior.name, self.prior.name) != ("gaussian", "normal"):
             raise VaelabError(f"the ladder VAE's layers are diagonal Gaussians with a N(0, I) top: it takes posterior "
                               f"gaussian and prior normal, not {self.posterior.name} and {self.prior.name}")
@@ -102,6 +120,26 @@ class ModelSpec:
             if [v.name for v in self.context] != [LABEL] or self.context[0].kind != "categorical":
                 raise VaelabError("the semi-supervised model (m2) conditions on the class label alone: "
                                   "--condition-on label, no other variables")
+
+    def _check_ladder_options(self) -> None:
+        """``ladder``: only for family ladder, known names only, each converted; defaults filled in."""
+        given = self.ladder
+        if not isinstance(given, Mapping):
+            raise VaelabError(f"model spec: ladder must be an object of ladder options, got {given!r}")
+        if self.family != "ladder":
+            if given:
+                raise VaelabError(f"ladder options ({', '.join(sorted(given))}) are for a hierarchy; add latent_dims "
+                                  "(--latent-dims, e.g. 20,10) or drop them")
+            return
+        known = {o.name: o for o in LADDER_OPTIONS}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise VaelabError(f"model spec: unknown ladder option(s) {', '.join(unknown)}; ladder options: "
+                              f"{', '.join(known)}")
+        if "skip" in given and not isinstance(given["skip"], bool):
+            raise VaelabError(f"model spec ladder: skip must be true or false, got {given['skip']!r}")
+        object.__setattr__(self, "ladder", {name: o.convert(given.get(name, o.default), "model spec ladder")
+                                            for name, o in known.items()})
 
     @property
     def context_dim(self) -> int:
@@ -130,6 +168,7 @@ class ModelSpec:
         options: Mapping[str, Any] | None = None,
         source: str = "options",
         latent_dims: Sequence[int] = (),
+        ladder: Mapping[str, Any] | None = None,
     ) -> "ModelSpec":
         """A spec from part names and one flat mapping of options (each part takes its own)."""
         values = dict(options or {})
@@ -140,7 +179,7 @@ class ModelSpec:
         parts = {kind: PartSpec.resolve(kind, name, values, source)
                  for kind, name in (("net", net), ("posterior", posterior), ("prior", prior), ("likelihood", likelihood))}
         return cls(x_shape=tuple(x_shape), latent_dim=latent_dim, context=tuple(context), family=family,
-                   latent_dims=tuple(latent_dims), **parts)
+                   latent_dims=tuple(latent_dims), ladder=dict(ladder or {}), **parts)
 
     # --- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +189,7 @@ class ModelSpec:
             "x_shape": list(self.x_shape),
             "latent_dim": self.latent_dim,
             **({"latent_dims": list(self.latent_dims)} if self.latent_dims else {}),
+            **({"ladder": dict(self.ladder)} if self.family == "ladder" else {}),
             **{kind: getattr(self, kind).to_dict() for kind in PART_KINDS},
             "context": [v.to_dict() for v in self.context],
         }
@@ -162,7 +202,7 @@ class ModelSpec:
         """Parse and validate (unknown keys, unknown parts and bad options are VaelabErrors)."""
         if not isinstance(d, dict):
             raise VaelabError(f"{source} must be a JSON object")
-        allowed = {"version", "family", "x_shape", "latent_dim", "latent_dims", "context", *PART_KINDS}
+        allowed = {"version", "family", "x_shape", "latent_dim", "latent_dims", "ladder", "context", *PART_KINDS}
         unknown = sorted(set(d) - allowed)
         if unknown:
             raise VaelabError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
@@ -201,5 +241,8 @@ class ModelSpec:
         dims = d.get("latent_dims", [])
         if not isinstance(dims, list):
             raise VaelabError(f"{source}: latent_dims must be a list of integers, got {dims!r}")
+        ladder = d.get("ladder", {})  # absent in run folders written before the ladder had options
+        if not isinstance(ladder, dict):
+            raise VaelabError(f"{source}: ladder must be an object of ladder options, got {ladder!r}")
         return cls(x_shape=tuple(shape), latent_dim=latent, family=str(d.get("family", "vae")), latent_dims=tuple(dims),
-                   context=tuple(Variable.from_dict(v, source) for v in context), **parts)
+                   ladder=ladder, context=tuple(Variable.from_dict(v, source) for v in context), **parts)

@@ -204,7 +204,7 @@ def _free_parameters(q: Distribution) -> tuple[list[Tensor], Callable[[list[Tens
 
         def ladder(params: list[Tensor]) -> Distribution:
             messages = [(params[i], params[i + 1].exp()) for i in range(0, len(params), 2)]
-            return LadderPosterior(messages, q.prior, q.h)
+            return q.with_messages(messages)  # the model's inference (precision, residual, ...) kept
 
         return flat, ladder, "ladder (per-example bottom-up messages, the model's top-down merge)"
     loc, scale = _diagonal_parts(q)
