@@ -41,6 +41,7 @@ compile, no autocast. Anything else returns None and trains on the general path,
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -99,16 +100,9 @@ def fast_step(model: nn.Module, objective: Objective, *, precision: str = "float
     d = enc.latent_dim
     if enc_layers[-1].out_features != 2 * d or dec_layers[0].in_features != d:
         return None
-    if dec_layers[-1].out_features != _numel(dec.x_shape) or tuple(prior.loc.shape) != (d,):
+    if dec_layers[-1].out_features != math.prod(dec.x_shape) or tuple(prior.loc.shape) != (d,):
         return None
     return FastStep(enc_layers, dec_layers, d, float(enc.min_scale), objective)
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 class FastStep:
