@@ -3,7 +3,7 @@
 Runs :func:`vaelab.evaluation.evaluate` on one trained run's test set (as ``vaelab eval RUN``
 does) with two sets of evaluation settings, ``old`` (``--old``, default: today's defaults)
 and ``new`` (``--new``, default: ``k_chunk=10``), alternating for ``--rounds`` rounds in one
-process on one thread, and prints for each the CPU seconds (``time.process_time``) and wall
+process on one thread (``--threads``), and prints for each the CPU seconds (``time.process_time``) and wall
 seconds of every part: the ELBO and its terms, encoder IS, AIS (``--estimator auto``), latent
 health and the gap split, then the estimates of both side by side with their standard errors
 (the same seed: every part is seeded separately, so a change of one part's settings moves only
@@ -173,6 +173,7 @@ def _table_from_log(path: str) -> None:
     times: dict[str, dict[str, list[tuple[float, float]]]] = {}
     estimates: dict[str, dict[str, Any]] = {}
     rounds: dict[str, int] = {}
+    threads: set[int] = set()
     with open(path) as f:
         for line in f:
             row = json.loads(line)
@@ -181,10 +182,12 @@ def _table_from_log(path: str) -> None:
                 times.setdefault(label, {}).setdefault(part, []).append((cost[0], cost[1]))
             estimates[label] = {k: tuple(v) for k, v in row["estimates"].items()}
             rounds[label] = rounds.get(label, 0) + 1
+            threads.add(row.get("threads", 1))
     labels = tuple(times)[:2]
     if len(labels) < 2:
         raise SystemExit(f"{path} holds {len(labels)} label(s); --table needs two")
-    print(f"{path}: {', '.join(f'{k}: {v} runs' for k, v in rounds.items())}; one thread, medians (CPU s / wall s)")
+    print(f"{path}: {', '.join(f'{k}: {v} runs' for k, v in rounds.items())}; "
+          f"{'/'.join(map(str, sorted(threads)))} thread(s), medians (CPU s / wall s)")
     _print_table(times, labels, (estimates[labels[0]], estimates[labels[1]]), min(rounds[k] for k in labels))  # type: ignore[arg-type]
 
 
@@ -198,13 +201,16 @@ def main() -> None:
     parser.add_argument("--log", help="the JSON-lines file of --one")
     parser.add_argument("--table", metavar="LOG", help="print the medians of a --one log's first two labels")
     parser.add_argument("--optimisers", metavar="SPECS", help="compare gap-split optimisers, e.g. 300:closed,100:stl")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1; 0: torch's own default, as `vaelab eval` runs: one per core)")
     args = parser.parse_args()
     if args.table:
         _table_from_log(args.table)
         return
     if args.run is None:
         parser.error("give a run folder (or --table LOG)")
-    torch.set_num_threads(1)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     model = vaelab.load(args.run)
     base = EvalSettings(kl=model.config.kl)
     if args.optimisers:
@@ -216,7 +222,7 @@ def main() -> None:
         settings = base.replace(**_changes(args.new))
         result, spent = timed_evaluation(model, settings)
         with open(args.log, "a") as f:
-            f.write(json.dumps({"label": args.one, "vaelab": vaelab.__file__, "settings": settings.to_dict(),
+            f.write(json.dumps({"label": args.one, "threads": torch.get_num_threads(), "vaelab": vaelab.__file__, "settings": settings.to_dict(),
                                 "times": spent, "estimates": _estimates(result)}) + "\n")
         print(f"{args.one}: {spent['total'][0]:.1f} s CPU, {spent['total'][1]:.1f} s wall", flush=True)
         return
@@ -230,7 +236,7 @@ def main() -> None:
                 times[column].setdefault(part, []).append(cost)
             print(f"round {r + 1}, {column}: {spent['total'][0]:.1f} s CPU, {spent['total'][1]:.1f} s wall", flush=True)
 
-    print(f"\n{args.run}, one thread, medians over {args.rounds} rounds (CPU s / wall s)")
+    print(f"\n{args.run}, {torch.get_num_threads()} thread(s), medians over {args.rounds} rounds (CPU s / wall s)")
     print(f"  old: {args.old or 'the defaults'}\n  new: {args.new or 'the defaults'}")
     _print_table(times, ("old", "new"), (_estimates(results["old"]), _estimates(results["new"])), args.rounds)
 

@@ -125,6 +125,88 @@ def test_other_decoders_keep_their_own_density(lg, x) -> None:
     torch.testing.assert_close(DecoderDensity(vae, x).grad(z), grad, rtol=0, atol=0)
 
 
+def test_fused_density_in_float32_is_torchs_bernoulli_to_rounding() -> None:
+    # log(1 + exp(l)) in place of softplus: on a 784-pixel decoder the float32 density is the
+    # float64 Bernoulli's to the rounding of a float32 sum of about 565 nats
+    torch.manual_seed(0)
+    vae = build_vae((1, 28, 28), latent_dim=20, hidden=[400])
+    x = (torch.rand(50, 1, 28, 28) < 0.3).float()
+    z = 2 * torch.randn(30, 50, 20)
+    density = DecoderDensity(vae, x)
+    assert density.fused
+    value = density.log_prob(z).double()
+    with torch.no_grad():
+        logits = vae.double().decoder.net(z.double().reshape(-1, 20)).reshape(30, 50, 1, 28, 28)
+    vae.float()
+    exact = Independent(Bernoulli(logits=logits), 3).log_prob(x.double())  # [30, 50]
+    assert float(exact.abs().mean()) > 100
+    torch.testing.assert_close(value, exact, rtol=0, atol=1e-3)
+
+
+def test_a_logit_beyond_exps_range_falls_back_to_softplus() -> None:
+    torch.manual_seed(1)
+    vae = build_vae((1, 3, 3), latent_dim=2, hidden=[5])
+    with torch.no_grad():
+        vae.decoder.net[-1].bias[0] = 200.0  # exp(200) overflows float32: log(1 + exp) would be inf
+    x = (torch.rand(4, 1, 3, 3) < 0.5).float()
+    x[:, 0, 0, 0] = 1.0
+    z = torch.randn(6, 4, 2)
+    density = DecoderDensity(vae, x)
+    assert density.fused
+    with torch.no_grad():
+        reference = vae.decode(z).log_prob(x)  # torch's Bernoulli: finite
+    value = density.log_prob(z)
+    assert bool(torch.isfinite(value).all())
+    torch.testing.assert_close(value, reference, rtol=0, atol=1e-4)
+
+
+def test_densities_sharing_a_workspace_keep_their_own_numbers(bernoulli_vae, binary_x) -> None:
+    # the scratch tensors are reused from pass to pass and between densities; what a pass
+    # returns never lives in them, so an earlier result survives later passes of other shapes
+    from vaelab.evaluation.likelihood import Workspace
+
+    vae, x = bernoulli_vae, binary_x
+    work = Workspace()
+    first, second = DecoderDensity(vae, x, workspace=work), DecoderDensity(vae, x[:3].flip(0), workspace=work)
+    z1 = torch.randn(7, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    z2 = torch.randn(2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    v1, g1 = first.log_prob(z1), first.grad(z1)
+    kept = v1.clone(), g1.clone()
+    v2, g2 = second.log_prob(z2), second.grad(z2)  # other rows, other x: the same scratch names
+    v1_again = first.log_prob(z1)
+    torch.testing.assert_close((v1, g1), kept, rtol=0, atol=0)
+    torch.testing.assert_close(v1_again, v1, rtol=0, atol=0)
+    for density, z, v, g in ((first, z1, v1, g1), (second, z2, v2, g2)):  # as on fresh scratch tensors
+        fresh = DecoderDensity(vae, density.x)
+        torch.testing.assert_close(v, fresh.log_prob(z), rtol=0, atol=0)
+        torch.testing.assert_close(g, fresh.grad(z), rtol=0, atol=0)
+        leaf = z.clone().requires_grad_(True)
+        (exact,) = torch.autograd.grad(vae.decode(leaf).log_prob(density.x).sum(), leaf)
+        torch.testing.assert_close(g, exact, rtol=0, atol=1e-10)
+
+
+def test_ais_diagonal_gaussian_gradient_is_autograds() -> None:
+    from torch.distributions import MixtureSameFamily, Categorical, Normal
+
+    from vaelab.evaluation.ais import _log_prob_and_grad
+
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(4, 6, 3, dtype=torch.float64, generator=gen)  # [S, B, D]
+    loc, scale = torch.randn(6, 3, dtype=torch.float64, generator=gen), torch.rand(6, 3, dtype=torch.float64, generator=gen) + 0.2
+    mixture = MixtureSameFamily(Categorical(logits=torch.zeros(2, dtype=torch.float64)),
+                                Independent(Normal(torch.randn(2, 3, dtype=torch.float64, generator=gen),
+                                                   torch.ones(2, 3, dtype=torch.float64)), 1))
+    for d in (Independent(Normal(loc, scale), 1),  # a posterior, batch [B]
+              Independent(Normal(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)), 1),  # N(0, I)
+              mixture):  # no closed form here: autograd
+        value, grad = _log_prob_and_grad(d, z)
+        leaf = z.clone().requires_grad_(True)
+        (exact,) = torch.autograd.grad(d.log_prob(leaf).sum(), leaf)
+        torch.testing.assert_close(value, d.log_prob(z), rtol=0, atol=0)
+        torch.testing.assert_close(grad, exact, rtol=0, atol=1e-12)
+        assert not value.requires_grad and not grad.requires_grad
+
+
 class _Traced(VAE):
     """The same VAE through its own ``log_weights`` (the path that encodes every pass)."""
 
