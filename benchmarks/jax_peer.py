@@ -27,9 +27,9 @@ reported as ``compile_seconds``.
 
 Threads: XLA's CPU backend uses one intra-op thread per available core, as torch does by
 default. ``--threads 1`` (in ``speed.py``) starts the worker with
-``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` (single-threaded matrix products, the
-documented switch; XLA keeps its own small thread pools). For a hard limit run the benchmark
-under ``taskset -c 0``.
+``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` (the documented switch for single-threaded
+matrix products, which jax 0.10.2 no longer honours) and pins the worker to one core
+(``sched_setaffinity``), so that every XLA thread shares it.
 
 jax and optax are not vaelab dependencies; install the CPU wheels from PyPI::
 

@@ -45,8 +45,9 @@ the same fixed binarization of the 1,000 test digits, nats per example) shows th
 learned the same thing.
 
 Threads: ``--threads N`` sets ``torch.set_num_threads(N)``; for JAX, ``--threads 1`` starts the
-worker with ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``; otherwise XLA uses one thread per
-core, as torch does by default. jax and optax are not vaelab dependencies:
+worker with ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` and pins it to one core
+(``sched_setaffinity``, Linux: jax 0.10.2 ignores the flag and ran on 1.7 cores of an idle
+2-core machine); otherwise XLA uses one thread per core, as torch does by default. jax and optax are not vaelab dependencies:
 ``pip install jax optax`` (CPU wheels), or leave ``jax`` out of ``--loops``.
 
 Run::
@@ -159,10 +160,14 @@ class JaxWorker:
     def __init__(self, data_file: Path, threads: int) -> None:
         env = dict(os.environ)
         env.setdefault("JAX_PLATFORMS", "cpu")
+        pin = None
         if threads == 1:
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+            if hasattr(os, "sched_setaffinity"):  # jax 0.10 ignores the flag: one core for every XLA thread
+                core = min(os.sched_getaffinity(0))
+                pin = lambda: os.sched_setaffinity(0, {core})  # noqa: E731  (in the child, before exec)
         self.proc = subprocess.Popen([sys.executable, str(JAX_PEER), "--worker", str(data_file)], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=pin)
         self.info = self._read()
 
     def _read(self) -> dict[str, Any]:
