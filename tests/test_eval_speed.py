@@ -185,6 +185,21 @@ def test_densities_sharing_a_workspace_keep_their_own_numbers(bernoulli_vae, bin
         torch.testing.assert_close(g, exact, rtol=0, atol=1e-10)
 
 
+def test_a_decoder_without_hidden_layers_returns_its_own_gradient() -> None:
+    # z -> logits directly: the gradient in z is the workspace's d/dh itself, so it must be copied
+    torch.manual_seed(0)
+    vae = build_vae((1, 4, 3), latent_dim=3, hidden=[]).double()
+    x = (torch.rand(5, 1, 4, 3) < 0.4).double()
+    density = DecoderDensity(vae, x)
+    assert density.fused
+    z = torch.randn(7, 5, 3, dtype=torch.float64)
+    g = density.grad(z)
+    density.grad(z + 1.0)  # a second pass over the same scratch tensors
+    leaf = z.clone().requires_grad_(True)
+    (exact,) = torch.autograd.grad(vae.decode(leaf).log_prob(x).sum(), leaf)
+    torch.testing.assert_close(g, exact, rtol=0, atol=1e-12)
+
+
 def test_ais_diagonal_gaussian_gradient_is_autograds() -> None:
     from torch.distributions import MixtureSameFamily, Categorical, Normal
 

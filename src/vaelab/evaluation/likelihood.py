@@ -187,6 +187,8 @@ class DecoderDensity:
                 # each weight transposed once ([in, out], contiguous): the passes multiply by it
                 self.wt = {i: m.weight.t().contiguous() for i, m in enumerate([*self.body, self.out])
                            if type(m) is nn.Linear}
+            # the gradient leaving this layer is z's: a fresh tensor, never a workspace one
+            self.first_linear = min((i for i, m in enumerate(self.body) if type(m) is nn.Linear), default=None)
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log p(x|z, c) ``[*S, B]``; differentiable in z."""
@@ -237,17 +239,14 @@ class DecoderDensity:
             g = torch.mm(torch.sigmoid(logits, out=self.work.get("sigmoid", logits.shape, logits)), self.out.weight,
                          out=self.work.get("grad_h", h.shape, h))  # [R, H]
             torch.sub(self.xw, g.view(hs.shape), out=g.view(hs.shape))
-            fresh = False
             for i in range(len(saved) - 1, -1, -1):
                 layer, output = saved[i]
                 if type(layer) is nn.ReLU:  # g where the unit was active, else 0: ReLU's own backward kernel
                     g = torch.ops.aten.threshold_backward.grad_input(g, output, 0, grad_input=g)
                 elif type(layer) is nn.Linear:
-                    first = all(type(m) is not nn.Linear for m, _ in saved[:i])
-                    g = g @ layer.weight if first else torch.mm(
+                    g = g @ layer.weight if i == self.first_linear else torch.mm(
                         g, layer.weight, out=self.work.get(f"grad{i}", (g.shape[0], layer.in_features), g))
-                    fresh = first
-            grad = (g if fresh else g.clone()).reshape(*lead, g.shape[-1])
+            grad = (g if self.first_linear is not None else g.clone()).reshape(*lead, g.shape[-1])
         if with_value:
             x_term = torch.mul(hs, self.xw, out=self.work.get("x_term", hs.shape, hs)).sum(-1) + self.xb  # [*S, B]
             total = logits.exp_().add_(1).log_().sum(-1)  # sum_p softplus(l_p) [R]
