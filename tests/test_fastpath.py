@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vaelab.build import build_vae
-from vaelab.data import load_data
+from vaelab.data import binarize, load_data
 from vaelab.objectives import Objective
 from vaelab.training import loop
 from vaelab.training.fastpath import FastStep, fast_step
@@ -57,6 +57,47 @@ def test_loss_stats_and_gradients_equal_autograd(hidden, objective, progress):
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, rtol=1e-10, atol=1e-12)
     assert stats[0].item() == pytest.approx(-(stats[2].item() - objective.kl_weight(progress) * stats[3].item()) / 9, rel=1e-6)
+
+
+def test_float32_loss_with_logits_beyond_exp_range_is_finite_and_right():
+    """On a CPU the fast path sums softplus as log(1 + exp(l)); a logit above ~88 overflows exp
+    in float32 and must fall back to the exact softplus: the loss equals the general path's."""
+    model = _model([6]).float()
+    dec_out = model.decoder.net[-1]
+    with torch.no_grad():
+        dec_out.bias[:3] = 100.0  # logits ~100: exp overflows float32
+        dec_out.bias[3:6] = -100.0
+    x = torch.bernoulli(torch.rand(8, 1, 4, 5, generator=torch.Generator().manual_seed(2)))
+    fast = fast_step(model, Objective())
+    torch.manual_seed(4)
+    loss, stats = fast.step(x, 1.0)
+    ref_loss, ref_stats, _ = _general(model, Objective(), x, 1.0, 4)
+    assert torch.isfinite(stats).all()
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert torch.allclose(stats, ref_stats.float(), rtol=1e-5)
+
+
+def test_scratch_tensors_do_not_leak_into_what_the_step_returns():
+    """Activations live in scratch tensors kept from step to step (one set per batch shape):
+    a second step, and a partial batch, must not change the loss, stats or gradients of the
+    first (nothing returned or left in .grad aliases a scratch tensor)."""
+    model = _model([6, 5])
+    fast = fast_step(model, Objective())
+    x = torch.bernoulli(torch.rand(9, 1, 4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    torch.manual_seed(1)
+    loss, stats = fast.step(x, 0.5)
+    kept = (loss.clone(), stats.clone(), [p.grad.clone() for p in model.parameters()])
+    torch.manual_seed(2)
+    fast.step(x[:4], 0.5)  # a partial batch: its own scratch tensors
+    torch.manual_seed(1)
+    fast.step(x.flip(0), 0.5)  # the full shape again, other data
+    assert torch.equal(loss, kept[0]) and torch.equal(stats, kept[1])
+    torch.manual_seed(1)
+    again, again_stats = fast.step(x, 0.5)
+    assert torch.equal(again, kept[0]) and torch.equal(again_stats, kept[1])
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), kept[2]))
+    buffers = {t.data_ptr() for t in fast._scratch.values()}
+    assert not buffers & {loss.data_ptr(), stats.data_ptr()}
 
 
 def test_gradient_buffers_are_reused():
@@ -152,20 +193,51 @@ def test_epoch_data_in_reused_buffers_gives_the_same_batches():
     """fit's epochs reuse two buffers for the binarized, permuted x: the same numbers as fresh
     tensors, and the same memory every epoch."""
     from vaelab.context import Batch
-    from vaelab.data import binarize
-    from vaelab.training.loop import epoch_data
+    from vaelab.training.loop import EpochBuffers, epoch_data
 
-    x = torch.rand(50, 1, 3, 4, generator=torch.Generator().manual_seed(0))
-    train = Batch(x, torch.randn(50, 2), torch.rand(50) < 0.5)
-    buffers: list[torch.Tensor] = []
-    for epoch in (1, 2, 3):
-        for draw in (True, False):
-            fresh, reused = epoch_data(train, 7, epoch, draw), epoch_data(train, 7, epoch, draw, buffers)
-            assert torch.equal(fresh.x, reused.x) and torch.equal(fresh.c, reused.c)
-            assert torch.equal(fresh.known, reused.known)
-            assert reused.x.data_ptr() == buffers[1].data_ptr()
+    g = torch.Generator().manual_seed(0)
+    for x in (torch.rand(50, 1, 3, 4, generator=g),  # every value uncertain: binarize itself
+              torch.rand(50, 1, 3, 4, generator=g).mul_(8).round_().clamp_(0, 5) / 5):  # mostly 0 or 1: sparse draws
+        train = Batch(x, torch.randn(50, 2), torch.rand(50) < 0.5)
+        buffers = EpochBuffers()
+        for epoch in (1, 2, 3):
+            for draw in (True, False):
+                fresh, reused = epoch_data(train, 7, epoch, draw), epoch_data(train, 7, epoch, draw, buffers)
+                assert torch.equal(fresh.x, reused.x) and torch.equal(fresh.c, reused.c)
+                assert torch.equal(fresh.known, reused.known)
+                assert reused.x.data_ptr() == buffers.tensors[1].data_ptr()
     u = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))
     assert torch.equal(binarize(x, torch.Generator().manual_seed(3)), (u < x).float())
+
+
+def test_binarizer_draws_only_the_uncertain_pixels_with_their_probabilities():
+    """Binarizer: certain pixels (0, 1, and values outside [0, 1] as clamped) keep their value in
+    every draw; each uncertain pixel is Bernoulli(x) (frequency over 4,000 draws within 4.5
+    standard errors), independent of its neighbours; u comes from the generator in the order of
+    the flat positions."""
+    from vaelab.data import Binarizer
+
+    p = torch.tensor([0.0, 1.0, 0.1, 0.0, 0.5, 1.0, 0.9, -0.5, 1.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    x = p.reshape(2, 8)
+    b = Binarizer(x)
+    assert b.sparse and b.index.tolist() == [2, 4, 6]
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([b(g) for _ in range(4000)]).reshape(4000, -1)  # [4000, 16]
+    certain = [0, 1, 3, 5, 7, 8, 9]
+    assert torch.equal(draws[:, certain], torch.tensor([0.0, 1, 0, 1, 0, 1, 0]).expand(4000, -1))
+    for i in (2, 4, 6):
+        freq, q = draws[:, i].mean().item(), p[i].item()
+        assert abs(freq - q) < 4.5 * (q * (1 - q) / 4000) ** 0.5, (i, freq)
+    both = (draws[:, 4] * draws[:, 6]).mean().item()  # independent: P(both) = 0.5 * 0.9
+    assert abs(both - 0.45) < 4.5 * (0.45 * 0.55 / 4000) ** 0.5
+    u = torch.rand(3, generator=torch.Generator().manual_seed(5))
+    expected = torch.floor(p).clamp(0, 1)
+    expected[[2, 4, 6]] = (u < p[[2, 4, 6]]).float()
+    out = torch.empty(2, 8)
+    assert b(torch.Generator().manual_seed(5), out=out) is out and torch.equal(out.reshape(-1), expected)
+    dense = Binarizer(torch.full((4, 4), 0.5))  # more than a quarter uncertain: binarize itself
+    assert not dense.sparse
+    assert torch.equal(dense(torch.Generator().manual_seed(1)), binarize(torch.full((4, 4), 0.5), torch.Generator().manual_seed(1)))
 
 
 def test_share_scales_the_gradients_not_the_loss():

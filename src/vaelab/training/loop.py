@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..context import Batch, Variable
-from ..data import DataSplits, binarize as draw_binary, split_batch
+from ..data import Binarizer, DataSplits, binarize as draw_binary, split_batch
 from ..data.streaming import BUFFER, EpochStream, RowStore, block_rows, epoch_order
 from ..errors import VaelabError
 from ..evaluation import dataset_elbo
@@ -69,7 +69,7 @@ from .optim import make_optimizer
 from .recovery import EVENTS, NanRecovery
 
 __all__ = ["fit", "FitResult", "CHECKPOINT", "PREVIOUS_CHECKPOINT", "BEST_WEIGHTS", "METRICS", "PRECISIONS", "SYNC_EVERY",
-           "epoch_seed", "noise_seed", "epoch_data", "streamed_epoch", "labelled_rows", "check_precision"]
+           "epoch_seed", "noise_seed", "EpochBuffers", "epoch_data", "streamed_epoch", "labelled_rows", "check_precision"]
 
 CHECKPOINT = "checkpoint.safetensors"  # last epoch: weights + optimizer + state (for --resume)
 PREVIOUS_CHECKPOINT = "checkpoint.previous.safetensors"  # the epoch before (for vaelab verify)
@@ -107,30 +107,49 @@ def noise_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return s if rank == 0 else (s + rank * 2_654_435_761) % (2**63 - 1)
 
 
+class EpochBuffers:
+    """What :func:`epoch_data` keeps from one epoch to the next: the memory of the binarized and
+    the permuted x (the same numbers as fresh tensors, without allocating and page-faulting in
+    two copies of the training set every epoch) and the :class:`~vaelab.data.Binarizer` of the
+    training x (its list of uncertain pixels is found once, not every epoch)."""
+
+    def __init__(self) -> None:
+        self.tensors: list[Tensor] = []  # [drawn, visited]: the returned x lives in these until the next epoch
+        self._binarizer: Binarizer | None = None
+
+    def binarizer(self, x: Tensor) -> Binarizer:
+        if self._binarizer is None or self._binarizer.x is not x:
+            self._binarizer = Binarizer(x)
+        return self._binarizer
+
+    def pair(self, x: Tensor) -> list[Tensor]:
+        if len(self.tensors) != 2 or self.tensors[0].shape != x.shape or self.tensors[0].dtype != x.dtype:
+            self.tensors = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(2)]
+        return self.tensors
+
+
 def epoch_data(train: Tensor | Batch, seed: int, epoch: int, binarize: bool,
-               buffers: list[Tensor] | None = None) -> Batch:
+               buffers: EpochBuffers | None = None) -> Batch:
     """The training examples of ``epoch`` in the order the loop visits them, a :class:`Batch`.
 
     On ``train``'s device, from one generator seeded by :func:`epoch_seed`: a Bernoulli draw of
-    every pixel (when ``binarize``), then one permutation of x, c and the known-label mask.
+    every pixel (when ``binarize``; :class:`~vaelab.data.Binarizer`: a uniform number only for
+    the pixels strictly between 0 and 1), then one permutation of x, c and the known-label mask.
     Batch ``i`` is rows ``[i * B, (i + 1) * B)``; every process of a distributed run holds the
     same tensors.
 
-    ``buffers`` (an empty list the first time, then the same list each epoch) lets the x of
-    one epoch reuse the memory of the previous one: the same numbers, without allocating (and
-    page-faulting in) two copies of the training set every epoch. The returned x then lives in
-    those buffers until the next call.
+    ``buffers`` (the same :class:`EpochBuffers` each epoch) lets the x of one epoch reuse the
+    memory of the previous one: the same numbers. The returned x then lives in those buffers
+    until the next call.
     """
     train = train if isinstance(train, Batch) else Batch(train)
     gen = torch.Generator(device=train.x.device).manual_seed(epoch_seed(seed, epoch))
     if buffers is None:
-        x = draw_binary(train.x, gen) if binarize else train.x
+        x = Binarizer(train.x)(gen) if binarize else train.x
         perm = torch.randperm(len(train), generator=gen, device=train.x.device)
         return Batch(x, train.c, train.known)[perm]
-    if len(buffers) != 2 or buffers[0].shape != train.x.shape or buffers[0].dtype != train.x.dtype:
-        buffers[:] = [torch.empty_like(train.x, memory_format=torch.contiguous_format) for _ in range(2)]
-    drawn, visited = buffers
-    x = draw_binary(train.x, gen, out=drawn) if binarize else train.x
+    drawn, visited = buffers.pair(train.x)
+    x = buffers.binarizer(train.x)(gen, out=drawn) if binarize else train.x
     perm = torch.randperm(len(train), generator=gen, device=train.x.device)
     torch.index_select(x, 0, perm, out=visited)
     return Batch(visited, None if train.c is None else train.c[perm], None if train.known is None else train.known[perm])
@@ -429,7 +448,7 @@ def fit(
     result = FitResult("completed", start_epoch - 1, best_epoch, best_val, metrics)
     written, last_write = start_epoch - 1, time.monotonic()  # the epoch of the checkpoint on disk, and when
     best_pending: tuple[dict[str, Tensor], dict[str, Any]] | None = None  # best weights not yet written
-    epoch_buffers: list[Tensor] = []  # the memory of each epoch's binarized, permuted x (epoch_data)
+    epoch_buffers = EpochBuffers()  # each epoch's binarized, permuted x reuses the last one's memory
     for epoch in recovery.epochs(start_epoch, epochs):  # an epoch comes again after a NaN (recovery)
         recovery.begin(model, optimizer)  # the in-memory snapshot a NaN rolls back to
         x_epoch = (streamed_epoch(train, seed, epoch) if streamed  # [N, *x_shape], visiting order
