@@ -512,8 +512,8 @@ def test_a_conv_model_json_of_vaelab_0_1_loads_as_its_own_28x28_nets() -> None:
 
 def test_a_conv_run_of_vaelab_0_1_0_without_model_json_reads_as_conv_0_1(tmp_path: Path) -> None:
     from vaelab.config import TrainConfig
-    from vaelab.runs import _read_spec
+    from vaelab.run_folder import read_spec
 
     config = TrainConfig.from_mapping({"net": "conv", "hidden": [64]})
-    spec = _read_spec(tmp_path, config, [1, 28, 28])  # no model.json: 0.1.0's flat settings
+    spec = read_spec(tmp_path, config, [1, 28, 28])  # no model.json: 0.1.0's flat settings
     assert spec.net.name == "conv-0.1" and spec.net.options == {"hidden": [64]}

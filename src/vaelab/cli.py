@@ -208,7 +208,8 @@ def eval_cmd(run: str, no_gap: bool, per_example: bool, data: str | None, as_jso
     A conditional model is scored given each example's context: -log p(x|c).
     The result is also written to RUN/eval.json (when evaluating the run's own test set).
     """
-    from .runs import EVAL, load, write_eval
+    from .run_folder import EVAL
+    from .runs import load, write_eval
 
     if data is None:
         _check_outputs([Path(run) / EVAL], run)
@@ -244,7 +245,8 @@ def report(run: str, output: str | None, reevaluate: bool, **options: Any) -> No
     the figures.
     """
     from .report import write_report
-    from .runs import EVAL, load
+    from .run_folder import EVAL
+    from .runs import load
 
     outputs = [Path(output) if output is not None else Path(run) / "report.html"]
     if reevaluate or not (Path(run) / EVAL).is_file():
@@ -321,7 +323,7 @@ def _check_outputs(paths: list[Path], run: str, data: str | None = None) -> list
     the data folder) or one of the run's own records (config, spec, weights, metrics, manifest)."""
     from .manifest import MANIFEST
     from .outputs import check_writable
-    from .runs import CONFIG, SPEC
+    from .run_folder import CONFIG, SPEC
     from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT
 
     inputs = [Path(run) / name for name in (CONFIG, SPEC, BEST_WEIGHTS, CHECKPOINT, PREVIOUS_CHECKPOINT, METRICS,

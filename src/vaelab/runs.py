@@ -16,6 +16,7 @@ A run folder holds::
 :func:`train` makes one; :func:`load` gives back a :class:`TrainedModel` with the Python
 counterparts of every CLI command, rebuilt from ``model.json`` through the registry of parts
 (run folders of vaelab 0.1.0, which have no ``model.json``, are read from ``config.json``).
+Reading and writing the files themselves, each checked as it is read, is :mod:`vaelab.run_folder`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from .config import TrainConfig
 from .context import Batch
 from .data import DataSplits, binarize, context_columns, context_variables, known_labels, load_data, split_batch
 from .data.streaming import RowStore, row_totals
-from .data.splits import KINDS
 from .data.tabular import missing_cells, missing_note, table_spec
 from .errors import VaelabError
 from .evaluation import EvalSettings, Evaluation, EvaluationSummary, LogLikelihood, evaluate, log_likelihood
@@ -49,17 +49,16 @@ from .spec import ModelSpec
 from .tracking import Tracking
 from .manifest import write_manifest
 from .outputs import check_folder, check_run_name, clean_stale_temps, create_run_folder, lock_folder, releases_locks
-from .training.checkpoint import atomic_write_text, check_state, load_weights, verify_file
-from .training.loop import PREVIOUS_CHECKPOINT, check_precision
+from .training.checkpoint import atomic_write_text, load_weights
+from .training.loop import check_precision
 from .training import distributed
-from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, FitResult, fit
+from .training.loop import BEST_WEIGHTS, CHECKPOINT, FitResult, fit
+from .run_folder import (CONFIG, SPEC, check_run, check_run_files, read_config, read_metrics, read_run_config,
+                         read_spec, write_eval)
 
 __all__ = ["train", "load", "TrainedModel", "TrainingStopped", "resolve_device", "read_metrics", "write_eval", "objective_from",
            "interpolate_latents"]
 
-CONFIG = "config.json"
-SPEC = "model.json"
-EVAL = "eval.json"
 TEST_BINARIZATION_SEED = 12345  # the fixed Bernoulli draw of the test set
 
 
@@ -415,8 +414,8 @@ def train(
     if not callable(log):  # the setting `log` (experiment trackers), not the function that prints
         overrides, log = {**overrides, "log": log}, print
     if resume is not None:
-        run_dir = _check_run(resume)
-        config = _read_config(run_dir).replace(**overrides) if overrides else _read_config(run_dir)
+        run_dir = check_run(resume)
+        config = read_config(run_dir).replace(**overrides) if overrides else read_config(run_dir)
         if not (run_dir / CHECKPOINT).exists():
             raise VaelabError(f"run '{run_dir}' has no checkpoint to resume from; train it anew")
         state = check_run_files(run_dir)  # a damaged checkpoint fails before anything is written
@@ -442,7 +441,7 @@ def train(
     if world.is_main:
         world.barrier()
     variables = context_variables(data, config.condition_on, config.embedding)
-    spec = _read_spec(run_dir, config, list(data.shape)) if resume is not None else config.model_spec(data.shape, variables)
+    spec = read_spec(run_dir, config, list(data.shape)) if resume is not None else config.model_spec(data.shape, variables)
     if data.columns and resume is None:  # a table: the model spec keeps every column's type, levels and statistics
         spec = table_spec(spec, data.columns)
     known = None
@@ -616,100 +615,6 @@ def _lock_run(run_dir: Path) -> Path:
     return run_dir
 
 
-def check_run_files(run_dir: Path) -> dict[str, Any]:
-    """Verify a run folder's checkpoints and weights (checksums, checkpoint metadata): a damaged
-    file is named in one line before anything is written or trained. Returns the state of the
-    last checkpoint."""
-    states = {}
-    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT, BEST_WEIGHTS):
-        path = run_dir / name
-        if path.exists():
-            meta = verify_file(path, "checkpoint" if name != BEST_WEIGHTS else "weights file")
-            if name != BEST_WEIGHTS:
-                states[name] = check_state(meta, path)
-    if CHECKPOINT not in states:
-        raise VaelabError(f"run '{run_dir}' has no checkpoint ({CHECKPOINT}): it did not finish an epoch")
-    return states[CHECKPOINT]
-
-
-def _check_run(run: str | Path) -> Path:
-    run_dir = Path(run)
-    if not run_dir.is_dir():
-        raise VaelabError(f"run folder '{run_dir}' not found")
-    if not (run_dir / CONFIG).is_file():
-        raise VaelabError(f"'{run_dir}' is not a vaelab run folder (no {CONFIG}); pass the folder that 'vaelab train' printed")
-    return run_dir
-
-
-def _read_config(run_dir: Path) -> TrainConfig:
-    return TrainConfig.from_mapping(_read_json(run_dir / CONFIG)["config"], source=str(run_dir / CONFIG))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise VaelabError(f"'{path}' is corrupt ({err}); restore it from a backup") from None
-    if not isinstance(doc, dict) or "config" not in doc or "data" not in doc:
-        raise VaelabError(f"'{path}' is not a vaelab run configuration (needs 'config' and 'data')")
-    unknown = sorted(set(doc) - {"config", "data"})
-    if unknown:
-        raise VaelabError(f"'{path}' has unknown section(s) {', '.join(unknown)}; a vaelab run configuration holds "
-                          "'config' and 'data' only: restore it from a backup")
-    if not isinstance(doc["config"], dict):
-        raise VaelabError(f"'{path}': 'config' must be a JSON object of settings; restore it from a backup")
-    _check_data_info(doc["data"], path)
-    return doc
-
-
-_DATA_INFO = {  # config.json's "data" section: what each entry must be
-    "shape": ("a list of positive integers", lambda v: isinstance(v, list) and len(v) > 0 and all(
-        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)),
-    "kind": (f"one of {', '.join(KINDS)}", lambda v: v in KINDS),
-    "missing": ("an object of column names and counts >= 0", lambda v: isinstance(v, dict) and all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v.values())),
-    "binarized": ("true or false", lambda v: isinstance(v, bool)),
-    "discrete_levels": ("null or an integer >= 2", lambda v: v is None or (
-        isinstance(v, int) and not isinstance(v, bool) and v >= 2)),
-    **{key: ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-       for key in ("n_train", "n_val", "n_test", "n_labelled")},
-}
-
-
-def _check_data_info(info: Any, path: Path) -> None:
-    """config.json's ``data`` section: known keys, each of the right type (an edited or damaged
-    file is named in one line instead of failing later)."""
-    if not isinstance(info, dict):
-        raise VaelabError(f"'{path}': 'data' must be a JSON object (shape, kind, ...), got {info!r:.60}; "
-                          "restore it from a backup")
-    unknown = sorted(set(info) - set(_DATA_INFO))
-    if unknown:
-        raise VaelabError(f"'{path}': unknown key(s) {', '.join(unknown)} in 'data' (known: {', '.join(_DATA_INFO)}); "
-                          "restore it from a backup")
-    for key, value in info.items():
-        want, ok = _DATA_INFO[key]
-        if not ok(value):
-            raise VaelabError(f"'{path}': data.{key} must be {want}, got {value!r:.60}; restore it from a backup")
-
-
-def _read_spec(run_dir: Path, config: TrainConfig, shape: Any) -> ModelSpec:
-    """The run's model spec: ``model.json``, or (a run folder of vaelab 0.1.0) the one its
-    flat settings describe."""
-    path = run_dir / SPEC
-    if not path.exists():
-        if not isinstance(shape, list):
-            raise VaelabError(f"'{run_dir / CONFIG}': data.shape must be a list of sizes, got {shape!r}")
-        spec = config.model_spec(shape)
-        if spec.net.name == "conv":  # 0.1.0 had the 28x28-only conv nets: read as net conv-0.1 (ModelSpec.from_dict)
-            spec = ModelSpec.from_dict({**spec.to_dict(), "net": {"name": "conv", "hidden": spec.net.options["hidden"]}})
-        return spec
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise VaelabError(f"'{path}' is corrupt ({err}); restore it from a backup") from None
-    return ModelSpec.from_dict(doc, source=str(path))
-
-
 def load(run: str | Path, device: str | torch.device | None = None) -> TrainedModel:
     """Load the best weights of a run folder as a :class:`TrainedModel` (eval mode).
 
@@ -725,10 +630,10 @@ def load(run: str | Path, device: str | torch.device | None = None) -> TrainedMo
         from .tracking.mlflow import download_run
 
         run = download_run(str(run))
-    run_dir = _check_run(run)
-    doc = _read_json(run_dir / CONFIG)
+    run_dir = check_run(run)
+    doc = read_run_config(run_dir / CONFIG)
     config = TrainConfig.from_mapping(doc["config"], source=str(run_dir / CONFIG))
-    spec = _read_spec(run_dir, config, doc["data"].get("shape") if isinstance(doc["data"], dict) else None)
+    spec = read_spec(run_dir, config, doc["data"].get("shape") if isinstance(doc["data"], dict) else None)
     dev = resolve_device("auto" if device is None else str(device))
     weights = run_dir / BEST_WEIGHTS
     if not weights.exists():
@@ -738,42 +643,3 @@ def load(run: str | Path, device: str | torch.device | None = None) -> TrainedMo
     load_weights(weights, vae, "weights file")
     vae.to(dev).eval()
     return TrainedModel(vae=vae, config=config, run_dir=run_dir, data_info=doc["data"], device=dev, spec=spec)
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run (``metrics.jsonl``)."""
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (UnicodeDecodeError, OSError) as err:
-        raise VaelabError(f"'{path}' cannot be read ({err}); restore it from a backup or resume the run") from None
-    records = []
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        elif i == last:  # cut off by a crash (other writers than vaelab's atomic one): the rest is good
-            import warnings
-
-            warnings.warn(f"'{path}': the last line ({i + 1}) is truncated; it was left out", RuntimeWarning,
-                          stacklevel=2)
-        else:
-            raise VaelabError(f"'{path}:{i + 1}' is not a JSON record; the file is damaged: restore it from a backup, "
-                              "or 'vaelab train --resume' rewrites it from the checkpoint")
-    return records
-
-
-def write_eval(run_dir: Path, result: Evaluation | EvaluationSummary | dict[str, Any]) -> Path:
-    """Save an evaluation as the run's ``eval.json``."""
-    path = Path(run_dir) / EVAL
-    doc = result.to_dict() if isinstance(result, (Evaluation, EvaluationSummary)) else result
-    atomic_write_text(path, json.dumps(doc, indent=2))
-    return path

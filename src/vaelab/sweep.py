@@ -319,7 +319,7 @@ class _ValidationIWAE:
         from .build import build_model
         from .data import binarize, load_data, split_batch
         from .evaluation import log_likelihood
-        from .runs import CONFIG, SPEC
+        from .run_folder import CONFIG, SPEC
         from .spec import ModelSpec
         from .training.checkpoint import load_checkpoint
         from .training.loop import CHECKPOINT

@@ -89,15 +89,15 @@ def _records_differ(saved: dict[str, Any], again: dict[str, Any]) -> str | None:
 def verify(run: str | Path, device: str | None = None) -> Verification:
     """Train the last epoch of ``run`` again from the checkpoint before it, in a temporary
     folder, and compare the result bit for bit with the run's checkpoint (see the module)."""
-    from .runs import _check_run, _read_config, check_run_files
+    from .run_folder import check_run, check_run_files, read_config
 
-    run_dir = _check_run(run)
+    run_dir = check_run(run)
     if not (run_dir / CHECKPOINT).is_file():
         raise VaelabError(f"run '{run_dir}' has no checkpoint ({CHECKPOINT}): it did not finish an epoch")
     check_run_files(run_dir)  # a damaged file is named as such, not as a difference
     saved_state = check_state(read_metadata(run_dir / CHECKPOINT), run_dir / CHECKPOINT)
     epoch = saved_state["epoch"]
-    config = _read_config(run_dir)
+    config = read_config(run_dir)
     previous = run_dir / PREVIOUS_CHECKPOINT
     spaced = float(getattr(config, "checkpoint_every", 0.0)) > 0  # checkpoints may be several epochs apart
     before = 0  # the epoch trained again from: 0 is the seed

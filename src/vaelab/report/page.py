@@ -38,7 +38,8 @@ from ..data import context_columns
 from ..errors import VaelabError
 from ..evaluation import EvalSettings
 from ..evaluation.summary import EvaluationSummary
-from ..runs import EVAL, TrainedModel, interpolate_latents, load, read_metrics, write_eval
+from ..run_folder import EVAL
+from ..runs import TrainedModel, interpolate_latents, load, read_metrics, write_eval
 from ..training.checkpoint import atomic_write_text
 from .evaluation import evaluation_section, gaps_section, latents_section
 from .figures import kl_bars, latent_traversal, project_2d

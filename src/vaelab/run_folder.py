@@ -1,0 +1,167 @@
+"""Reading and writing the files of a run folder, each checked as it is read.
+
+The layout is described in :mod:`vaelab.runs`. Every reader here names a damaged or edited file
+in one line (a :class:`~vaelab.errors.VaelabError`) instead of failing later: ``config.json``
+(the settings, known keys of the right types, and the data's shape and kind), ``model.json``
+(the model spec; a vaelab 0.1.0 folder has none and is read from its settings), the
+checkpoints and weights (checksums, checkpoint metadata) and ``metrics.jsonl``. Writers go
+through :func:`~vaelab.training.checkpoint.atomic_write_text`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+from .data.splits import KINDS
+from .errors import VaelabError
+from .evaluation import Evaluation, EvaluationSummary
+from .spec import ModelSpec
+from .training.checkpoint import atomic_write_text, check_state, verify_file
+from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT
+
+__all__ = ["CONFIG", "SPEC", "EVAL", "check_run", "check_run_files", "read_config", "read_run_config", "read_spec",
+           "read_metrics", "write_eval"]
+
+CONFIG = "config.json"
+SPEC = "model.json"
+EVAL = "eval.json"
+
+
+def check_run_files(run_dir: Path) -> dict[str, Any]:
+    """Verify a run folder's checkpoints and weights (checksums, checkpoint metadata): a damaged
+    file is named in one line before anything is written or trained. Returns the state of the
+    last checkpoint."""
+    states = {}
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT, BEST_WEIGHTS):
+        path = run_dir / name
+        if path.exists():
+            meta = verify_file(path, "checkpoint" if name != BEST_WEIGHTS else "weights file")
+            if name != BEST_WEIGHTS:
+                states[name] = check_state(meta, path)
+    if CHECKPOINT not in states:
+        raise VaelabError(f"run '{run_dir}' has no checkpoint ({CHECKPOINT}): it did not finish an epoch")
+    return states[CHECKPOINT]
+
+
+def check_run(run: str | Path) -> Path:
+    """``run`` as a run folder's path: refused in one line unless it is a folder with a ``config.json``."""
+    run_dir = Path(run)
+    if not run_dir.is_dir():
+        raise VaelabError(f"run folder '{run_dir}' not found")
+    if not (run_dir / CONFIG).is_file():
+        raise VaelabError(f"'{run_dir}' is not a vaelab run folder (no {CONFIG}); pass the folder that 'vaelab train' printed")
+    return run_dir
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    """The run's settings, from ``config.json`` (checked: :func:`read_run_config`)."""
+    return TrainConfig.from_mapping(read_run_config(run_dir / CONFIG)["config"], source=str(run_dir / CONFIG))
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """``config.json`` as a dict with its two sections, ``config`` (the settings, read by
+    :meth:`TrainConfig.from_mapping`) and ``data`` (shape, kind and counts, checked here)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise VaelabError(f"'{path}' is corrupt ({err}); restore it from a backup") from None
+    if not isinstance(doc, dict) or "config" not in doc or "data" not in doc:
+        raise VaelabError(f"'{path}' is not a vaelab run configuration (needs 'config' and 'data')")
+    unknown = sorted(set(doc) - {"config", "data"})
+    if unknown:
+        raise VaelabError(f"'{path}' has unknown section(s) {', '.join(unknown)}; a vaelab run configuration holds "
+                          "'config' and 'data' only: restore it from a backup")
+    if not isinstance(doc["config"], dict):
+        raise VaelabError(f"'{path}': 'config' must be a JSON object of settings; restore it from a backup")
+    _check_data_info(doc["data"], path)
+    return doc
+
+
+_DATA_INFO = {  # config.json's "data" section: what each entry must be
+    "shape": ("a list of positive integers", lambda v: isinstance(v, list) and len(v) > 0 and all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)),
+    "kind": (f"one of {', '.join(KINDS)}", lambda v: v in KINDS),
+    "missing": ("an object of column names and counts >= 0", lambda v: isinstance(v, dict) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v.values())),
+    "binarized": ("true or false", lambda v: isinstance(v, bool)),
+    "discrete_levels": ("null or an integer >= 2", lambda v: v is None or (
+        isinstance(v, int) and not isinstance(v, bool) and v >= 2)),
+    **{key: ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+       for key in ("n_train", "n_val", "n_test", "n_labelled")},
+}
+
+
+def _check_data_info(info: Any, path: Path) -> None:
+    """config.json's ``data`` section: known keys, each of the right type (an edited or damaged
+    file is named in one line instead of failing later)."""
+    if not isinstance(info, dict):
+        raise VaelabError(f"'{path}': 'data' must be a JSON object (shape, kind, ...), got {info!r:.60}; "
+                          "restore it from a backup")
+    unknown = sorted(set(info) - set(_DATA_INFO))
+    if unknown:
+        raise VaelabError(f"'{path}': unknown key(s) {', '.join(unknown)} in 'data' (known: {', '.join(_DATA_INFO)}); "
+                          "restore it from a backup")
+    for key, value in info.items():
+        want, ok = _DATA_INFO[key]
+        if not ok(value):
+            raise VaelabError(f"'{path}': data.{key} must be {want}, got {value!r:.60}; restore it from a backup")
+
+
+def read_spec(run_dir: Path, config: TrainConfig, shape: Any) -> ModelSpec:
+    """The run's model spec: ``model.json``, or (a run folder of vaelab 0.1.0) the one its
+    flat settings describe."""
+    path = run_dir / SPEC
+    if not path.exists():
+        if not isinstance(shape, list):
+            raise VaelabError(f"'{run_dir / CONFIG}': data.shape must be a list of sizes, got {shape!r}")
+        spec = config.model_spec(shape)
+        if spec.net.name == "conv":  # 0.1.0 had the 28x28-only conv nets: read as net conv-0.1 (ModelSpec.from_dict)
+            spec = ModelSpec.from_dict({**spec.to_dict(), "net": {"name": "conv", "hidden": spec.net.options["hidden"]}})
+        return spec
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise VaelabError(f"'{path}' is corrupt ({err}); restore it from a backup") from None
+    return ModelSpec.from_dict(doc, source=str(path))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run (``metrics.jsonl``)."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as err:
+        raise VaelabError(f"'{path}' cannot be read ({err}); restore it from a backup or resume the run") from None
+    records = []
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif i == last:  # cut off by a crash (other writers than vaelab's atomic one): the rest is good
+            import warnings
+
+            warnings.warn(f"'{path}': the last line ({i + 1}) is truncated; it was left out", RuntimeWarning,
+                          stacklevel=2)
+        else:
+            raise VaelabError(f"'{path}:{i + 1}' is not a JSON record; the file is damaged: restore it from a backup, "
+                              "or 'vaelab train --resume' rewrites it from the checkpoint")
+    return records
+
+
+def write_eval(run_dir: Path, result: Evaluation | EvaluationSummary | dict[str, Any]) -> Path:
+    """Save an evaluation as the run's ``eval.json``."""
+    path = Path(run_dir) / EVAL
+    doc = result.to_dict() if isinstance(result, (Evaluation, EvaluationSummary)) else result
+    atomic_write_text(path, json.dumps(doc, indent=2))
+    return path
