@@ -7,11 +7,8 @@ that the evaluator is exact where log p(x) has a closed form, and the paired dif
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -19,21 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Independent, Normal, kl_divergence
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmark_modules import load_benchmark
+
 F64 = torch.float64
 
 
 @pytest.fixture(scope="module")
 def qa() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # it imports its sibling reference.py
-    try:
-        spec = importlib.util.spec_from_file_location("quality_ablation_benchmark", BENCHMARKS / "quality_ablation.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    return load_benchmark("quality_ablation")  # it imports its sibling reference.py
 
 
 def _digits(n: int, seed: int) -> torch.Tensor:
