@@ -149,7 +149,6 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None, out: tor
     return u.lt_(x)  # 1.0 where u < x, else 0.0, in place
 
 
-
 class Binarizer:
     """Bernoulli(x) of one fixed tensor ``x``, drawn afresh on each call: dynamic binarization,
     epoch after epoch, with a uniform number drawn only where ``0 < x < 1``.
