@@ -142,6 +142,36 @@ def test_iwae_objective_is_the_validation_iwae_bound(space: Path, tmp_path: Path
 # --- interruption, resumption, several processes ------------------------------------------------
 
 
+def test_ctrl_c_during_a_database_write_waits_for_the_write_to_end(tmp_path: Path) -> None:
+    """A Ctrl-C that lands while a trial reports its epoch to the study is held until the write
+    has finished, then raised: a KeyboardInterrupt inside SQLAlchemy could leave SQLite's lock
+    taken and the study's later writes stalled (a Ctrl-C'd sweep that did not exit, seen once in CI)."""
+    from vaelab.sweep import _Reporter, _ctrl_c_deferred
+
+    class Trial:  # Optuna's trial as the reporter uses it; the write takes a while and is interrupted
+        def __init__(self) -> None:
+            self.reported: list[tuple[float, int]] = []
+
+        def report(self, value: float, epoch: int) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # Python runs the signal handler in here
+            self.reported.append((value, epoch))
+
+        def should_prune(self) -> bool:
+            return False
+
+    trial = Trial()
+    reporter = _Reporter(trial, "elbo", lambda record: float(record["val_elbo"]), tmp_path, {"study": "s"})
+    with pytest.raises(KeyboardInterrupt):
+        reporter({"epoch": 1, "val_elbo": -3.5})
+    assert trial.reported == [(-3.5, 1)]  # the write finished before the interrupt
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    with _ctrl_c_deferred():  # without a signal, nothing is raised
+        pass
+
+
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_an_interrupted_sweep_resumes_with_exactly_the_trials_asked(space: Path, tmp_path: Path, how: int) -> None:

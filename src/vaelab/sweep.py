@@ -58,7 +58,9 @@ import inspect
 import json
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import tomllib
 import warnings
@@ -105,6 +107,29 @@ def _quiet_experimental() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """A block that Ctrl-C does not cut short: SIGINT is held until the block ends and then
+    handled as usual (a KeyboardInterrupt). The study's database writes made while a trial
+    trains go in such blocks: a KeyboardInterrupt raised inside SQLAlchemy can leave a SQLite
+    transaction open, and its lock then stalls every later write of the study, the heartbeat
+    thread's and the re-enqueue of the interrupted trial, for the 120-s busy timeout (seen in
+    CI: a Ctrl-C'd sweep that did not exit; a Ctrl-C at a random moment of a stream of
+    ``set_trial_intermediate_value`` calls left the lock held in 2 of 20 tries, in 0 of 30
+    inside this block). Outside the main thread, a plain block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[tuple[int, Any]] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if held and callable(previous):
+        previous(*held[0])  # Python's default handler raises KeyboardInterrupt
 
 
 # --------------------------------------------------------------------------- the search space
@@ -353,8 +378,10 @@ class _Reporter:
             _mark(self.run_dir, **self.about, state="running")
         v = self.value(record)
         self.values[epoch] = v
-        self.trial.report(v, epoch)
-        if self.trial.should_prune():
+        with _ctrl_c_deferred():  # database writes (see there)
+            self.trial.report(v, epoch)
+            prune = self.trial.should_prune()
+        if prune:
             _mark(self.run_dir, state="pruned", epoch=epoch, value=v)
             raise optuna.TrialPruned(f"validation {self.objective} {v:.2f} nats at epoch {epoch}")
 
@@ -519,8 +546,9 @@ def sweep(
     def run_trial(trial: Any) -> float:
         params = space.suggest(trial)
         run_dir = folder(trial.number)
-        trial.set_user_attr("run", str(run_dir))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
+        with _ctrl_c_deferred():  # database writes
+            trial.set_user_attr("run", str(run_dir))
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
         about = dict(study=study, trial=trial.number, params=params, objective=objective,
                      storage=url if "@" not in url else "(a database URL)")
         config = TrainConfig.from_mapping({**fixed, **params, "out": str(out), "name": trial_name(study, trial.number)},
@@ -536,7 +564,8 @@ def sweep(
         try:
             _, result = train(config, progress=False, log=lambda m: None, on_epoch=reporter)
         except KeyboardInterrupt:
-            st.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            with _ctrl_c_deferred():  # a second Ctrl-C must not cut the re-enqueue short
+                st.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             _mark(run_dir, state="failed", reason="interrupted (Ctrl-C)", retried=True)
             raise
         except TrainingStopped as err:  # NaN: this trial fails, the sweep goes on
