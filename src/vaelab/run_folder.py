@@ -4,8 +4,10 @@ The layout is described in :mod:`vaelab.runs`. Every reader here names a damaged
 in one line (a :class:`~vaelab.errors.VaelabError`) instead of failing later: ``config.json``
 (the settings, known keys of the right types, and the data's shape and kind), ``model.json``
 (the model spec; a vaelab 0.1.0 folder has none and is read from its settings), the
-checkpoints and weights (checksums, checkpoint metadata) and ``metrics.jsonl``. Writers go
-through :func:`~vaelab.training.checkpoint.atomic_write_text`.
+checkpoints and weights (checksums, checkpoint metadata) and ``metrics.jsonl``. The writers of
+``config.json`` and ``eval.json`` go through :func:`~vaelab.training.checkpoint.atomic_write_text`
+(the spec writes itself, :meth:`ModelSpec.to_json`; checkpoints and metrics are the training
+loop's).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .training.checkpoint import atomic_write_text, check_state, verify_file
 from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT
 
 __all__ = ["CONFIG", "SPEC", "EVAL", "check_run", "check_run_files", "read_config", "read_run_config", "read_spec",
-           "read_metrics", "write_eval"]
+           "read_metrics", "write_run_config", "write_eval"]
 
 CONFIG = "config.json"
 SPEC = "model.json"
@@ -126,6 +128,14 @@ def read_spec(run_dir: Path, config: TrainConfig, shape: Any) -> ModelSpec:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise VaelabError(f"'{path}' is corrupt ({err}); restore it from a backup") from None
     return ModelSpec.from_dict(doc, source=str(path))
+
+
+def write_run_config(run_dir: Path, config: TrainConfig, data_info: dict[str, Any]) -> Path:
+    """Save ``config.json``: the settings and the data's description, the two sections
+    :func:`read_run_config` reads back (and checks)."""
+    path = run_dir / CONFIG
+    atomic_write_text(path, json.dumps({"config": config.to_dict(), "data": data_info}, indent=2))
+    return path
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -21,7 +21,6 @@ Reading and writing the files themselves, each checked as it is read, is :mod:`v
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from .training.loop import check_precision
 from .training import distributed
 from .training.loop import BEST_WEIGHTS, CHECKPOINT, FitResult, fit
 from .run_folder import (CONFIG, SPEC, check_run, check_run_files, read_config, read_metrics, read_run_config,
-                         read_spec, write_eval)
+                         read_spec, write_eval, write_run_config)
 
 __all__ = ["train", "load", "TrainedModel", "TrainingStopped", "resolve_device", "read_metrics", "write_eval", "objective_from",
            "interpolate_latents"]
@@ -478,7 +477,7 @@ def train(
                    else _lock_run(run_dir))
     run_dir = world.from_main(run_dir)
     if world.is_main and (resume is None or overrides):  # a resumed run records a raised --epochs
-        atomic_write_text(run_dir / CONFIG, json.dumps({"config": config.to_dict(), "data": data_info}, indent=2))
+        write_run_config(run_dir, config, data_info)
     if world.is_main and resume is None:
         atomic_write_text(run_dir / SPEC, spec.to_json())
     if world.is_main:
