@@ -51,8 +51,8 @@ and the parameter importances (Optuna's ``get_param_importances``).
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import dataclasses
 import datetime as _dt
 import inspect
 import json
@@ -66,16 +66,15 @@ import tomllib
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from . import registry
 from .config import TrainConfig
 from .errors import VaelabError
+from .report.sweep import write_sweep_report
+from .outputs import check_writable
 from .training.checkpoint import atomic_write_text
 
 __all__ = ["Param", "SearchSpace", "SweepResult", "sweep", "read_space", "write_sweep_report", "trial_name",
@@ -88,6 +87,7 @@ OBJECTIVES = ("elbo", "iwae")
 SPEED_SETTINGS = ("threads", "device", "compile", "precision", "out", "name", "eval_k", "log", "mlflow_uri")
 _NOT_SWEPT = ("out", "name", "options")  # set by the sweep itself
 _TABLE_KEYS = ("low", "high", "log", "step", "choices", "layers")
+MAX_STUDY_NAME = 100  # bytes: STUDY-NNN and the temporary names of its files stay far below 255
 MAX_FAILURES = 5  # a process stops after this many failed (NaN) trials in a row
 
 
@@ -230,6 +230,8 @@ def _param(name: str, table: Any, kind_name: str, source: str) -> Param:
         raise VaelabError(f"{where}: step must be a number > 0, got {step!r}")
     if step is not None and log:
         raise VaelabError(f"{where}: give step or log, not both (Optuna samples a log scale without steps)")
+    if step is not None and kind_name in ("int", "list[int]") and not float(step).is_integer():
+        raise VaelabError(f"{where} is a whole number: step must be a whole number >= 1, got {step!r}")
     layers = table.get("layers", 1)
     if "layers" in table and kind_name != "list[int]":
         raise VaelabError(f"{where}: layers is for network widths (hidden), not for {name}")
@@ -247,6 +249,7 @@ class SearchSpace:
     """The settings a sweep varies (:class:`Param` each), read from a TOML or JSON file."""
 
     params: tuple[Param, ...]
+    path: Path | None = field(default=None, compare=False)  # the file it was read from, if any
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any], source: str = "space") -> "SearchSpace":
@@ -301,7 +304,7 @@ def read_space(path: str | Path) -> SearchSpace:
                           f"{str(err).splitlines()[0]}") from None
     if not isinstance(doc, dict):
         raise VaelabError(f"search-space file '{p}' must hold one table per setting")
-    return SearchSpace.from_mapping(doc, source=str(p))
+    return dataclasses.replace(SearchSpace.from_mapping(doc, source=str(p)), path=p)
 
 
 # --------------------------------------------------------------------------- the trials
@@ -423,6 +426,18 @@ def _storage(optuna: Any, url: str, heartbeat: int, on_stale: Callable[[Any, Any
     raise AssertionError("unreachable")
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of an SQLite URL (None for another database); an in-memory or
+    nameless SQLite database is refused (its study would vanish with the process)."""
+    if not url.startswith("sqlite:"):
+        return None
+    name = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    if name in ("", ":memory:") or name.startswith(":memory:") or "mode=memory" in url:
+        raise VaelabError(f"--storage {url!r} is an in-memory database: its study would be lost when this process "
+                          "ends and could be neither resumed nor shared; give a file, e.g. sqlite:///sweep.db")
+    return Path(name.split("?")[0]).expanduser()
+
+
 def _comparable(fixed: Mapping[str, Any]) -> dict[str, Any]:
     """The fixed settings that change what a trial computes (not how fast), as JSON."""
     return {k: v for k, v in sorted(fixed.items()) if k not in SPEED_SETTINGS}
@@ -503,6 +518,9 @@ def sweep(
     heartbeat = math.ceil(heartbeat)  # Optuna keeps whole seconds
     if not study or any(ch in study for ch in "/\\") or study.startswith("."):
         raise VaelabError(f"--study {study!r} must be a plain name (it names the run folders)")
+    if len(study.encode()) > MAX_STUDY_NAME:
+        raise VaelabError(f"--study is {len(study.encode())} bytes long; at most {MAX_STUDY_NAME} (it names the run "
+                          "folders and their files)")
     fixed = dict(fixed or {})
     clash = sorted(set(fixed) & set(space.names))
     if clash:
@@ -514,6 +532,11 @@ def sweep(
     space.check(fixed)
     out = Path(out)
     url = storage or f"sqlite:///{out / 'sweep.db'}"
+    database = _sqlite_file(url)
+    report_path = None if report == "" else Path(report) if report is not None else out / f"{study}.html"
+    if report_path is not None:  # checked before the first trial trains, never written over an input
+        check_writable(report_path, "sweep report",
+                       inputs=[f for f in (database, space.path) if f is not None and f.is_file()])
 
     def folder(number: int) -> Path:
         return out / trial_name(study, number)
@@ -611,124 +634,6 @@ def sweep(
             ev = model.evaluate(k=base.eval_k, gap_examples=0).summary(data=f"{model.config.data} (test split)")
             write_eval(best_run, ev.to_dict())
     path = None
-    if report != "":
-        path = Path(report) if report is not None else out / f"{study}.html"
-        write_sweep_report(st, path, objective=objective, best_run=best_run)
+    if report_path is not None:
+        path = write_sweep_report(st, report_path, objective=objective, best_run=best_run)
     return SweepResult(study=st, best_run=best_run, best_value=best_value, report=path, counts=counts)
-
-
-# --------------------------------------------------------------------------- the report
-
-
-def _png(fig: Figure) -> str:
-    from .plots import save_png
-
-    return "data:image/png;base64," + base64.b64encode(save_png(fig)).decode("ascii")
-
-
-def _history_figure(trials: Sequence[Any], objective: str) -> str:
-    """Optuna's optimization history, drawn by us: each finished trial's value, the best so far."""
-    fig = Figure(figsize=(7.5, 3.6), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    done = [t for t in trials if t.state.name == "COMPLETE"]
-    pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
-    if done:
-        xs, ys = [t.number for t in done], [t.value for t in done]
-        ax.scatter(xs, ys, color="#2563eb", s=22, label="complete", zorder=3)
-        ax.step(xs, np.maximum.accumulate(ys), where="post", color="#dc2626", label="best so far")
-    if pruned:
-        ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-                   marker="x", color="#9ca3af", label="pruned (last value)", zorder=2)
-    ax.set_xlabel("trial")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"validation {objective} (nats)")
-    ax.grid(alpha=0.3)
-    if done or pruned:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no trial finished yet", ha="center", va="center", transform=ax.transAxes)
-    return _png(fig)
-
-
-def _intermediate_figure(trials: Sequence[Any], objective: str) -> str:
-    """The per-epoch values Optuna saw, complete trials in colour, pruned ones in grey."""
-    fig = Figure(figsize=(7.5, 3.6), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    for t in trials:
-        if not t.intermediate_values:
-            continue
-        steps = sorted(t.intermediate_values)
-        values = [t.intermediate_values[s] for s in steps]
-        if t.state.name == "PRUNED":
-            ax.plot(steps, values, color="#9ca3af", linewidth=1, marker="x", markersize=3)
-        else:
-            failed = "" if t.state.name == "COMPLETE" else f" ({t.state.name.lower()})"
-            ax.plot(steps, values, linewidth=1.2, marker="o", markersize=3, label=f"trial {t.number}{failed}")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"validation {objective} (nats)")
-    ax.grid(alpha=0.3)
-    if 0 < sum(1 for t in trials if t.intermediate_values and t.state.name != "PRUNED") <= 12:
-        ax.legend(fontsize=7, ncols=2)
-    return _png(fig)
-
-
-def _importance_figure(importances: Mapping[str, float]) -> str:
-    names = list(importances)[::-1]
-    fig = Figure(figsize=(7.5, 0.5 * len(names) + 1.2), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    ax.barh(names, [importances[n] for n in names], color="#2563eb")
-    ax.set_xlabel("importance (share of the objective's variance, Optuna's get_param_importances)")
-    ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
-
-
-def write_sweep_report(study: Any, path: str | Path, *, objective: str, best_run: Path | None) -> Path:
-    """One self-contained HTML page of a study: its trials, history, per-epoch values, importances."""
-    optuna = require_optuna()
-    from .report.html import CSS, esc, fmt, section
-
-    trials = study.get_trials(deepcopy=False)
-    rows = []
-    for t in trials:
-        run = t.user_attrs.get("run", "")
-        value = t.value if t.state.name == "COMPLETE" else (
-            t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
-        params = ", ".join(f"{k}={fmt(v, 4) if isinstance(v, float) else v}" for k, v in t.params.items())
-        retry = f" (retry of {t.user_attrs['retry_of']})" if "retry_of" in t.user_attrs else ""
-        rows.append(f'<tr><td>{t.number}{esc(retry)}</td><td>{esc(t.state.name.lower())}</td>'
-                    f'<td class="num">{fmt(value)}</td><td class="num">{len(t.intermediate_values)}</td>'
-                    f'<td>{esc(params)}</td><td><code>{esc(run)}</code></td></tr>')
-    table = ('<table id="trials"><tr><th>trial</th><th>state</th><th>value</th><th>epochs</th><th>parameters</th>'
-             f'<th>run folder</th></tr>{"".join(rows)}</table>')
-    body = [section("trials", "Trials", '<p class="explain">Value: the validation '
-                    f'{esc(objective)} (nats per example, higher is better) at the best epoch; for a pruned trial, '
-                    f'the last value reported before it was stopped.</p>{table}')]
-    body.append(section("history", "Optimization history",
-                        f'<figure><img src="{_history_figure(trials, objective)}" alt="history"></figure>'))
-    body.append(section("intermediate", "Per-epoch values",
-                        f'<figure><img src="{_intermediate_figure(trials, objective)}" alt="per-epoch values">'
-                        "<figcaption>what the pruner compared; pruned trials in grey</figcaption></figure>"))
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
-    varied = {k for t in complete for k in t.params}
-    if len(complete) >= 2 and varied:
-        importances, why = {}, "the complete trials do not vary"
-        try:
-            with _quiet_experimental():
-                importances = optuna.importance.get_param_importances(study)
-        except (ValueError, RuntimeError) as err:  # e.g. every complete trial has the same parameters
-            why = str(err).splitlines()[0]
-        if importances:
-            body.append(section("importance", "Parameter importances",
-                                f'<figure><img src="{_importance_figure(importances)}" alt="importances"></figure>'))
-        else:
-            body.append(section("importance", "Parameter importances", f'<p class="explain">not available: {esc(why)}</p>'))
-    best = ("" if best_run is None else f"best trial: {esc(best_run)}")
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>vaelab sweep {esc(study.study_name)}'
-            f'</title><style>{CSS}</style></head><body><header><div class="wrap"><h1>Sweep {esc(study.study_name)}</h1>'
-            f'<div class="sub">{len(trials)} trials, objective: validation {esc(objective)}; {best}</div></div></header>'
-            f'<main class="wrap">{"".join(body)}</main></body></html>')
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, page)
-    return path
