@@ -278,7 +278,7 @@ def test_auto_runs_ais_at_the_cost_of_k_where_it_applies_and_encoder_is_elsewher
     assert small.estimator == "is" and small.log_px == same.log_px
     assert ais_unavailable(bad, x) is None  # (models AIS refuses: see the two tests below)
     # a flow posterior: AIS applies (from its inverse) but would cost far more than K samples
-    iaf = build_vae((5,), latent_dim=3, hidden=[8], posterior="iaf").double()
+    iaf = build_vae((5,), latent_dim=3, hidden=[8], posterior="iaf", likelihood="gaussian").double()
     assert ais_unavailable(iaf, x) is None
     assert evaluate(iaf, x, k=1000, mi_samples=0, gap_examples=0).summary().estimator == "is"
 

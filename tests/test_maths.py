@@ -379,7 +379,7 @@ def test_log_likelihood_chunk_size_does_not_change_the_estimate(lg, mediocre):
 
 def test_log_likelihood_rejects_k_below_one(lg, mediocre):
     model, _ = mediocre
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match=r"k \(importance samples per example\) must be"):
         log_likelihood(model, lg.sample_x(2), k=0)
 
 

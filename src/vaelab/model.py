@@ -174,10 +174,17 @@ class VAE(nn.Module):
         """Draw ``k`` samples z ~ q(z|x, c) by reparameterization and score them.
 
         Args:
-            x: a batch ``[B, *x_shape]``.
+            x: a batch ``[B, *x_shape]`` (another dtype is converted to the model's).
             k: samples per example.
             c: the context ``[B, P]`` of a conditional model, else None.
+
+        The shapes of x and c and the number k are checked (a one-line VaelabError: a wrong
+        shape would broadcast silently); the values of x are not, at every step: the
+        estimators and the training loop check their data once (:mod:`vaelab.inputs`).
         """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise VaelabError(f"k must be a whole number >= 1 (samples per example), got {k!r}")
+        x = self._input(x, c)
         h = self.features(c)  # [B, C] or None
         q = _call(self.encoder, x, h)  # batch [B], event [D]
         log_q = None  # scored when first needed (see Trace)
@@ -200,8 +207,28 @@ class VAE(nn.Module):
         return self.trace(x, k, c).log_weights
 
     def encode(self, x: Tensor, c: Tensor | None = None) -> Distribution:
-        """The approximate posterior q(z|x, c) for a batch ``[B, *x_shape]``."""
-        return _call(self.encoder, x, self.features(c))
+        """The approximate posterior q(z|x, c) for a batch ``[B, *x_shape]`` (shapes checked as
+        in :meth:`trace`)."""
+        return _call(self.encoder, self._input(x, c), self.features(c))
+
+    def _input(self, x: Tensor, c: Tensor | None) -> Tensor:
+        """``x`` ``[B, *x_shape]`` in the model's floating dtype, with one row of c per example:
+        a one-line VaelabError for a shape that would broadcast (no data read)."""
+        shape = getattr(self.decoder, "x_shape", None)  # (a decoder outside the Likelihood contract: unchecked)
+        if shape is not None and (x.shape[1:] != tuple(shape) or x.ndim != len(shape) + 1):
+            raise VaelabError(f"x has shape {tuple(x.shape)} but this model takes examples of shape {shape}: "
+                              f"give [B, {', '.join(map(str, shape))}]")
+        if c is not None and c.shape[0] != x.shape[0]:
+            raise VaelabError(f"c has {c.shape[0]} rows but x has {x.shape[0]} examples: give one row of c per example")
+        dtype = self._dtype()
+        return x if dtype is None or x.dtype == dtype else x.to(dtype)
+
+    def _dtype(self) -> torch.dtype | None:
+        """The floating dtype of the model's parameters (None for a model without any)."""
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return None
 
     def decode(self, z: Tensor, c: Tensor | None = None) -> Distribution:
         """The likelihood p(x|z, c) for latents ``[..., B, D]`` (c ``[B, P]``)."""
@@ -217,6 +244,8 @@ class VAE(nn.Module):
 
         ``c`` is ``[n, P]`` (a context per sample) or ``[P]`` (one for all) for a conditional model.
         """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise VaelabError(f"n must be a whole number >= 0 (examples to generate), got {n!r}")
         if c is not None and c.ndim == 1:
             c = c.unsqueeze(0).expand(n, -1)
         h = self.features(c)

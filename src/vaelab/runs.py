@@ -39,6 +39,7 @@ from .data import DataSplits, binarize, context_columns, context_variables, know
 from .data.streaming import RowStore, row_totals
 from .data.tabular import missing_cells, missing_note, table_spec
 from .errors import VaelabError
+from .inputs import check_whole, resolve_device
 from .evaluation import EvalSettings, Evaluation, EvaluationSummary, LogLikelihood, evaluate, log_likelihood
 from .evaluation.settings import DEFAULTS
 from .m2 import batch_labelled_share
@@ -63,17 +64,6 @@ TEST_BINARIZATION_SEED = 12345  # the fixed Bernoulli draw of the test set
 
 class TrainingStopped(VaelabError):
     """Training stopped before its end (NaN loss); the run folder keeps the last good state."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; any other name must be available."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VaelabError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise VaelabError("device 'mps' asked for but MPS is not available; use --device cpu")
-    return torch.device(name)
 
 
 def objective_from(config: TrainConfig, labelled_share: float = 1.0) -> Objective:
@@ -175,6 +165,8 @@ class TrainedModel:
         size = math.prod(shape)
         if tuple(t.shape) == shape:
             t = t.unsqueeze(0)
+        elif t.ndim == 1 and t.shape[0] == size:  # one example as a flat row
+            t = t.reshape(1, *shape)
         elif t.ndim == 2 and t.shape[1] == size:
             t = t.reshape(-1, *shape)
         elif t.ndim == 3 and len(shape) == 3 and shape[0] == 1 and tuple(t.shape[1:]) == shape[1:]:
@@ -209,8 +201,8 @@ class TrainedModel:
         if z.ndim == 1:
             z = z.unsqueeze(0)
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
-            raise VaelabError(f"latents have {z.shape[-1]} dimensions (shape {tuple(z.shape)}); this model has "
-                              f"{self.latent_dim}: give [N, {self.latent_dim}]")
+            raise VaelabError(f"latents have shape {tuple(z.shape)}; this model decodes a 2-D tensor [N, {self.latent_dim}] "
+                              f"(or one latent [{self.latent_dim}])")
         return self.vae.decode(z.to(self.device), self._generation_context(c, label, len(z)))
 
     @torch.no_grad()
@@ -220,12 +212,14 @@ class TrainedModel:
         A conditional model needs the context: ``label=3`` (or a class name) for all ``n``,
         or one per sample; ``c`` ``[n, P]`` for several variables.
         """
-        if n < 1:
-            raise VaelabError(f"number of samples must be >= 1, got {n}")
+        n = check_whole(n, "the number of samples")
         ctx = self._generation_context(c, label, n)
-        if seed is not None:
-            torch.manual_seed(seed)
-        return self.vae.sample(n, mean=mean, c=ctx).cpu()
+        if seed is None:
+            return self.vae.sample(n, mean=mean, c=ctx).cpu()
+        # seeded draws leave the caller's random stream where it was
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(check_whole(seed, "seed", low=0))
+            return self.vae.sample(n, mean=mean, c=ctx).cpu()
 
     @torch.no_grad()
     def reconstruct(self, x: Any, c: Any = None, label: Any = None) -> Tensor:
@@ -258,11 +252,15 @@ class TrainedModel:
         conditional model encodes both ends and decodes the path under one context (``c``
         ``[P]`` or ``label``).
         """
-        if steps < 2:
-            raise VaelabError(f"interpolation needs at least 2 steps, got {steps}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise VaelabError(f"interpolation needs at least 2 steps (a whole number), got {steps!r}")
         ctx = self.context(None if c is None else torch.as_tensor(np.asarray(c), dtype=torch.float32).reshape(1, -1),
                            label, n=1)
         x0, x1 = self.as_batch(x_from, "first input"), self.as_batch(x_to, "second input")
+        for what, end in (("first input", x0), ("second input", x1)):
+            if len(end) != 1:
+                raise VaelabError(f"the {what} holds {len(end)} examples; an interpolation runs between two: "
+                                  "give one example for each end")
         ctx = self._own_context(x0, ctx)  # M2: the first input's most likely class
         z0 = self.vae.encode(x0, ctx).mean[0]
         z1 = self.vae.encode(x1, ctx).mean[0]
@@ -272,6 +270,7 @@ class TrainedModel:
     @torch.no_grad()
     def elbo(self, x: Any, k: int = 1, c: Any = None, label: Any = None) -> ELBO:
         """Per-example ELBO, reconstruction and KL terms (nats), with ``k`` samples."""
+        k = check_whole(k, "k (posterior samples per example)")
         xb = self.as_batch(x)
         return data_elbo(self.vae, Batch(xb, self.context(c, label, n=len(xb))), k, self.config.kl)
 
@@ -369,8 +368,19 @@ def interpolate_latents(
         return (1 - t) * z0 + t * z1
     if method == "spherical":
         omega = torch.arccos(torch.clamp(torch.dot(z0, z1) / (z0.norm() * z1.norm()), -1, 1))
-        if omega.abs() < 1e-6 or not torch.isfinite(omega):  # parallel, or a zero vector
+        if omega.abs() < 1e-6 or not torch.isfinite(omega) or (z0.numel() < 2 and omega > 1):  # parallel, a zero vector
             return (1 - t) * z0 + t * z1
+        if math.pi - omega < 1e-4:  # opposite: every great circle through both ends is one; take the half through
+            # the axis least aligned with z0, at a radius going from |z0| to |z1| (the formula below gives 0 / 0)
+            u0 = z0 / z0.norm()
+            axis = torch.zeros_like(z0)
+            axis[int(u0.abs().argmin())] = 1.0
+            u1 = axis - torch.dot(axis, u0) * u0
+            u1 = u1 / u1.norm()
+            radius = (1 - t) * z0.norm() + t * z1.norm()  # [S, 1]
+            path = radius * (torch.cos(math.pi * t) * u0 + torch.sin(math.pi * t) * u1)
+            path[0], path[-1] = z0, z1  # the ends exactly
+            return path
         return (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
     raise VaelabError(f"unknown interpolation {method!r}; choose linear or spherical")
 

@@ -105,9 +105,11 @@ class Decoder(nn.Module):
                 f"{what} holds {int(bad.sum())} NaN/inf values; remove or impute them"
             )
         if not bool(self.support.check(x).all()):
-            lo, hi = float(x.min()), float(x.max())
+            # the digits the data's precision holds (1 + 1e-6 is not shown as 1), + 0.0: no "-0"
+            digits = 15 if x.dtype == torch.float64 else 7
+            lo, hi = float(x.min()) + 0.0, float(x.max()) + 0.0
             raise VaelabError(
-                f"{what} has values in [{lo:g}, {hi:g}] but the {self.name} likelihood needs "
+                f"{what} has values in [{lo:.{digits}g}, {hi:.{digits}g}] but the {self.name} likelihood needs "
                 f"{self.support_text}; {self.support_hint}"
             )
 

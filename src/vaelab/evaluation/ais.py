@@ -60,6 +60,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from ..errors import VaelabError
+from ..inputs import check_data, check_whole, model_device
 from ..model import VAE, Classifier
 from .likelihood import DecoderDensity, LogLikelihood
 from .memory import check_fits
@@ -444,9 +445,9 @@ def ais(
     """
     _validate(steps, chains, leapfrog, step_size, target_accept, start)
     vae = check_ais_model(model)
-    device = torch.device(device) if device is not None else next(vae.parameters()).device
-    if x.shape[0] < 1:
-        raise VaelabError("AIS needs at least one example")
+    device = model_device(vae, device)
+    batch_size = check_whole(batch_size, "batch_size")
+    check_data(vae, x, c)
     x0 = x[:1].to(device)
     c0 = None if c is None else c[:1].to(device)
     _probe(vae, x0, c0, start)

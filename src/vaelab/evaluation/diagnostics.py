@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, kl_divergence
 
+from ..inputs import check_data, check_whole, model_device
 from ..model import VAE
 from .likelihood import _batches, _pairs
 
@@ -296,8 +297,9 @@ def latent_diagnostics(
         raise ValueError(f"latent diagnostics need at least 2 examples, got {n}")
     if mi_samples < 1:
         raise ValueError(f"mi_samples must be >= 1, got {mi_samples}")
-    if device is None:
-        device = next(model.parameters()).device
+    batch_size = check_whole(batch_size, "batch_size")
+    check_data(model, x, c)
+    device = model_device(model, device)
     def on(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(device)
 

@@ -51,6 +51,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from ..distributions import diagonal_gaussian
+from ..inputs import check_data, check_whole, model_device
 from ..model import VAE
 from ..objectives import KLMethod
 from .likelihood import DecoderDensity, log_likelihood
@@ -388,8 +389,9 @@ def inference_gaps(
         >>> g = inference_gaps(model, x_test, n=100)
         >>> g.summary().approximation_gap, g.summary().amortization_gap
     """
-    if device is None:
-        device = next(model.parameters()).device
+    batch_size = check_whole(batch_size, "batch_size")
+    check_data(model, x, c)
+    device = model_device(model, device)
     if indices is None:
         count = min(n, x.shape[0])
         if count < 1:

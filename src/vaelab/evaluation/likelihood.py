@@ -50,7 +50,7 @@ from torch.distributions import Distribution
 
 from ..context import Batch
 from ..distributions.likelihoods import BernoulliDecoder
-from ..errors import VaelabError
+from ..inputs import check_data, check_whole, model_device
 from ..model import VAE, SampleWithDensity
 from ..nets import MLP
 from ..objectives import KLMethod, data_elbo
@@ -336,12 +336,11 @@ def log_likelihood(
             to sample from instead of the encoder (a :class:`~vaelab.model.VAE` only).
         estimator: the name recorded in the result (``"is"``, ``"mixture"``).
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise VaelabError(f"k must be >= 1 (importance samples per example), got {k!r}")
-    if isinstance(k_chunk, bool) or not isinstance(k_chunk, int) or k_chunk < 1:
-        raise VaelabError(f"k_chunk must be a whole number >= 1, got {k_chunk!r}")
-    if device is None:
-        device = next(model.parameters()).device
+    k = check_whole(k, "k (importance samples per example)")
+    k_chunk = check_whole(k_chunk, "k_chunk (importance samples per pass)")
+    batch_size = check_whole(batch_size, "batch_size")
+    check_data(model, x, c)
+    device = model_device(model, device)
     if isinstance(model, VAE) and x.shape[0] > 0:  # refuse a pass that will not fit, before it starts
         check_fits(model, x[:1].to(device), None if c is None else c[:1].to(device),
                    min(batch_size, x.shape[0]) * min(k_chunk, k),
@@ -404,8 +403,10 @@ def dataset_elbo(
 ) -> DatasetELBO:
     """The ELBO, reconstruction and KL terms averaged over ``x`` (``k`` samples per example;
     ``c`` the context of a conditional model)."""
-    if device is None:
-        device = next(model.parameters()).device
+    k = check_whole(k, "k (posterior samples per example)")
+    batch_size = check_whole(batch_size, "batch_size")
+    check_data(model, x, c)
+    device = model_device(model, device)
     sums = torch.zeros(3, dtype=torch.float64)
     for xb, cb in _pairs(x, c, batch_size):
         terms = data_elbo(model, Batch(xb.to(device), None if cb is None else cb.to(device)), k, kl)

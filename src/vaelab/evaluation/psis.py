@@ -82,12 +82,15 @@ def pareto_khat(log_weights: Tensor, *, total: int | None = None) -> Tensor:
         total: K, the number of weights each column summarises (default: ``log_weights.shape[0]``).
 
     Returns:
-        k-hat ``[B]`` (float64), clipped below at :data:`KHAT_FLOOR`.
+        k-hat ``[B]`` (float64), clipped below at :data:`KHAT_FLOOR`; NaN for a column with a NaN weight.
 
     Example:
         >>> lw = model.log_weights(x, 5000)  # [K, B]
         >>> (pareto_khat(lw) > KHAT_BAD).float().mean()  # share of untrustworthy examples
     """
+    if log_weights.ndim != 2:
+        raise ValueError(f"Pareto k-hat needs log weights [K, B] (samples first, then examples), "
+                         f"got shape {tuple(log_weights.shape)}")
     k = log_weights.shape[0] if total is None else total
     m = tail_length(k)
     if m < MIN_TAIL or log_weights.shape[0] < m + 1:
@@ -103,4 +106,6 @@ def pareto_khat(log_weights: Tensor, *, total: int | None = None) -> Tensor:
     cutoff = top[0].clamp(min=math.log(torch.finfo(torch.float64).tiny))  # [B]: log u
     tail = (top[1:].exp() - cutoff.exp()[None, :]).clamp(min=0).T.contiguous()  # [B, M] exceedances, ascending
     khat = _gpd_fit(tail).clamp(min=KHAT_FLOOR)
-    return torch.where(flat, torch.full_like(khat, KHAT_FLOOR), khat)
+    khat = torch.where(flat, torch.full_like(khat, KHAT_FLOOR), khat)
+    # a NaN weight leaves nothing to judge: NaN, never the floor (which would read as reliable)
+    return torch.where(torch.isnan(lw).any(0), torch.full_like(khat, math.nan), khat)

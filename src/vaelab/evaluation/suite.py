@@ -48,6 +48,7 @@ from torch import Tensor
 
 from ..distributions.likelihoods import BernoulliDecoder
 from ..errors import VaelabError
+from ..inputs import check_data, model_device
 from ..model import VAE, Classifier
 from ..objectives import ELBO, data_elbo
 from ..context import Batch
@@ -209,7 +210,8 @@ def evaluate(
     n = x.shape[0]
     if n < 1:
         raise ValueError("evaluate needs at least one example")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    check_data(model, x, c)
+    device = model_device(model, device)
     seed = st.seed
     notes: list[str] = []
     estimator, steps, ais_batch = st.estimator, st.steps, batch_size

@@ -60,6 +60,7 @@ from ..data import Binarizer, DataSplits, binarize as draw_binary, split_batch
 from ..data.streaming import BUFFER, EpochStream, RowStore, block_rows, epoch_order
 from ..errors import VaelabError
 from ..evaluation import dataset_elbo
+from ..inputs import check_data, check_whole
 from ..model import VAE
 from ..objectives import Objective
 from .checkpoint import atomic_write_text, keep_previous, load_checkpoint, save_checkpoint, save_weights
@@ -318,6 +319,22 @@ def _validation(model: VAE, val: Batch, objective: Objective, w: World) -> tuple
     return e, r, k
 
 
+def _check_arguments(model: VAE, data: DataSplits, *, epochs: int, batch_size: int, lr: float, patience: int,
+                     nan_retries: int) -> None:
+    """:func:`fit`'s numbers and data, refused in one line before a file is written: whole
+    numbers in range, a finite positive learning rate, and training (and validation) rows of
+    the model's shape with values in its likelihood's support (:func:`vaelab.inputs.check_data`)."""
+    check_whole(epochs, "epochs")
+    check_whole(batch_size, "batch_size")
+    check_whole(patience, "patience", low=0)
+    check_whole(nan_retries, "nan_retries", low=0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise VaelabError(f"lr must be a finite number > 0, got {lr!r}")
+    check_data(model, data.train, what="training data")
+    if data.val.shape[0] > 0:
+        check_data(model, data.val, what="validation data")
+
+
 def fit(
     model: VAE,
     data: DataSplits,
@@ -384,6 +401,8 @@ def fit(
     run_dir = Path(run_dir)
     device = next(model.parameters()).device
     check_precision(precision, device)
+    _check_arguments(model, data, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+                     nan_retries=nan_retries)  # before anything is written
     w = current_world()
     if w.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
