@@ -152,8 +152,9 @@ def _worker(point: dict[str, Any], result: str) -> None:
                      on_epoch=lambda r: marks.append((time.perf_counter(), time.process_time(), r["seconds"])))
     data_info = json.loads((model.run_dir / "config.json").read_text())["data"]
     params = sum(p.numel() for p in model.vae.parameters())
+    rss = _status_mb("VmRSS")  # before the high-water mark: read after, it could pass a mark read first
     Path(f"{result}.{rank}").write_text(json.dumps({
-        "rank": rank, "peak_mb": peak_rss_mb(), "rss_mb": _status_mb("VmRSS"), "params": params,
+        "rank": rank, "peak_mb": peak_rss_mb(), "rss_mb": rss, "params": params,
         "n_train": data_info["n_train"], "n_val": data_info["n_val"], "n_test": data_info["n_test"],
         "wall_total": time.perf_counter() - wall0, "cpu_total": time.process_time() - cpu0,
         "marks": marks}))

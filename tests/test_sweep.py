@@ -17,10 +17,10 @@ from pathlib import Path
 import optuna  # the extra vaelab[optuna]; CI installs it
 import pytest
 
-from vaelab.cli import main
 from vaelab.compare import list_runs, read_run
 from vaelab.runs import load, read_metrics
 from vaelab.sweep import SWEEP, SearchSpace, read_space, sweep
+from conftest import run_cli  # vaelab ARGV in-process: its exit status
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -43,10 +43,6 @@ SLOW = ["--data", "digits", "--epochs", str(SLOW_EPOCHS), "--batch-size", "32", 
 DONE = ("COMPLETE", "PRUNED")
 
 
-def run_cli(argv: list) -> int:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    return 0 if info.value.code is None else int(info.value.code)
 
 
 @pytest.fixture
@@ -302,3 +298,34 @@ def test_a_missing_optuna_is_one_line_naming_the_extra(space: Path, tmp_path: Pa
     refused(["sweep", "--trials", 1, "--space", space, "--out", tmp_path / "runs", "--", *FIXED],
             "pip install 'vaelab[optuna]'")
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_report_never_overwrites_the_study_or_the_space_and_is_checked_first(space: Path, tmp_path: Path,
+                                                                                  refused) -> None:
+    out = tmp_path / "runs"
+    assert run_cli(["sweep", "--trials", 1, "--space", space, "--out", out, "--report", "", "--", *FIXED]) == 0
+    db, text = (out / "sweep.db").read_bytes(), space.read_text()
+    refused(["sweep", "--trials", 2, "--space", space, "--out", out, "--report", out / "sweep.db", "--", *FIXED],
+            "sweep.db", "would destroy the input")
+    refused(["sweep", "--trials", 2, "--space", space, "--out", out, "--report", space, "--", *FIXED],
+            str(space), "would destroy the input")
+    (tmp_path / "afile").write_text("x")
+    refused(["sweep", "--trials", 2, "--space", space, "--out", out, "--report", tmp_path / "afile" / "r.html", "--",
+             *FIXED], "afile")
+    assert (out / "sweep.db").read_bytes() == db and space.read_text() == text  # before: HTML over both
+    assert len(study_trials(out / "sweep.db", "sweep")) == 1  # and no trial ran before the refusals
+
+
+@pytest.mark.parametrize("extra, space_text, culprits", [
+    (["--storage", "sqlite:///:memory:"], None, ["in-memory", "sqlite:///sweep.db"]),
+    (["--storage", "sqlite://"], None, ["in-memory"]),
+    (["--study", "s" * 101], None, ["--study", "101 bytes", "at most 100"]),
+    ([], "[latent_dim]\nlow = 2\nhigh = 8\nstep = 0.5\n", ["latent_dim", "step must be a whole number", "0.5"]),
+])
+def test_settings_that_failed_mid_sweep_are_refused_up_front(space: Path, tmp_path: Path, refused, extra: list,
+                                                             space_text: str | None, culprits: list[str]) -> None:
+    if space_text is not None:
+        space.write_text(space_text)
+    out = tmp_path / "runs"
+    refused(["sweep", "--trials", 1, "--space", space, "--out", out, *extra, "--", *FIXED], *culprits)
+    assert not out.exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import warnings
 from dataclasses import fields
@@ -32,6 +33,7 @@ import numpy as np
 from . import registry
 from .config import TrainConfig, choices, load_config_file
 from .errors import VaelabError
+from .inputs import MAX_SEED
 from .evaluation import EvalSettings
 from .evaluation.summary import EvaluationSummary
 
@@ -175,7 +177,8 @@ def _settings_options(f: Any) -> Any:
         if fld.metadata["choices"] is not None:
             kind: Any = click.Choice(list(fld.metadata["choices"]))
         elif fld.type == "int":
-            kind = click.IntRange(min=None if low is None else int(low), max=None if high is None else int(high))
+            kind = click.INT if low is None and high is None else click.IntRange(
+                min=None if low is None else int(low), max=None if high is None else int(high))
         else:
             kind = click.FloatRange(min=low, min_open=open_, max=high, max_open=high_open)
         default = getattr(defaults, fld.name)
@@ -208,11 +211,12 @@ def eval_cmd(run: str, no_gap: bool, per_example: bool, data: str | None, as_jso
     A conditional model is scored given each example's context: -log p(x|c).
     The result is also written to RUN/eval.json (when evaluating the run's own test set).
     """
-    from .run_folder import EVAL
+    from .run_folder import EVAL, check_run
     from .runs import load, write_eval
 
     if data is None:
-        _check_outputs([Path(run) / EVAL], run)
+        check_run(run)  # 'vaelab eval x.npy': not a run folder, before its eval.json is looked at
+        _check_outputs([Path(run) / EVAL], run, writes=(EVAL,))
     model = load(run)
     settings = _settings(options, model)
     if no_gap:
@@ -251,7 +255,7 @@ def report(run: str, output: str | None, reevaluate: bool, **options: Any) -> No
     outputs = [Path(output) if output is not None else Path(run) / "report.html"]
     if reevaluate or not (Path(run) / EVAL).is_file():
         outputs.append(Path(run) / EVAL)  # the evaluation is saved there too
-    _check_outputs(outputs, run)
+    _check_outputs(outputs, run, writes=(EVAL,) if len(outputs) > 1 else ())
     model = load(run)
     path = write_report(model, output, reevaluate=reevaluate, settings=_settings(options, model))
     click.echo(f"wrote {path}")
@@ -309,29 +313,64 @@ def _context_values(model: Any, text: str, n: int) -> np.ndarray:
 
 
 def _outputs(path: str, suffixes: tuple[str, ...]) -> list[Path]:
-    """``-o FILE`` names the output; siblings with the other suffixes are written beside it."""
+    """``-o FILE`` names the output; siblings with the other suffixes are written beside it.
+
+    Refused in one line: a folder and a suffix other than ``suffixes``; :func:`_check_siblings`
+    refuses a sibling that exists but was not written with the named file (``-o x.png``
+    beside a data file ``x.npy`` would replace the data). ``-o FILE`` without a suffix names
+    every sibling; a pair written together by an earlier run (within a minute of each other)
+    is replaced as a pair."""
     if str(path) == "":
         raise VaelabError("the -o output path is empty; give a file name, e.g. -o out.png")
+    kinds = " and ".join(f"FILE{s}" for s in suffixes)
     p = Path(path)
+    if p.is_dir() or str(path).endswith(("/", os.sep)):
+        raise VaelabError(f"-o '{path}' is a folder; give a file name in it, e.g. -o {p / ('out' + suffixes[0])} "
+                          f"(the command writes {kinds})")
+    if p.suffix and p.suffix not in suffixes:
+        raise VaelabError(f"-o '{path}': the command writes {kinds}; give a name ending in "
+                          f"{' or '.join(suffixes)}, or none")
     stem = p.with_suffix("") if p.suffix in suffixes else p
     return [stem.with_suffix(s) for s in suffixes]
 
 
-def _check_outputs(paths: list[Path], run: str, data: str | None = None) -> list[Path]:
-    """Check every output before the first write (see :mod:`vaelab.outputs`): none may be a
-    folder, sit under a file or read-only folder, or be an input: the data file (or a file in
-    the data folder) or one of the run's own records (config, spec, weights, metrics, manifest)."""
-    from .manifest import MANIFEST
-    from .outputs import check_writable
-    from .run_folder import CONFIG, SPEC
-    from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT
+def _check_siblings(output: str, paths: list[Path]) -> list[Path]:
+    """``paths`` (from :func:`_outputs`), unless one that ``-o`` did not name exists and was not
+    written with the named file (see :func:`_outputs`); after :func:`_check_outputs`, so that
+    an input is named as such."""
+    p = Path(output)
+    if p.suffix:  # the others are siblings the user did not name
+        for sibling in (o for o in paths if o != p and o.exists()):
+            if not (p.exists() and abs(p.stat().st_mtime - sibling.stat().st_mtime) < 60):
+                raise VaelabError(f"-o '{output}' also writes '{sibling}', which exists and was not written with "
+                                  f"'{p.name}': it would be replaced; move it, or choose another -o")
+    return paths
 
-    inputs = [Path(run) / name for name in (CONFIG, SPEC, BEST_WEIGHTS, CHECKPOINT, PREVIOUS_CHECKPOINT, METRICS,
-                                            MANIFEST)]
+
+def _check_outputs(paths: list[Path], run: str, data: str | None = None, writes: tuple[str, ...] = ()) -> list[Path]:
+    """Check every output before the first write (see :mod:`vaelab.outputs`): none may be a
+    folder, sit under a file or read-only folder, be an input (the data file, a file in the
+    data folder, or one of the run's own records: config, spec, weights, metrics, manifest,
+    evaluation, recovery events, sweep record, lock) or be named twice. ``writes``: the run
+    records this command itself rewrites (``vaelab eval``: eval.json), among ``paths``."""
+    from .manifest import MANIFEST
+    from .outputs import LOCK, check_writable
+    from .run_folder import CONFIG, EVAL, SPEC
+    from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT
+    from .training.recovery import EVENTS
+
+    records = (CONFIG, SPEC, BEST_WEIGHTS, CHECKPOINT, PREVIOUS_CHECKPOINT, METRICS, MANIFEST, EVAL, EVENTS, LOCK,
+               "sweep.json")  # (vaelab.sweep.SWEEP: a sweep's trial record)
+    inputs = [Path(run) / name for name in records if name not in writes]
     if data is not None:
         inputs.append(Path(data))
+    seen: dict[str, Path] = {}
     for path in paths:
         check_writable(path, "output", inputs=inputs)
+        twice = seen.setdefault(os.path.realpath(path), path)
+        if twice is not path:
+            raise VaelabError(f"the output '{path}' is also '{twice}', which this command writes too: "
+                              "choose another output path")
     return paths
 
 
@@ -348,7 +387,11 @@ def _table_output(model: Any, npy: Path, run: str, data: str | None = None) -> P
     level names (checked before the first write); None for other models."""
     if not getattr(model.vae.decoder, "tabular", False):
         return None
-    return _check_outputs([npy.with_suffix(".csv")], run, data)[0]
+    csv = npy.with_suffix(".csv")
+    if csv.exists() and not (npy.exists() and abs(npy.stat().st_mtime - csv.stat().st_mtime) < 60):
+        raise VaelabError(f"the output '{npy}' comes with '{csv}' for a table model, and '{csv}' exists but was not "
+                          "written with it (a data file?): move it, or choose another -o")
+    return _check_outputs([csv], run, data)[0]
 
 
 def _save_table(path: Path | None, model: Any, x: Any) -> None:
@@ -387,7 +430,7 @@ def _check_samples_fit(model: Any, n: int) -> None:
 @click.option("-o", "--output", default="samples.png", show_default=True,
               help="output file: FILE.png (a grid) and FILE.npy (the decoder means, [n, *x_shape]) are written; "
                    "for a table (--likelihood mixed) also FILE.csv (decoded rows, level names)")
-@click.option("--seed", type=int, default=0, show_default=True, help="random seed of z ~ p(z)")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="random seed of z ~ p(z)")
 @click.option("--draw", is_flag=True, help="draw x ~ p(x|z) instead of taking the decoder's mean")
 @click.option("--label", default=None,
               help="conditional or semi-supervised models: the class to generate (its id or name)")
@@ -399,7 +442,7 @@ def sample(run: str, n: int, output: str, seed: int, draw: bool, label: str | No
     from .plots import image_grid
     from .runs import load
 
-    png, npy = _check_outputs(_outputs(output, (".png", ".npy")), run)
+    png, npy = _check_siblings(output, _check_outputs(_outputs(output, (".png", ".npy")), run))
     model = load(run)
     table = _table_output(model, npy, run)
     c = None if context is None else _context_values(model, context, n)
@@ -427,7 +470,13 @@ def encode(run: str, data: str, output: str) -> None:
 
     if output == "":
         raise VaelabError("the -o output path is empty; give a file name, e.g. -o latents.npz")
-    out = Path(output) if Path(output).suffix == ".csv" else Path(output).with_suffix(".npz")
+    out = Path(output)
+    if out.is_dir() or output.endswith(("/", os.sep)):
+        raise VaelabError(f"-o '{output}' is a folder; give a file name in it, e.g. -o {out / 'latents.npz'}")
+    if out.suffix not in ("", ".npz", ".csv"):
+        raise VaelabError(f"-o '{output}': encode writes a .npz (arrays mean, std, labels) or a .csv; "
+                          "give a name ending in .npz or .csv")
+    out = out if out.suffix else out.with_suffix(".npz")
     _check_outputs([out], run, data)
     model = load(run)
     x, y, c = _read_inputs(model, data)
@@ -461,7 +510,7 @@ def reconstruct(run: str, data: str, output: str, n: int) -> None:
     from .plots import reconstruction_grid
     from .runs import load
 
-    png, npy = _check_outputs(_outputs(output, (".png", ".npy")), run, data)
+    png, npy = _check_siblings(output, _check_outputs(_outputs(output, (".png", ".npy")), run, data))
     model = load(run)
     table = _table_output(model, npy, run, data)
     x, _, c = _read_inputs(model, data)
@@ -490,7 +539,7 @@ def interpolate(run: str, data: str | None, i: int, j: int, steps: int, method: 
     from .runs import load
 
     model = load(run)
-    png, npy = _check_outputs(_outputs(output, (".png", ".npy")), run, data or model.config.data)
+    png, npy = _check_siblings(output, _check_outputs(_outputs(output, (".png", ".npy")), run, data or model.config.data))
     x, _, c = _read_inputs(model, data or model.config.data)
     for name, idx in (("--from", i), ("--to", j)):
         if idx >= len(x):
@@ -546,7 +595,7 @@ def verify_cmd(run: str, device: str | None) -> None:
 @click.option("--k", type=click.IntRange(1), default=None,
               help="importance samples per example when per-example log p(x) must be estimated anew for the paired "
                    "differences [default: the evaluation default, 1000]")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of that estimate")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="seed of that estimate")
 @click.option("--no-paired", is_flag=True, help="the table only: no paired differences (nothing estimated)")
 def compare_cmd(runs: tuple[str, ...], output: str | None, as_json: bool, k: int | None, seed: int,
                 no_paired: bool) -> None:

@@ -44,6 +44,7 @@ from matplotlib.figure import Figure
 from .errors import VaelabError
 from .evaluation.settings import DEFAULTS
 from .evaluation.summary import EvaluationSummary
+from .run_folder import read_metrics
 
 __all__ = ["RunInfo", "PairedDifference", "Comparison", "read_run", "list_runs", "compare", "format_runs",
            "format_comparison", "compare_page", "write_compare_page", "curves_figure", "RUN_FILES"]
@@ -168,13 +169,7 @@ def read_run(path: str | Path) -> RunInfo:
         config, data_info = doc["config"], doc["data"]
         if (p / "model.json").is_file():
             model = _model_words(ModelSpec.from_dict(_json_file(p / "model.json"), source="model.json"))
-        if (p / "metrics.jsonl").is_file():
-            for i, line in enumerate((p / "metrics.jsonl").read_text(encoding="utf-8").splitlines()):
-                if line.strip():
-                    try:
-                        metrics.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        raise VaelabError(f"metrics.jsonl line {i + 1} is not JSON") from None
+        metrics = read_metrics(p)  # checked record by record (a damaged line is named)
         if (p / "eval.json").is_file():
             evaluation = EvaluationSummary.from_dict(_json_file(p / "eval.json"), source="eval.json")
         if not (p / "model.safetensors").is_file():
@@ -197,6 +192,8 @@ def list_runs(folder: str | Path = "runs") -> list[RunInfo]:
     f = Path(folder)
     if not f.is_dir():
         raise VaelabError(f"folder '{f}' not found; give the folder that holds run folders (--out of 'vaelab train')")
+    if (f / "config.json").is_file() and not any((d / "config.json").is_file() for d in f.iterdir() if d.is_dir()):
+        raise VaelabError(f"'{f}' is a run folder itself; list the folder that holds it: vaelab runs {f.parent}")
     subs = sorted((d for d in f.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
     return [read_run(d) for d in subs if any((d / name).exists() for name in RUN_FILES)]
 

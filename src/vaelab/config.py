@@ -19,6 +19,7 @@ from . import registry
 from .context import Variable
 from .data.images import parse_resize
 from .errors import VaelabError
+from .inputs import MAX_SEED
 from .evaluation.settings import DEFAULTS
 from .spec import LADDER_OPTIONS, ModelSpec
 
@@ -148,8 +149,11 @@ class TrainConfig:
             raise VaelabError(f"checkpoint_every must be a finite number of seconds >= 0 (0: every epoch), got {self.checkpoint_every}")
         if self.nan_retries < 0:
             raise VaelabError(f"nan_retries must be >= 0 (0: stop at the first NaN), got {self.nan_retries}")
-        if self.eval_k < 0 or self.patience < 0:
-            raise VaelabError("eval_k and patience must be >= 0")
+        for key in ("eval_k", "patience"):
+            if getattr(self, key) < 0:
+                raise VaelabError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise VaelabError(f"seed must be a whole number from 0 to 2^63 - 1, got {self.seed}")
         for key in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, key) < 1:
                 raise VaelabError(f"{key} must be in [0, 1), got {getattr(self, key)}")

@@ -28,7 +28,9 @@ from .errors import VaelabError
 if TYPE_CHECKING:
     from .model import VAE
 
-__all__ = ["check_data", "check_whole", "check_shape", "resolve_device", "model_device"]
+__all__ = ["check_data", "check_whole", "check_shape", "resolve_device", "model_device", "MAX_SEED"]
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit number
 
 _BLOCK = 10_000  # rows per value check of data in memory (a bounded temporary for the checks)
 _STORE_BLOCK = 100  # rows per value check of rows on disk (RowStore), as an evaluation batch reads them

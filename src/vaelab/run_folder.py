@@ -51,6 +51,8 @@ def check_run_files(run_dir: Path) -> dict[str, Any]:
 def check_run(run: str | Path) -> Path:
     """``run`` as a run folder's path: refused in one line unless it is a folder with a ``config.json``."""
     run_dir = Path(run)
+    if run_dir.is_file():
+        raise VaelabError(f"'{run_dir}' is a file, not a run folder; pass the folder that 'vaelab train' printed")
     if not run_dir.is_dir():
         raise VaelabError(f"run folder '{run_dir}' not found")
     if not (run_dir / CONFIG).is_file():
@@ -157,6 +159,10 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             record = None
         if isinstance(record, dict):
+            epoch = record.get("epoch")
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+                raise VaelabError(f"'{path}:{i + 1}': epoch must be a whole number >= 1, got {epoch!r}; the file is "
+                                  "damaged: restore it from a backup, or 'vaelab train --resume' rewrites it")
             records.append(record)
         elif i == last:  # cut off by a crash (other writers than vaelab's atomic one): the rest is good
             import warnings

@@ -49,7 +49,7 @@ from .spec import ModelSpec
 from .tracking import Tracking
 from .manifest import write_manifest
 from .outputs import check_folder, check_run_name, clean_stale_temps, create_run_folder, lock_folder, releases_locks
-from .training.checkpoint import atomic_write_text, load_weights
+from .training.checkpoint import atomic_write_text, load_checkpoint, load_weights
 from .training.loop import check_precision
 from .training import distributed
 from .training.loop import BEST_WEIGHTS, CHECKPOINT, FitResult, fit
@@ -450,9 +450,11 @@ def train(
     if world.is_main:
         world.barrier()
     variables = context_variables(data, config.condition_on, config.embedding)
-    spec = read_spec(run_dir, config, list(data.shape)) if resume is not None else config.model_spec(data.shape, variables)
-    if data.columns and resume is None:  # a table: the model spec keeps every column's type, levels and statistics
+    spec = config.model_spec(data.shape, variables)
+    if data.columns:  # a table: the model spec keeps every column's type, levels and statistics
         spec = table_spec(spec, data.columns)
+    if resume is not None:  # the run's own model, checked against its data and settings before any write
+        spec = _resumed_spec(run_dir, config, data, spec)
     known = None
     if config.semi_supervised:
         assert data.train_labels is not None
@@ -463,6 +465,8 @@ def train(
     _check_model_size(config, spec, device)  # a huge latent_dim or width: refused with its estimate, nothing allocated
     torch.manual_seed(config.seed)
     vae = build_model(spec).to(device)
+    if resume is not None:  # a checkpoint of another model fails here, before anything is written
+        load_checkpoint(run_dir / CHECKPOINT, vae)
     for xb in data.train.blocks() if isinstance(data.train, RowStore) else [data.train]:  # --backed: block by block
         vae.decoder.check(xb, f"training data '{config.data}'")
     if getattr(vae.decoder, "counts", False):  # count likelihoods: the library-size law sampling draws l from
@@ -544,6 +548,29 @@ def train(
         raise
     _finish_tracking(tracking, model, result, evaluation, data)
     return model, result
+
+
+def _resumed_spec(run_dir: Path, config: TrainConfig, data: DataSplits, expected: ModelSpec) -> ModelSpec:
+    """The model spec of a run being resumed (``model.json``), refused in one line when its data
+    no longer match what the run recorded (shape, split sizes) or when ``model.json`` and
+    ``config.json`` describe different models (one of them edited by hand)."""
+    recorded = read_run_config(run_dir / CONFIG)["data"]
+    if list(data.shape) != recorded["shape"]:
+        raise VaelabError(f"run '{run_dir}' was trained on examples of shape {tuple(recorded['shape'])}, but its data "
+                          f"'{config.data}' now has {tuple(data.shape)}: restore that data, or train a new run")
+    now = {"n_train": int(data.train.shape[0]), "n_val": int(data.val.shape[0]), "n_test": int(data.test.shape[0])}
+    changed = [f"{k} {recorded[k]} -> {v}" for k, v in now.items() if k in recorded and recorded[k] != v]
+    if changed:
+        raise VaelabError(f"run '{run_dir}': its data '{config.data}' changed since it was trained ({', '.join(changed)}); "
+                          "restore that data, or train a new run")
+    spec = read_spec(run_dir, config, list(data.shape))
+    if (run_dir / SPEC).exists():
+        ours, theirs = spec.to_dict(), expected.to_dict()
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if differ:
+            raise VaelabError(f"run '{run_dir}': {SPEC} and {CONFIG} describe different models ({', '.join(differ)} "
+                              "differ; one was edited by hand): restore it from a backup, or train a new run")
+    return spec
 
 
 def _check_model_size(config: TrainConfig, spec: ModelSpec, device: torch.device, factor: float | None = None) -> None:

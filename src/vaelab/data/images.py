@@ -132,6 +132,13 @@ def read_image_folder(folder: str | Path, resize: tuple[int, int] | None = None)
                 f"(height x width); pass --resize HxW to resize them all, e.g. --resize {h0}x{w0}"
             )
     mode = "L" if grey[0] else "RGB"
+    from ..evaluation.memory import check_bytes
+
+    (w0, h0), channels = headers[0][1], 1 if grey[0] else 3
+    h, w = resize if resize is not None else (h0, w0)
+    # the decoded bytes and the float32 copy made of them: refused before the first pixel is decoded
+    check_bytes(5.0 * len(files) * channels * h * w, f"the image folder '{folder}' ({len(files):,} images of "
+                f"{h}x{w} pixels)", "choose a smaller --resize" if resize is not None else "resize the images smaller")
     pixels = [_decode(path, mode, resize) for path in files]
     x = np.stack(pixels)  # [N, H, W] or [N, H, W, 3]
     x = x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)  # [N, C, H, W]

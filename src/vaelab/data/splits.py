@@ -418,7 +418,8 @@ def make_splits(
         raise VaelabError(f"seed={seed!r} must be a non-negative integer")
     val_fraction = _check_fraction("val_fraction", val_fraction)
     test_fraction = _check_fraction("test_fraction", test_fraction)
-    validate_data(x, f"data '{name}'", missing=bool(columns))
+    least = 1 if x_test is None and val_fraction == test_fraction == 0 else 2  # one example to score; two to split
+    validate_data(x, f"data '{name}'", min_examples=least, missing=bool(columns))
     if labels is not None:
         labels = validate_labels(labels, len(x), f"labels of '{name}'")
     if (covariates is None) != (not covariate_names) or (x_test is not None and (test_covariates is None) != (covariates is None)):
@@ -452,7 +453,7 @@ def make_splits(
                 f"data '{name}' has labels for only one of train and test; give both or neither"
             )
     keep, held = holdout(len(x), val_fraction, np.random.default_rng([seed, 2]), by)
-    if len(keep) < 2:
+    if len(keep) < least:
         raise VaelabError(
             f"data '{name}' leaves {len(keep)} training example(s) after holding out "
             f"val_fraction={val_fraction} and test_fraction={test_fraction}; use more data or "

@@ -396,8 +396,9 @@ def backed_splits(
     if 0 in shape[1:]:
         raise VaelabError(f"{matrix.what} has shape {shape} with an empty dimension; each example needs values")
     n = shape[0]
-    if n < 2:
-        raise VaelabError(f"{matrix.what} has {n} example(s) (shape {shape}); need at least 2")
+    least = 1 if val_fraction == test_fraction == 0 else 2  # one example to score; two to split
+    if n < least:
+        raise VaelabError(f"{matrix.what} has {n} example(s) (shape {shape}); need at least {least}")
     if labels is not None:
         labels = validate_labels(labels, n, f"labels of '{name}'")
     if (covariates is None) != (not covariate_names):

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import VaelabError
+from ..inputs import MAX_SEED
 
 __all__ = ["EvalSettings", "DEFAULTS", "K_CHUNK", "ESTIMATORS", "AUTO_COST", "AUTO_MIN_STEPS"]
 
@@ -80,7 +81,7 @@ class EvalSettings:
     gap_samples: int = _s(16, "samples per optimisation step", low=1)
     gap_lr: float = _s(0.05, "initial learning rate of the optimisation (cosine-decayed to 0)", low=0.0, low_open=True)
     gap_eval_samples: int = _s(1000, "samples for each ELBO of the gap split", low=1)
-    seed: int = _s(0, "random seed of every draw")
+    seed: int = _s(0, "random seed of every draw", low=0, high=MAX_SEED)
 
     def __post_init__(self) -> None:
         for f in fields(self):

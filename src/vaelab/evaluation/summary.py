@@ -382,7 +382,10 @@ def _read(tp: Any, value: Any, source: str, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise bad("a number within the range of a float") from None
     if tp is str:
         if not isinstance(value, str):
             raise bad("a string")

@@ -43,7 +43,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -61,6 +61,17 @@ MAX_STEPS = 50
 STATIC = Path(str(resources.files("vaelab.serve") / "static"))
 # The page loads nothing from elsewhere; the browser enforces it.
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+
+
+class _Static(StaticFiles):
+    """The page's files, each with the page's Content-Security-Policy (a copy of index.html
+    under /static must not be framed by another site either)."""
+
+    async def get_response(self, path: str, scope: Any) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 class ApiError(Exception):
@@ -109,11 +120,14 @@ async def _body(request: Request, limit: int, what: str) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:  # the user cancelled (no one reads the answer; no traceback on the terminal)
+        raise ApiError(400, f"the connection closed before {what} arrived") from None
     return b"".join(chunks)
 
 
@@ -285,7 +299,7 @@ def create_app(
         Route("/api/interpolate", api_interpolate, methods=["POST"]),
         Route("/api/upload", api_upload, methods=["POST"]),
         Route("/api/{rest:path}", api_missing, methods=["GET", "POST"]),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Mount("/static", _Static(directory=STATIC), name="static"),
     ]
     handlers = {ApiError: on_api_error, VaelabError: on_vaelab_error, HTTPException: on_http_error, Exception: on_bug}
     middleware = [Middleware(Guard, allowed_hosts=allowed_hosts, json_paths=("/api/decode", "/api/interpolate"))]

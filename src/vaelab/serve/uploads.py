@@ -84,6 +84,27 @@ def _from_npy(data: bytes, name: str, shape: tuple[int, ...]) -> Prepared:
     return Prepared(x, notes)
 
 
+def _wide_grey(img: Image.Image, name: str) -> tuple[Image.Image, float]:
+    """A grey image of more than 8 bits as a float image (mode ``F``) and the value of white:
+    65535 for 16-bit data (a 32-bit integer image whose values fit 16 bits too), 255 for one
+    whose values fit 8 bits, 1 for float data in [0, 1]."""
+    a = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise UploadError(f"'{name}' holds NaN or infinite pixel values; upload an image of finite grey levels")
+    lo, hi = float(a.min()), float(a.max())
+    if img.mode == "F":
+        if lo < 0 or hi > 1:
+            raise UploadError(f"'{name}' is a float image with values in [{lo:g}, {hi:g}]; the explorer reads float "
+                              "images as grey levels in [0, 1] (white = 1): rescale it, or save it as an 8-bit PNG")
+        scale = 1.0
+    elif lo < 0 or hi > 65535:
+        raise UploadError(f"'{name}' holds grey levels in [{lo:g}, {hi:g}], outside 8 or 16 bits; "
+                          "save it as an 8- or 16-bit PNG")
+    else:
+        scale = 65535.0 if img.mode.startswith("I;16") or hi > 255 else 255.0
+    return Image.fromarray(a.astype(np.float32), mode="F"), scale
+
+
 def _from_image(data: bytes, name: str, shape: tuple[int, ...], background: float | None) -> Prepared:
     c, h, w = shape
     too_big = f"upload an image of at most {MAX_PIXELS:,} pixels (e.g. 4096 x 4096)"
@@ -118,12 +139,20 @@ def _from_image(data: bytes, name: str, shape: tuple[int, ...], background: floa
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    img = img.convert("L" if c == 1 else "RGB")
     notes = []
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):  # 16-bit, 32-bit or float grey levels
+        # (Pillow's convert("L") clips these to 0..255: a 16-bit mid-grey would come out white)
+        img, scale = _wide_grey(img, name)
+        if c == 3:
+            notes.append("grey image: its one channel copied into red, green and blue")
+    else:
+        img, scale = img.convert("L" if c == 1 else "RGB"), 255.0
     if (width, height) != (w, h):
         img = img.resize((w, h), Image.Resampling.LANCZOS)
         notes.append(f"resized from {width} x {height} to {w} x {h} pixels")
-    a = np.asarray(img, dtype=np.float32) / 255.0  # [H, W] or [H, W, 3]
+    a = np.clip(np.asarray(img, dtype=np.float32) / scale, 0.0, 1.0)  # [H, W] or [H, W, 3]
+    if c == 3 and a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
     x = a[None] if c == 1 else a.transpose(2, 0, 1)  # [C, H, W]
     border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]], -1).mean()
     if c == 1 and background is not None and background < 0.5 and border > 0.5:  # grey digits; never a colour photo

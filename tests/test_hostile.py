@@ -1,0 +1,233 @@
+"""Careless and hostile uses of the command line found by trying them (2026-11-30): outputs that
+would replace a file nobody named, an evaluation written over by a report, seeds out of range,
+damaged records that crashed readers, resumes that wrote before they failed, a resize that
+exhausted memory, one example to score, and the explorer's edges (a cancelled upload, 16-bit
+images, the static copy of the page, opposite ends of a spherical path)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vaelab
+from vaelab.runs import interpolate_latents
+from conftest import run_cli  # vaelab ARGV in-process: its exit status
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUIET = dict(hidden=[8], latent_dim=2, epochs=1, batch_size=50, eval_k=0, device="cpu", figures=False, progress=False,
+             log=lambda *a, **k: None)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "x.npy"
+    np.save(path, (np.random.default_rng(0).random((200, 16)) > 0.5).astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(data_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, _ = vaelab.train(data=str(data_file), out=str(tmp_path_factory.mktemp("runs")), name="r", **QUIET)
+    run_cli(["eval", model.run_dir, "--k", 10, "--mi-samples", 10, "--gap-examples", 0])
+    return model.run_dir
+
+
+# --- outputs ------------------------------------------------------------------------------------
+def test_an_output_never_replaces_a_sibling_nobody_named(run: Path, tmp_path: Path, refused) -> None:
+    data = tmp_path / "t.npy"
+    np.save(data, np.zeros((3, 16), np.float32))
+    before = data.read_bytes()
+    refused(["sample", run, "-o", tmp_path / "t.png"], "t.npy", "exists and was not written with", "t.png")
+    assert data.read_bytes() == before and not (tmp_path / "t.png").exists()
+    for _ in range(2):  # a pair written together is replaced as a pair: the same command runs twice
+        assert run_cli(["sample", run, "-o", tmp_path / "s.png", "-n", 4]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (4, 16)
+
+
+@pytest.mark.parametrize("argv, culprits", [
+    (["sample", "{run}", "-o", "{tmp}/"], ["is a folder", "out.png"]),
+    (["sample", "{run}", "-o", "{tmp}/s.txt"], ["s.txt", "FILE.png and FILE.npy", ".png or .npy"]),
+    (["encode", "{run}", "{data}", "-o", "{tmp}/in.npy"], ["in.npy", ".npz or .csv"]),
+    (["report", "{run}", "-o", "{run}/eval.json"], ["eval.json", "would destroy the input"]),
+    (["report", "{run}", "-o", "{run}/.lock", "--reevaluate"], [".lock", "would destroy the input"]),
+    (["report", "{run}", "--reevaluate", "--seed", "-5"], ["--seed", "-5"]),
+    (["eval", "{run}", "--seed", str(2**70)], ["--seed", str(2**70)]),
+    (["sample", "{run}", "--seed", str(2**64), "-o", "{tmp}/q.png"], ["--seed"]),
+])
+def test_outputs_and_seeds_are_refused_before_the_first_write(run: Path, data_file: Path, tmp_path: Path, refused,
+                                                               argv: list, culprits: list) -> None:
+    (run / ".lock").touch(exist_ok=True)
+    before = digest(run)
+    fill = {"{run}": str(run), "{tmp}": str(tmp_path), "{data}": str(data_file)}
+    args = [next((a.replace(k, v) for k, v in fill.items() if k in a), a) for a in argv]
+    refused(args, *culprits)
+    assert digest(run) == before  # eval.json kept: report -o RUN/eval.json wrote HTML over it before
+
+
+def test_a_seed_beyond_64_bits_is_refused_by_train(data_file: Path, tmp_path: Path, refused) -> None:
+    refused(["train", "--data", data_file, "--out", tmp_path, "--name", "s", "--seed", 2**64], "seed", "2^63 - 1")
+    assert not (tmp_path / "s").exists()
+
+
+# --- damaged records ------------------------------------------------------------------------------
+def test_a_huge_number_in_eval_json_is_a_damaged_run_not_a_crash(run: Path, tmp_path: Path, refused,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    copy = tmp_path / "runs" / "huge"
+    shutil.copytree(run, copy)
+    doc = json.loads((copy / "eval.json").read_text())
+    doc["log_px"] = 10**400
+    (copy / "eval.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert run_cli(["runs", tmp_path / "runs"]) == 0
+    reason = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("huge: damaged:"))
+    assert "log_px must be a number within the range of a float" in reason  # before: every run unlisted, a traceback
+    refused(["report", copy, "-o", tmp_path / "r.html"], "log_px", "a number within the range of a float")
+
+
+def test_a_metrics_record_without_a_whole_epoch_is_named(run: Path, tmp_path: Path, refused) -> None:
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(run, copy)
+    text = (copy / "metrics.jsonl").read_text().replace('"epoch": 1', '"epoch": "one"')
+    (copy / "metrics.jsonl").write_text(text)
+    refused(["report", copy, "-o", tmp_path / "r.html"], "metrics.jsonl:1", "epoch must be a whole number", "'one'")
+
+
+# --- resuming ---------------------------------------------------------------------------------------
+@pytest.fixture()
+def resumable(data_file: Path, tmp_path: Path) -> tuple[Path, Path]:
+    local = tmp_path / "x.npy"
+    local.write_bytes(data_file.read_bytes())
+    model, _ = vaelab.train(data=str(local), out=str(tmp_path / "runs"), name="a", **QUIET)
+    return model.run_dir, local
+
+
+def test_a_resume_that_cannot_work_writes_nothing(resumable: tuple[Path, Path], tmp_path: Path, refused) -> None:
+    run_dir, data = resumable
+    other, _ = vaelab.train(data=str(data), out=str(tmp_path / "runs"), name="b", **{**QUIET, "latent_dim": 3})
+    (run_dir / "checkpoint.safetensors").write_bytes((other.run_dir / "checkpoint.safetensors").read_bytes())
+    before = digest(run_dir)
+    refused(["train", "--resume", run_dir, "--epochs", 2], "checkpoint", "does not fit this model")
+    assert digest(run_dir) == before  # config.json and manifest.json were rewritten before the refusal
+
+
+@pytest.mark.parametrize("edit, culprits", [
+    ("model", ["model.json and config.json describe different models", "likelihood"]),
+    ("config", ["model.json and config.json describe different models", "latent_dim"]),
+    ("shape", ["was trained on examples of shape (16,)", "now has (9,)"]),
+    ("rows", ["changed since it was trained", "n_train"]),
+])
+def test_a_resume_refuses_edited_settings_and_changed_data(resumable: tuple[Path, Path], refused, edit: str,
+                                                           culprits: list) -> None:
+    run_dir, data = resumable
+    if edit == "model":
+        doc = json.loads((run_dir / "model.json").read_text())
+        doc["likelihood"]["name"] = "gaussian"
+        (run_dir / "model.json").write_text(json.dumps(doc))
+    elif edit == "config":
+        doc = json.loads((run_dir / "config.json").read_text())
+        doc["config"]["latent_dim"] = 5
+        (run_dir / "config.json").write_text(json.dumps(doc))
+    elif edit == "shape":
+        np.save(data, (np.random.default_rng(1).random((200, 9)) > 0.5).astype(np.float32))
+    else:
+        np.save(data, (np.random.default_rng(1).random((300, 16)) > 0.5).astype(np.float32))
+    before = digest(run_dir)
+    refused(["train", "--resume", run_dir, "--epochs", 2], *culprits)
+    assert digest(run_dir) == before
+
+
+# --- data -------------------------------------------------------------------------------------------
+def test_one_example_is_enough_to_score(run: Path, tmp_path: Path) -> None:
+    one = tmp_path / "one.npy"
+    np.save(one, np.ones((1, 16), np.float32))
+    assert run_cli(["encode", run, one, "-o", tmp_path / "z.npz"]) == 0
+    assert np.load(tmp_path / "z.npz")["mean"].shape == (1, 2)
+    assert run_cli(["reconstruct", run, one, "-o", tmp_path / "r.png"]) == 0
+
+
+def test_a_resize_beyond_memory_is_refused_before_decoding(tmp_path: Path, refused,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAELAB_MEMORY_LIMIT", "1G")
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    refused(["train", "--data", folder, "--resize", "100000x100000", "--out", tmp_path / "runs", "--name", "z"],
+            "100000x100000", "choose a smaller --resize", "VAELAB_MEMORY_LIMIT")
+    assert not (tmp_path / "runs").exists()
+
+
+# --- the explorer -------------------------------------------------------------------------------------
+def test_a_cancelled_upload_is_a_400_not_a_traceback() -> None:
+    from starlette.requests import Request
+
+    from vaelab.serve.app import ApiError, _body
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    request = Request({"type": "http", "method": "POST", "headers": [], "path": "/api/upload"}, receive)
+    with pytest.raises(ApiError) as err:
+        asyncio.run(_body(request, 1000, "the upload"))
+    assert err.value.status == 400 and "the connection closed before the upload arrived" in err.value.message
+
+
+def test_wide_grey_uploads_keep_their_grey_level() -> None:
+    from vaelab.serve.uploads import UploadError, prepare_upload
+
+    def encoded(a: np.ndarray, fmt: str) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format=fmt)
+        return buf.getvalue()
+
+    mid16 = prepare_upload(encoded(np.full((28, 28), 32768, np.uint16), "PNG"), "g.png", (1, 28, 28))
+    half = prepare_upload(encoded(np.full((28, 28), 0.5, np.float32), "TIFF"), "f.tif", (1, 28, 28))
+    assert abs(float(mid16.x.mean()) - 0.5) < 1e-3 and abs(float(half.x.mean()) - 0.5) < 1e-6  # were 1.0 and 0.0
+    with pytest.raises(UploadError, match=r"float image with values in \[3, 3\]"):
+        prepare_upload(encoded(np.full((28, 28), 3.0, np.float32), "TIFF"), "f3.tif", (1, 28, 28))
+
+
+def test_the_static_copy_of_the_page_carries_the_policy(run: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from vaelab.serve.app import CSP, create_app
+
+    client = TestClient(create_app(run))
+    for path in ("/", "/static/index.html", "/static/app.js"):
+        response = client.get(path)
+        assert response.status_code == 200 and response.headers["content-security-policy"] == CSP
+
+
+def test_a_spherical_path_between_opposite_latents_keeps_its_radius() -> None:
+    z0 = torch.tensor([2.0, 0.0, 0.0])
+    path = interpolate_latents(z0, -z0, 9, "spherical")
+    assert torch.equal(path[0], z0) and torch.equal(path[-1], -z0)
+    assert torch.allclose(path.norm(dim=1), torch.full((9,), 2.0), atol=1e-5)  # before: the middle was all zeros
+    steps = (path[1:] - path[:-1]).norm(dim=1)
+    assert torch.allclose(steps, steps[0].expand_as(steps), atol=1e-5)  # even steps along a half circle
+
+
+def test_a_file_or_a_run_folder_where_the_other_is_expected(run: Path, data_file: Path, refused) -> None:
+    refused(["eval", data_file], "x.npy", "is a file, not a run folder")  # before: "cannot write 'x.npy/eval.json'"
+    refused(["train", "--resume", data_file], "x.npy", "is a file, not a run folder")
+    refused(["runs", run], "is a run folder itself", f"vaelab runs {run.parent}")  # before: "no run folders", exit 0
