@@ -77,6 +77,16 @@ def refusal_checker(capsys):
     return run
 
 
+def run_cli(argv) -> int:
+    """Run ``vaelab ARGV`` in-process (each argument made a string); its exit status, 0 for
+    success. (Importable: ``from conftest import run_cli``.)"""
+    from vaelab.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    return 0 if info.value.code is None else int(info.value.code)
+
+
 @pytest.fixture
 def refused(capsys):
     """:func:`refusal_checker` as a fixture: ``refused(argv, *culprits)``."""

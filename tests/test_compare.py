@@ -15,19 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab.cli import main
 from vaelab.compare import compare, list_runs, paired_difference, read_run
 from vaelab.runs import load, train
+from conftest import run_cli  # vaelab ARGV in-process: its exit status
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 K, SEED = 40, 3
 
 
-def run_cli(argv: list) -> int:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    return 0 if info.value.code is None else int(info.value.code)
 
 
 @pytest.fixture(scope="module")

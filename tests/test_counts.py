@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -50,6 +49,7 @@ from vaelab.errors import VaelabError
 from vaelab.evaluation import log_likelihood
 from vaelab.model import VAE
 from vaelab.nets import MLP, Log1p
+from conftest import run_cli  # vaelab ARGV in-process: its exit status
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -532,12 +532,6 @@ def count_csv(path: Path, n: int = 80, f: int = 6, seed: int = 0) -> Path:
     return path
 
 
-def run_cli(argv: list[Any]) -> int:
-    from vaelab.cli import main
-
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    return int(info.value.code or 0)
 
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--epochs", "2", "--batch-size", "32", "--threads", "1",

@@ -20,7 +20,6 @@ from linear_gaussian import LinearGaussian
 from torch import Tensor, nn
 from torch.distributions import Distribution, MultivariateNormal
 
-from vaelab.cli import main
 from vaelab.distributions import diagonal_gaussian
 from vaelab.errors import VaelabError
 from vaelab.objectives import (
@@ -37,6 +36,7 @@ from vaelab.objectives import (
     log_mean_exp,
 )
 from vaelab.runs import read_metrics, train
+from conftest import run_cli  # vaelab ARGV in-process: its exit status
 
 F64 = torch.float64
 Z = 4.0  # standard errors allowed between estimates of the same number (6e-5 false alarms each)
@@ -525,10 +525,6 @@ def test_training_runs_with_every_objective(tmp_path, settings):
     assert {k: saved[k] for k in settings} == settings
 
 
-def run_cli(argv: list[str]) -> int:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    return int(info.value.code or 0)
 
 
 def test_cli_options_reach_the_saved_config(tmp_path, capsys):

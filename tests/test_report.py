@@ -20,12 +20,12 @@ import torch
 
 from matplotlib.image import imread
 
-from vaelab.cli import main
 from vaelab.evaluation import EvalSettings
 from vaelab.evaluation.summary import EvaluationSummary
 from vaelab.report import SECTIONS, build_report, kl_bars, latent_traversal, project_2d, write_report
 from vaelab.report.page import sections
 from vaelab.runs import load, train
+from conftest import run_cli  # vaelab ARGV in-process: its exit status
 
 PNG = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--k", "20", "--mi-samples", "100", "--gap-examples", "5", "--gap-steps", "20", "--gap-eval-samples", "50"]
@@ -42,10 +42,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "r"
 
 
-def run_cli(argv: list) -> int:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    return 0 if info.value.code is None else int(info.value.code)
 
 
 @pytest.fixture(scope="module")
