@@ -231,3 +231,33 @@ def test_a_file_or_a_run_folder_where_the_other_is_expected(run: Path, data_file
     refused(["eval", data_file], "x.npy", "is a file, not a run folder")  # before: "cannot write 'x.npy/eval.json'"
     refused(["train", "--resume", data_file], "x.npy", "is a file, not a run folder")
     refused(["runs", run], "is a run folder itself", f"vaelab runs {run.parent}")  # before: "no run folders", exit 0
+
+
+@pytest.mark.parametrize("args, culprits", [
+    (["--hidden", "0"], ["hidden must be positive integers", "[0]"]),  # was "must be of type list[int]"
+    (["--hidden", "64,,32"], ["hidden", "'64', '', '32'"]),  # was read as [64, 32]
+    (["--latent-dims", "8,,4"], ["latent_dims", "'8', '', '4'"]),
+])
+def test_widths_are_read_as_written(data_file: Path, tmp_path: Path, refused, args: list, culprits: list) -> None:
+    refused(["train", "--data", data_file, "--out", tmp_path, *args], *culprits)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_count_given_as_a_huge_float_is_refused(data_file: Path, tmp_path: Path, refused) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"batch_size": 1e30, "hidden": [16.0]}')  # (16.0 is 16; 1e30 is no batch size)
+    refused(["train", "--data", data_file, "--config", config, "--out", tmp_path / "runs"], "batch_size", "1e+30")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_explorer_reads_ascii_digits_only(run: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from vaelab.serve.app import create_app
+
+    client = TestClient(create_app(run))
+    assert client.get("/api/sample?n=3").status_code == 200
+    for bad in ("1_0", "%D9%A3", "+3"):  # int() reads the first two as 10 and 3
+        response = client.get(f"/api/sample?n={bad}")
+        assert response.status_code == 422 and "must be a whole number" in response.json()["error"]
+    assert client.get("/api/example/1_0").status_code == 422

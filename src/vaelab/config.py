@@ -295,8 +295,8 @@ def _convert(key: str, value: Any, type_name: Any, source: str) -> Any:
             return list(value)
         if t == "list[int]":
             if isinstance(value, str):
-                value = [v for v in value.replace(" ", "").split(",") if v]
-            if not isinstance(value, (list, tuple)):
+                value = value.replace(" ", "").split(",")  # "64,,32": an empty item is an error, not dropped
+            if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) for v in value):
                 raise TypeError
             return [int(v) for v in value]
         if isinstance(value, bool) and t in ("int", "float"):
@@ -308,7 +308,7 @@ def _convert(key: str, value: Any, type_name: Any, source: str) -> Any:
                 raise TypeError
             return value
         if t == "int":
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, float) and not (value.is_integer() and abs(value) <= 2**53):  # 1e30: not a count
                 raise TypeError
             return int(value)
         if t == "float":

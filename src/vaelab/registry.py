@@ -79,17 +79,18 @@ class Option:
         try:
             if self.type is list:
                 if isinstance(value, str):
-                    value = [v for v in value.replace(" ", "").split(",") if v]
-                if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) for v in value):
+                    value = value.replace(" ", "").split(",")  # "64,,32": an empty item is an error, not dropped
+                if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) for v in value):
                     raise TypeError
                 value = [int(v) for v in value]
                 if any(v < 1 for v in value):
-                    raise VaelabError(f"{where} must be positive integers, got {value}")
-                return value
+                    bad = value
+                else:
+                    return value
             if isinstance(value, bool) and self.type in (int, float):
                 raise TypeError
             if self.type is int:
-                if isinstance(value, float) and not value.is_integer():
+                if isinstance(value, float) and not (value.is_integer() and abs(value) <= 2**53):
                     raise TypeError
                 value = int(value)
             elif self.type is float:
@@ -98,6 +99,8 @@ class Option:
                 raise TypeError
         except (TypeError, ValueError):
             raise VaelabError(f"{where} must be of type {self.type_name}, got {value!r}") from None
+        if self.type is list:
+            raise VaelabError(f"{where} must be positive integers, got {bad}")
         if self.choices is not None and value not in self.choices:
             raise VaelabError(f"{where}: unknown value {value!r}; choose one of: {', '.join(self.choices)}")
         if isinstance(value, float) and not math.isfinite(value):

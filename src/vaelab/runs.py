@@ -172,9 +172,10 @@ class TrainedModel:
         elif t.ndim == 3 and len(shape) == 3 and shape[0] == 1 and tuple(t.shape[1:]) == shape[1:]:
             t = t.unsqueeze(1)
         elif tuple(t.shape[1:]) != shape:
+            flat = f" or [N, {size}]" if len(shape) > 1 else ""
             raise VaelabError(
                 f"{what} has shape {tuple(t.shape)} but this model was trained on examples of "
-                f"shape {shape} (give [N, {', '.join(map(str, shape))}] or [N, {size}])"
+                f"shape {shape} (give [N, {', '.join(map(str, shape))}]{flat})"
             )
         self.vae.decoder.check(t, what)
         return t.to(self.device)

@@ -169,9 +169,13 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _int(value: Any, lo: int, hi: int, what: str) -> int:
     if isinstance(value, str):
+        digits = value[1:] if value[:1] == "-" else value
+        # ASCII digits only: int() also reads "1_0" and other scripts' digits, which no URL means
+        if not (digits.isascii() and digits.isdigit()):
+            raise ApiError(422, f"{what} must be a whole number, got {_short(value)}")
         try:
             value = int(value)
-        except ValueError:
+        except ValueError:  # more digits than Python reads (4300)
             raise ApiError(422, f"{what} must be a whole number, got {_short(value)}") from None
     if not isinstance(value, int) or isinstance(value, bool):
         raise ApiError(422, f"{what} must be a whole number, got {_short(value)}")
