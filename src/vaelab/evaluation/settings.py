@@ -50,7 +50,8 @@ class EvalSettings:
 
     estimator: str = _s("auto", "log p(x) estimator: auto (AIS at about the CPU cost of encoder IS with K samples "
                                "where AIS applies, the posterior is Gaussian and that budget gives it at least "
-                               f"{AUTO_MIN_STEPS} steps, else encoder IS: measured the tighter per CPU-second), "
+                               f"{AUTO_MIN_STEPS} steps, else encoder IS: measured the tighter per CPU-second; the "
+                               "headline is the higher of that AIS and the encoder IS run beside it), "
                                "is (importance sampling from the encoder), "
                                "mixture (importance sampling from encoder + optimal q* + Laplace at q*'s mean) or ais "
                                "(annealed importance sampling with --steps T; encoder IS is run too, for comparison)",
