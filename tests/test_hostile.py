@@ -261,3 +261,67 @@ def test_the_explorer_reads_ascii_digits_only(run: Path) -> None:
         response = client.get(f"/api/sample?n={bad}")
         assert response.status_code == 422 and "must be a whole number" in response.json()["error"]
     assert client.get("/api/example/1_0").status_code == 422
+
+
+# --- data files and model families (a fifth tester) ---------------------------------------------------
+def test_kl_analytic_without_a_closed_form_is_one_line(tmp_path: Path, refused) -> None:
+    data = tmp_path / "v.csv"
+    np.savetxt(data, np.random.default_rng(0).random((120, 6)), delimiter=",", fmt="%.4f")
+    for extra in (["--posterior", "iaf"], ["--prior", "mog"], ["--latent-dims", "4,2"]):  # tracebacks before
+        refused(["train", "--data", data, "--likelihood", "gaussian", "--kl", "analytic", "--out", tmp_path / "runs",
+                 *extra], "--kl analytic", "no closed form", "--kl auto")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("ids, culprits", [
+    ([1, 2, 3], ["class ids up to 3", "1 id(s) below it have no example (the first: 0)", "subtract 1"]),
+    ([0, 1_000_000, 2_000_000], ["up to 2000000", "1,999,998 id(s)"]),  # a one-hot of 2,000,001 classes, 2 GB written
+])
+def test_class_ids_with_gaps_are_refused(tmp_path: Path, refused, ids: list, culprits: list) -> None:
+    rng = np.random.default_rng(1)
+    y = np.array(ids)[rng.integers(0, 3, 150)]
+    np.savez(tmp_path / "d.npz", train=rng.random((150, 6)).astype(np.float32), train_labels=y)
+    refused(["train", "--data", tmp_path / "d.npz", "--likelihood", "gaussian", "--condition-on", "label",
+             "--out", tmp_path / "runs"], "--condition-on label", *culprits)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_table_keeps_a_row_of_empty_cells_and_needs_its_header(tmp_path: Path, refused) -> None:
+    rng = np.random.default_rng(0)
+    rows = [f"{rng.normal(45, 12):.1f},{rng.choice(['Oslo', 'Paris', 'Rome'])}" for _ in range(120)]
+    rows[10] = ","  # every cell missing: a row, not a blank line
+    (tmp_path / "t.csv").write_text("age,city\n" + "\n".join(rows) + "\n")
+    model, _ = vaelab.train(data=str(tmp_path / "t.csv"), likelihood="mixed", out=str(tmp_path / "runs"), name="t",
+                            **{**QUIET, "hidden": [8]})
+    info = json.loads((model.run_dir / "config.json").read_text())["data"]
+    assert info["n_train"] + info["n_val"] + info["n_test"] == 120  # was 119: the row vanished, outputs shifted
+    assert run_cli(["encode", model.run_dir, tmp_path / "t.csv", "-o", tmp_path / "z.npz"]) == 0
+    assert np.load(tmp_path / "z.npz")["mean"].shape[0] == 120
+    (tmp_path / "nohdr.csv").write_text("\n".join(rows[:10] + rows[11:]) + "\n")  # 41.2,Oslo would name the columns
+    refused(["train", "--data", tmp_path / "nohdr.csv", "--likelihood", "mixed", "--out", tmp_path / "r2"],
+            "has no header row", "reads as data")
+    assert not (tmp_path / "r2").exists()
+
+
+def test_an_npz_without_train_is_refused_and_covariate_arrays_are_named(tmp_path: Path, refused) -> None:
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "t.npz", test=rng.random((50, 6)))
+    refused(["train", "--data", tmp_path / "t.npz", "--out", tmp_path / "runs"], "holds only 'test'", "'train'")
+    np.savez(tmp_path / "c.npz", train=rng.random((50, 6)), train_dose=rng.random(50))
+    refused(["train", "--data", tmp_path / "c.npz", "--out", tmp_path / "runs"], "train_dose", "--condition-on dose")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_mlflow_without_its_folder_store_says_what_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow.tracking  # (an extra; the test command installs it)
+
+    from vaelab.errors import VaelabError
+    from vaelab.tracking.mlflow import MLflowLogger
+
+    def refuse(*args, **kwargs):
+        raise Exception("The filesystem tracking backend (e.g., './mlruns') is in maintenance mode and will be "
+                        "removed; set MLFLOW_ALLOW_FILE_STORE=true to keep using it")  # MLflow 3.x on a folder
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", refuse)
+    with pytest.raises(VaelabError, match=r"--mlflow-uri sqlite:///mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true"):
+        MLflowLogger("/tmp/nowhere-mlruns").connect()

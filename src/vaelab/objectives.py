@@ -446,6 +446,12 @@ class Objective:
         try:
             with torch.no_grad():
                 self.loss(model, x)
+        except NotImplementedError as err:  # torch's kl_divergence: no closed form for this pair
+            if self.kl != "analytic":
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise VaelabError(f"--kl analytic: the KL of this posterior and prior has no closed form ({first}); use "
+                              "--kl auto (the closed form where one exists, else Monte Carlo) or --kl mc") from None
         finally:
             model.train(was_training)
 

@@ -90,6 +90,13 @@ def _label_variable(data: DataSplits, embedding: int) -> Variable:
             shown = names[unseen[0]] if names and unseen[0] < len(names) else unseen[0]
             raise VaelabError(f"--condition-on label: class {shown!r} appears in the {part} split of '{data.name}' "
                               "but never in training, so the model cannot learn it; add training examples of it")
+    if len(seen) < classes:  # a class id below the largest that training never has: labels 1..K, or sparse ids
+        ordered = sorted(seen)
+        gap = next((i for i, c in enumerate(ordered) if c != i), len(ordered))
+        raise VaelabError(f"--condition-on label: the training labels of '{data.name}' are {len(seen)} class ids up to "
+                          f"{classes - 1}, but {classes - len(seen):,} id(s) below it have no example (the first: {gap}); "
+                          "the model would keep a class per id, one it cannot learn (M2 would give it a share of "
+                          "p(y)): number the classes 0, 1, ..., K-1 (labels 1..K: subtract 1) or give them as names")
     class_names = tuple(names[:classes]) if names else ()
     return Variable(LABEL, "categorical", classes=classes, class_names=class_names, embedding=int(embedding))
 

@@ -320,15 +320,21 @@ def _from_mapping(arrays: Mapping[str, Any], what: str, covariates: tuple[str, .
     if not keys:
         raise VaelabError(f"{what} holds no arrays; give at least the key 'train'")
     if len(keys) == 1 and not covariates:
+        if keys[0] in NPZ_KEYS and keys[0] != "train":  # only 'test': not silently the training set
+            raise VaelabError(f"{what} holds only '{keys[0]}' and no 'train'; add the training array 'train' (a file of "
+                              "one array under another name is read as the training data)")
         return _Raw(arrays[keys[0]])
     extra = {f"{p}_{n}" for n in covariates for p in ("train", "test")}
     unknown = [k for k in keys if k not in NPZ_KEYS and k not in extra]
     if unknown or "train" not in keys:
         problem = (f"unknown key(s) {', '.join(map(repr, unknown))}" if unknown
                    else "no key 'train'")
+        named = sorted({k.split("_", 1)[1] for k in unknown if k.startswith(("train_", "test_"))})
+        hint = (f"; covariate arrays are read with --condition-on {','.join(named)}"
+                if named and len(named) == len({k.split('_', 1)[1] for k in unknown}) else "")
         raise VaelabError(
             f"{what} has {problem} (keys: {', '.join(map(repr, keys))}); use 'train' and "
-            f"optionally 'test', 'train_labels', 'test_labels', or a single array"
+            f"optionally 'test', 'train_labels', 'test_labels', or a single array{hint}"
         )
     if "test_labels" in keys and "test" not in keys:
         raise VaelabError(f"{what} has 'test_labels' but no 'test'; add the test array or drop the labels")

@@ -94,6 +94,21 @@ def _is_missing(cell: str) -> bool:
     return cell.lower() in MISSING
 
 
+def _reads_as_data(header: list[str], rows: list[list[str]], look: int = 1000) -> bool:
+    """Whether the first row is one more example rather than names: a number over every column
+    of numbers, and over every other column one of its own values (``41.2,Oslo`` above ages
+    and cities). A header that names its columns has at least one name that is neither."""
+    for j, name in enumerate(header):
+        column = [row[j] for row in rows[:look] if j < len(row) and row[j] and not _is_missing(row[j])]
+        numeric = bool(column) and all(_number(c) is not None for c in column)
+        if _number(name) is not None:
+            if not numeric:
+                return False
+        elif numeric or name not in column:
+            return False
+    return True
+
+
 def _read_rows(path: Path, what: str) -> tuple[list[str], list[list[str]], list[int]]:
     """Header, rows of stripped cells and their line numbers (blank lines skipped)."""
     try:
@@ -101,7 +116,9 @@ def _read_rows(path: Path, what: str) -> tuple[list[str], list[list[str]], list[
             reader = csv.reader(f)
             rows, lines = [], []
             for row in reader:
-                if any(cell.strip() for cell in row):
+                # a blank line is skipped; a row of empty cells ("," ...) is a row whose cells are all missing,
+                # kept, so that every output row (reconstruct, encode) still matches its input row
+                if len(row) > 1 or any(cell.strip() for cell in row):
                     rows.append([cell.strip() for cell in row])
                     lines.append(reader.line_num)
     except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as err:
@@ -112,6 +129,10 @@ def _read_rows(path: Path, what: str) -> tuple[list[str], list[list[str]], list[
     if all(_number(c) is not None for c in header):
         raise VaelabError(f"{what} has no header row (its first row is all numbers); the mixed likelihood needs "
                           "the first row to name the columns")
+    if _reads_as_data(header, rows):
+        raise VaelabError(f"{what} has no header row: its first row ({', '.join(header)[:80]}) reads as data (a number "
+                          "over each numeric column, a level of each other column); the mixed likelihood needs the "
+                          "first row to name the columns")
     if any(not c for c in header):
         raise VaelabError(f"{what}: header column {header.index('') + 1} has no name; name every column")
     twice = sorted({c for c in header if header.count(c) > 1})

@@ -134,6 +134,10 @@ class MLflowLogger:
             self.experiment_id = (experiment.experiment_id if experiment is not None
                                   else self.client.create_experiment(name))
         except Exception as error:  # noqa: BLE001 - any failure of the store, in one line
+            if "maintenance mode" in str(error) or "MLFLOW_ALLOW_FILE_STORE" in str(error):  # MLflow 3.x on a folder
+                raise VaelabError(f"MLflow at {self.uri}: this MLflow keeps its folder store (./mlruns style) switched "
+                                  "off; give --mlflow-uri sqlite:///mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true to "
+                                  "use the folder") from None
             raise VaelabError(f"MLflow at {self.uri} cannot be used ({_first_line(error)}); fix --mlflow-uri") from None
 
     @_marks_broken
