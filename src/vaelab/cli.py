@@ -355,12 +355,11 @@ def _check_outputs(paths: list[Path], run: str, data: str | None = None, writes:
     records this command itself rewrites (``vaelab eval``: eval.json), among ``paths``."""
     from .manifest import MANIFEST
     from .outputs import LOCK, check_writable
-    from .run_folder import CONFIG, EVAL, SPEC
+    from .run_folder import CONFIG, EVAL, SPEC, SWEEP
     from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT
     from .training.recovery import EVENTS
 
-    records = (CONFIG, SPEC, BEST_WEIGHTS, CHECKPOINT, PREVIOUS_CHECKPOINT, METRICS, MANIFEST, EVAL, EVENTS, LOCK,
-               "sweep.json")  # (vaelab.sweep.SWEEP: a sweep's trial record)
+    records = (CONFIG, SPEC, BEST_WEIGHTS, CHECKPOINT, PREVIOUS_CHECKPOINT, METRICS, MANIFEST, EVAL, EVENTS, LOCK, SWEEP)
     inputs = [Path(run) / name for name in records if name not in writes]
     if data is not None:
         inputs.append(Path(data))

@@ -44,12 +44,12 @@ from matplotlib.figure import Figure
 from .errors import VaelabError
 from .evaluation.settings import DEFAULTS
 from .evaluation.summary import EvaluationSummary
-from .run_folder import read_metrics
+from .run_folder import SWEEP, read_metrics
 
 __all__ = ["RunInfo", "PairedDifference", "Comparison", "read_run", "list_runs", "compare", "format_runs",
            "format_comparison", "compare_page", "write_compare_page", "curves_figure", "RUN_FILES"]
 
-RUN_FILES = ("config.json", "model.json", "metrics.jsonl", "model.safetensors", "checkpoint.safetensors", "sweep.json")
+RUN_FILES = ("config.json", "model.json", "metrics.jsonl", "model.safetensors", "checkpoint.safetensors", SWEEP)
 # the settings that decide which examples form the test set (besides the binarization)
 _TEST_SET_KEYS = ("data", "val_fraction", "test_fraction", "seed")
 
@@ -176,9 +176,9 @@ def read_run(path: str | Path) -> RunInfo:
             raise VaelabError("no trained weights (model.safetensors): no epoch finished")
     except (VaelabError, OSError, UnicodeDecodeError) as err:
         status, problem = "damaged", str(err)
-    if status == "ok" and (p / "sweep.json").is_file():
+    if status == "ok" and (p / SWEEP).is_file():
         try:
-            state = _json_file(p / "sweep.json").get("state")
+            state = _json_file(p / SWEEP).get("state")
         except (VaelabError, AttributeError):
             state = None
         if state in ("pruned", "failed", "running"):

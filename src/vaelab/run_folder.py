@@ -24,12 +24,13 @@ from .spec import ModelSpec
 from .training.checkpoint import atomic_write_text, check_state, verify_file
 from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT
 
-__all__ = ["CONFIG", "SPEC", "EVAL", "check_run", "check_run_files", "read_config", "read_run_config", "read_spec",
+__all__ = ["CONFIG", "SPEC", "EVAL", "SWEEP", "check_run", "check_run_files", "read_config", "read_run_config", "read_spec",
            "read_metrics", "write_run_config", "write_eval"]
 
 CONFIG = "config.json"
 SPEC = "model.json"
 EVAL = "eval.json"
+SWEEP = "sweep.json"  # a sweep trial's record (vaelab.sweep): study, trial number, state, parameters, value
 
 
 def check_run_files(run_dir: Path) -> dict[str, Any]:

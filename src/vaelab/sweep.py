@@ -74,13 +74,13 @@ from . import registry
 from .config import TrainConfig
 from .errors import VaelabError
 from .report.sweep import write_sweep_report
+from .run_folder import SWEEP  # in every trial's run folder: study, trial number, state, parameters, value
 from .outputs import check_writable
 from .training.checkpoint import atomic_write_text
 
 __all__ = ["Param", "SearchSpace", "SweepResult", "sweep", "read_space", "write_sweep_report", "trial_name",
            "require_optuna", "SWEEP", "OBJECTIVES", "SPEED_SETTINGS"]
 
-SWEEP = "sweep.json"  # in every trial's run folder: study, trial number, state, parameters, value
 OBJECTIVES = ("elbo", "iwae")
 # settings that change how fast a trial runs or what is done besides it (the final test evaluation,
 # experiment trackers), not what it computes: a study may be resumed with others
