@@ -325,3 +325,33 @@ def test_mlflow_without_its_folder_store_says_what_works(monkeypatch: pytest.Mon
     monkeypatch.setattr(mlflow.tracking, "MlflowClient", refuse)
     with pytest.raises(VaelabError, match=r"--mlflow-uri sqlite:///mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true"):
         MLflowLogger("/tmp/nowhere-mlruns").connect()
+
+
+@pytest.mark.parametrize("kind", ["csv", "h5ad"])
+def test_features_are_matched_by_name_not_position(tmp_path: Path, refused, kind: str) -> None:
+    """A file whose columns (genes) come in another order encodes the same; other names are
+    refused. Before, the columns were read by position: another order, other numbers, no word."""
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c", "d", "e", "f"]
+    x = rng.poisson(3.0, (120, 6)).astype(np.float32)
+
+    def write(path: Path, cols: list[str]) -> Path:
+        values = x[:, [names.index(c) if c in names else 0 for c in cols]]
+        if kind == "csv":
+            np.savetxt(path, values, delimiter=",", fmt="%.0f", header=",".join(cols), comments="")
+        else:
+            import anndata
+            import pandas as pd
+
+            anndata.AnnData(values, var=pd.DataFrame(index=cols)).write_h5ad(path)
+        return path
+
+    first = write(tmp_path / f"x.{kind}", names)
+    model, _ = vaelab.train(data=str(first), likelihood="poisson", out=str(tmp_path / "runs"), name="m", **QUIET)
+    assert json.loads((model.run_dir / "config.json").read_text())["data"]["features"] == names
+    assert run_cli(["encode", model.run_dir, first, "-o", tmp_path / "z1.npz"]) == 0
+    assert run_cli(["encode", model.run_dir, write(tmp_path / f"r.{kind}", names[::-1]), "-o", tmp_path / "z2.npz"]) == 0
+    assert np.array_equal(np.load(tmp_path / "z1.npz")["mean"], np.load(tmp_path / "z2.npz")["mean"])
+    other = write(tmp_path / f"o.{kind}", names[:5] + ["g"])
+    refused(["encode", model.run_dir, other, "-o", tmp_path / "z3.npz"], "other features than the run's training data",
+            "'f'", "'g'")

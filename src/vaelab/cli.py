@@ -280,7 +280,8 @@ def _read_inputs(model: Any, source: str) -> tuple[np.ndarray, np.ndarray | None
     else:
         d = load_data(source, **{**options, "val_fraction": 0.0, "test_fraction": 0.0})
         parts = [p for p in ("train", "val", "test") if getattr(d, p).shape[0] > 0]
-    x = np.concatenate([getattr(d, p).numpy() for p in parts])
+    x = _by_name(np.concatenate([getattr(d, p).numpy() for p in parts]), d.feature_names,
+                 model.data_info.get("features"), source)
     labels = [getattr(d, f"{p}_labels") for p in parts]
     y = np.concatenate([lab.numpy() for lab in labels]) if all(lab is not None for lab in labels) else None
     c = None
@@ -290,6 +291,25 @@ def _read_inputs(model: Any, source: str) -> tuple[np.ndarray, np.ndarray | None
                               "labels (npz train_labels, a CSV label column, class subfolders)")
         c = np.concatenate([context_columns(d, model.spec.context, p).numpy() for p in parts])
     return x, y, c
+
+
+def _by_name(x: np.ndarray, names: tuple[str, ...], trained: list[str] | None, source: str) -> np.ndarray:
+    """The columns of ``x`` ``[N, D]`` in the order of the features the run was trained on,
+    matched by name (a CSV header, an .h5ad's genes); as they are when either side has no names
+    (images, arrays, a run of an earlier version). Other names are refused in one line."""
+    if not names or not trained or list(names) == list(trained):
+        return x
+    if len(set(names)) == len(names) and set(names) == set(trained):
+        at = {n: i for i, n in enumerate(names)}
+        return x[:, [at[n] for n in trained]]  # the same features in another order
+    missing = [n for n in trained if n not in set(names)]
+    extra = [n for n in names if n not in set(trained)]
+    said = "; ".join(part for part in (
+        f"missing {len(missing)} the model was trained on (e.g. {', '.join(map(repr, missing[:3]))})" if missing else "",
+        f"{len(extra)} it was not (e.g. {', '.join(map(repr, extra[:3]))})" if extra else "",
+        "a name given twice" if len(set(names)) != len(names) else "") if part)
+    raise VaelabError(f"'{source}' has other features than the run's training data ({said}); give the same "
+                      f"{len(trained)} columns by name (any order)")
 
 
 def _context_values(model: Any, text: str, n: int) -> np.ndarray:

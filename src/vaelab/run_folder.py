@@ -94,6 +94,7 @@ _DATA_INFO = {  # config.json's "data" section: what each entry must be
     "binarized": ("true or false", lambda v: isinstance(v, bool)),
     "discrete_levels": ("null or an integer >= 2", lambda v: v is None or (
         isinstance(v, int) and not isinstance(v, bool) and v >= 2)),
+    "features": ("a list of feature names", lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)),
     **{key: ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
        for key in ("n_train", "n_val", "n_test", "n_labelled")},
 }

@@ -484,6 +484,8 @@ def train(
                  "n_test": int(data.test.shape[0]), "discrete_levels": data.discrete_levels}
     if known is not None:
         data_info["n_labelled"] = int(known.sum())
+    if data.feature_names:  # so that data read later (encode, reconstruct, eval --data) is matched by name
+        data_info["features"] = list(data.feature_names)
     if data.columns:  # a table: its missing cells per column, over all three splits
         data_info["missing"] = missing_cells(torch.cat([data.train, data.val, data.test]), data.columns)
     tracking = _tracking(config, world.is_main)  # an unreachable MLflow server fails here, before anything is written

@@ -42,6 +42,7 @@ import os
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ class _Raw:
     class_names: tuple[str, ...] | None = None
     covariate_classes: tuple[tuple[str, ...], ...] = ()  # per covariate: () continuous, else level names
     strata: Any = None  # [N] values to stratify the test/val draws by (instead of the labels)
+    features: tuple[str, ...] = ()  # the feature columns' names (a CSV header, an .h5ad's genes), if the source has them
 
 
 def load_data(
@@ -163,13 +165,14 @@ def load_data(
         what.append(f"test part of {label}")
     arrays, levels = prepare_arrays(arrays, what, counts=counts)
     labels, test_labels, class_names = _label_ids(raw, label)
-    return make_splits(
+    splits = make_splits(
         name, arrays[0], labels, x_test=arrays[1] if len(arrays) > 1 else None,
         test_labels=test_labels, val_fraction=val_fraction, test_fraction=test_fraction,
         seed=seed, discrete_levels=levels, covariates=raw.covariates, test_covariates=raw.test_covariates,
         covariate_names=covariates, class_names=class_names, covariate_classes=raw.covariate_classes,
         strata=raw.strata, counts=counts,
     )
+    return dataclasses.replace(splits, feature_names=raw.features) if raw.features else splits
 
 
 def _label_ids(raw: _Raw, what: str) -> tuple[Any, Any, tuple[str, ...] | None]:
@@ -240,7 +243,8 @@ def _read_h5ad(path: Path, covariates: tuple[str, ...], layer: str | None, strat
     from vaelab.data.anndata import read_h5ad  # anndata (an extra) only when an .h5ad is read
 
     d = read_h5ad(path, layer=layer, covariates=covariates, stratify_by=stratify_by)
-    return _Raw(d.x, covariates=d.covariates, covariate_classes=d.covariate_classes, strata=d.strata)
+    return _Raw(d.x, covariates=d.covariates, covariate_classes=d.covariate_classes, strata=d.strata,
+                features=tuple(str(g) for g in d.genes))
 
 
 def _read_path(path: Path, covariates: tuple[str, ...] = (), resize: tuple[int, int] | None = None, *,
@@ -456,4 +460,5 @@ def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
         raise VaelabError(f"{what} has no feature columns besides the label and covariates; add some")
     if np.all(table == np.round(table)) and np.abs(table).max() < 2**53:
         table = table.astype(np.int64)  # whole numbers: integer data (8-bit pixels get scaled)
-    return _Raw(table, labels, covariates=cov)
+    features = tuple(first[j] for j in numeric if j not in cov_cols) if header else ()
+    return _Raw(table, labels, covariates=cov, features=features)

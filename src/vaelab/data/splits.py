@@ -75,6 +75,7 @@ class DataSplits:
     # holds the level ids 0..K-1 (as floats)
     covariate_classes: tuple[tuple[str, ...], ...] = ()
     columns: tuple[Any, ...] = ()  # kind "mixed": the table's columns (vaelab.distributions.mixed.Column)
+    feature_names: tuple[str, ...] = ()  # each feature's name when the source named them (CSV header, .h5ad genes)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
