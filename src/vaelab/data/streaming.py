@@ -40,6 +40,7 @@ torch.Size([2, 2])
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -471,8 +472,10 @@ def load_backed(source: Any, *, val_fraction: float = 0.1, test_fraction: float 
         select_matrix(adata, layer, what)  # a layer that does not exist: the in-memory reader's message
         cov, classes = obs_covariates(adata.obs, tuple(covariates), what)
         strata = obs_strata(adata.obs, stratify_by, what) if stratify_by else None
+        genes = tuple(str(g) for g in adata.var_names)  # recorded by a run: later files are matched by name
     finally:
         adata.file.close()
     matrix = open_matrix(path, None if layer in (None, "", "X") else layer)
-    return backed_splits(os.fspath(source), matrix, covariates=cov, covariate_names=tuple(covariates),
-                         covariate_classes=classes, strata=strata, **options)
+    splits = backed_splits(os.fspath(source), matrix, covariates=cov, covariate_names=tuple(covariates),
+                           covariate_classes=classes, strata=strata, **options)
+    return dataclasses.replace(splits, feature_names=genes)
