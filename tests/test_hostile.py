@@ -357,3 +357,22 @@ def test_features_are_matched_by_name_not_position(tmp_path: Path, refused, kind
     other = write(tmp_path / f"o.{kind}", names[:5] + ["g"])
     refused(["encode", model.run_dir, other, "-o", tmp_path / "z3.npz"], "other features than the run's training data",
             "'f'", "'g'")
+
+
+@pytest.mark.parametrize("make, args, culprits", [
+    ("label_only", ["--condition-on", "label"], ["no feature columns besides the label", "(label)"]),  # said "no data rows"
+    ("vectors", ["--likelihood", "gaussian", "--embedding", "4"], ["--embedding 4", "needs --condition-on label"]),
+    ("vectors", ["--condition-on", "label", "--semi-supervised", "true", "--labels-per-class", "3",
+                 "--labelled-fraction", "0.1"], ["--labels-per-class (3)", "--labelled-fraction (0.1)", "not both"]),
+])
+def test_options_that_did_nothing_or_were_misnamed(tmp_path: Path, refused, make: str, args: list,
+                                                   culprits: list) -> None:
+    data = tmp_path / "d.csv"
+    if make == "label_only":
+        data.write_text("label\n0\n1\n0\n1\n")
+    else:
+        rows = np.random.default_rng(0).random((60, 4))
+        data.write_text("a,b,c,d,label\n" + "".join(",".join(f"{v:.3f}" for v in r) + f",{i % 2}\n"
+                                                    for i, r in enumerate(rows)))
+    refused(["train", "--data", data, "--out", tmp_path / "runs", *args], *culprits)
+    assert not (tmp_path / "runs").exists()

@@ -162,6 +162,9 @@ class TrainConfig:
                 raise VaelabError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
         if self.embedding < 0 or self.labels_per_class < 0 or self.labelled_per_batch < 0:
             raise VaelabError("embedding, labels_per_class and labelled_per_batch must be >= 0")
+        if self.embedding > 0 and not self.condition_on:
+            raise VaelabError(f"--embedding {self.embedding} is the size of the label's learned code; it needs "
+                              "--condition-on label (or a categorical covariate), or leave it out")
         if not 0 <= self.labelled_fraction <= 1:
             raise VaelabError(f"labelled_fraction must be in [0, 1], got {self.labelled_fraction}")
         if self.latent_dims and (len(self.latent_dims) < 2 or min(self.latent_dims) < 1):
@@ -182,7 +185,11 @@ class TrainConfig:
         if self.semi_supervised:
             if names != ["label"]:
                 raise VaelabError("--semi-supervised needs --condition-on label (the label is M2's partly observed latent)")
-            if (self.labels_per_class > 0) == (self.labelled_fraction > 0):
+            if self.labels_per_class > 0 and self.labelled_fraction > 0:
+                raise VaelabError(f"--semi-supervised takes one of --labels-per-class ({self.labels_per_class}) and "
+                                  f"--labelled-fraction ({self.labelled_fraction:g}), not both: which labels are kept "
+                                  "would be ambiguous")
+            if self.labels_per_class == 0 and self.labelled_fraction == 0:
                 raise VaelabError("--semi-supervised needs one of --labels-per-class N or --labelled-fraction F (> 0)")
             off = [f"--{key.replace('_', '-')} {getattr(self, key)}" for key, plain in (
                 ("objective", "elbo"), ("estimator", "standard"), ("beta", 1.0), ("warmup", 0.0), ("free_bits", 0.0),

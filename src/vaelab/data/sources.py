@@ -428,6 +428,9 @@ def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
         cov_cols[first.index(name)] = name
     text_columns = () if label_col is None else (label_col,)
     numeric = [j for j in range(len(first)) if j not in text_columns]
+    if not [j for j in numeric if j not in cov_cols]:
+        raise VaelabError(f"{what} has no feature columns besides the label and covariates ({', '.join(first)}); "
+                          "add the columns to model")
     try:
         with warnings.catch_warnings():  # a header without rows: said below, not as numpy's warning
             warnings.filterwarnings("ignore", message=".*input contained no data", category=UserWarning)
