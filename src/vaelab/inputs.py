@@ -45,9 +45,9 @@ def check_whole(value: Any, name: str, low: int = 1) -> int:
     return int(value)
 
 
-def check_shape(model: VAE, x: Any, what: str = "x") -> None:
-    """``x`` is ``[N, *x_shape]`` for ``model`` with N >= 1 (no data read): the shape a
-    tensor must have before it is broadcast against the model's outputs."""
+def check_shape(model: VAE, x: Any, what: str = "x", *, empty: bool = False) -> None:
+    """``x`` is ``[N, *x_shape]`` for ``model`` with N >= 1 (``empty``: N >= 0; no data read):
+    the shape a tensor must have before it is broadcast against the model's outputs."""
     shape = getattr(x, "shape", None)
     if shape is None:
         raise VaelabError(f"{what} must be a tensor [N, ...] of examples, got {type(x).__name__}")
@@ -58,24 +58,28 @@ def check_shape(model: VAE, x: Any, what: str = "x") -> None:
         flat = f" or x.reshape(len(x), {', '.join(map(str, want))}) from rows of {size}" if len(want) > 1 else ""
         raise VaelabError(f"{what} has shape {tuple(shape)} but this model takes examples of shape {want}: "
                           f"give [N, {', '.join(map(str, want))}]{flat}")
-    if shape[0] < 1:
+    if shape[0] < 1 and not empty:
         raise VaelabError(f"{what} has no examples (shape {tuple(shape)}); give at least one row")
 
 
-def check_data(model: VAE, x: Any, c: Tensor | None = None, *, what: str = "x") -> None:
+def check_data(model: VAE, x: Any, c: Tensor | None = None, *, what: str = "x",
+               store_rows: int | None = _STORE_BLOCK) -> None:
     """Refuse, in one line, data that ``model`` cannot score: ``x`` not ``[N, *x_shape]``,
     NaN/inf or values outside the likelihood's support (``decoder.check``), and a context
     ``c`` that is missing, not ``[N, P]`` or holds an invalid value (a class id that is not a
     whole number of the model's classes). A missing context is the model's to refuse (the
-    semi-supervised M2 sums over its label instead). Reads ``x`` in blocks of rows."""
+    semi-supervised M2 sums over its label instead). Reads ``x`` in blocks of rows; rows on
+    disk ``store_rows`` at a time (None: the store's own scan size, for a pass over a training set)."""
     check_shape(model, x, what)
     n = int(x.shape[0])
     check = getattr(model.decoder, "check", None)
     if check is not None:
-        # rows left on disk (a RowStore) are read a batch's worth at a time, like the estimators read them
-        block = _STORE_BLOCK if hasattr(x, "blocks") else _BLOCK
-        for start in range(0, n, block):
-            check(x[start : start + block], what)
+        if hasattr(x, "blocks"):  # rows left on disk (a RowStore): a batch's worth at a time, as the estimators read
+            for block in x.blocks(store_rows):
+                check(block, what)
+        else:
+            for start in range(0, n, _BLOCK):
+                check(x[start : start + _BLOCK], what)
     if c is None:  # a conditional model says so when it needs c (the M2 sums over its label instead)
         return
     if model.context is None:

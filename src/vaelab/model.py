@@ -32,6 +32,7 @@ from torch.distributions import Distribution
 
 from .context import ContextEncoder
 from .errors import VaelabError
+from .inputs import check_shape
 
 __all__ = ["VAE", "Trace", "Posterior", "Likelihood", "Prior", "SampleWithDensity", "Classifier"]
 
@@ -214,10 +215,7 @@ class VAE(nn.Module):
     def _input(self, x: Tensor, c: Tensor | None) -> Tensor:
         """``x`` ``[B, *x_shape]`` in the model's floating dtype, with one row of c per example:
         a one-line VaelabError for a shape that would broadcast (no data read)."""
-        shape = getattr(self.decoder, "x_shape", None)  # (a decoder outside the Likelihood contract: unchecked)
-        if shape is not None and (x.shape[1:] != tuple(shape) or x.ndim != len(shape) + 1):
-            raise VaelabError(f"x has shape {tuple(x.shape)} but this model takes examples of shape {shape}: "
-                              f"give [B, {', '.join(map(str, shape))}]")
+        check_shape(self, x, empty=True)
         if c is not None and c.shape[0] != x.shape[0]:
             raise VaelabError(f"c has {c.shape[0]} rows but x has {x.shape[0]} examples: give one row of c per example")
         dtype = self._dtype()

@@ -84,9 +84,8 @@ class Option:
                     raise TypeError
                 value = [int(v) for v in value]
                 if any(v < 1 for v in value):
-                    bad = value
-                else:
-                    return value
+                    raise VaelabError(f"{where} must be positive integers, got {value}")
+                return value
             if isinstance(value, bool) and self.type in (int, float):
                 raise TypeError
             if self.type is int:
@@ -97,10 +96,10 @@ class Option:
                 value = float(value)
             elif self.type is str and not isinstance(value, str):
                 raise TypeError
+        except VaelabError:  # (a ValueError too: said as it is, not as a wrong type)
+            raise
         except (TypeError, ValueError):
             raise VaelabError(f"{where} must be of type {self.type_name}, got {value!r}") from None
-        if self.type is list:
-            raise VaelabError(f"{where} must be positive integers, got {bad}")
         if self.choices is not None and value not in self.choices:
             raise VaelabError(f"{where}: unknown value {value!r}; choose one of: {', '.join(self.choices)}")
         if isinstance(value, float) and not math.isfinite(value):

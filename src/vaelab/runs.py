@@ -39,7 +39,7 @@ from .data import DataSplits, binarize, context_columns, context_variables, know
 from .data.streaming import RowStore, row_totals
 from .data.tabular import missing_cells, missing_note, table_spec
 from .errors import VaelabError
-from .inputs import check_whole, resolve_device
+from .inputs import check_data, check_whole, resolve_device
 from .evaluation import EvalSettings, Evaluation, EvaluationSummary, LogLikelihood, evaluate, log_likelihood
 from .evaluation.settings import DEFAULTS
 from .m2 import batch_labelled_share
@@ -468,8 +468,7 @@ def train(
     vae = build_model(spec).to(device)
     if resume is not None:  # a checkpoint of another model fails here, before anything is written
         load_checkpoint(run_dir / CHECKPOINT, vae)
-    for xb in data.train.blocks() if isinstance(data.train, RowStore) else [data.train]:  # --backed: block by block
-        vae.decoder.check(xb, f"training data '{config.data}'")
+    check_data(vae, data.train, what=f"training data '{config.data}'", store_rows=None)  # (--backed: block by block)
     if getattr(vae.decoder, "counts", False):  # count likelihoods: the library-size law sampling draws l from
         vae.decoder.set_library_prior(row_totals(data.train)[:, None] if isinstance(data.train, RowStore) else data.train)
     first = split_batch(data, "train", spec.context, known)[:2].to(device)

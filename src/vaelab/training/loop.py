@@ -330,9 +330,9 @@ def _check_arguments(model: VAE, data: DataSplits, *, epochs: int, batch_size: i
     check_whole(nan_retries, "nan_retries", low=0)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise VaelabError(f"lr must be a finite number > 0, got {lr!r}")
-    check_data(model, data.train, what="training data")
+    check_data(model, data.train, what="training data", store_rows=None)  # (on disk: in the store's scan blocks)
     if data.val.shape[0] > 0:
-        check_data(model, data.val, what="validation data")
+        check_data(model, data.val, what="validation data", store_rows=None)
 
 
 def fit(
