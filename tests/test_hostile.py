@@ -376,3 +376,223 @@ def test_options_that_did_nothing_or_were_misnamed(tmp_path: Path, refused, make
                                                     for i, r in enumerate(rows)))
     refused(["train", "--data", data, "--out", tmp_path / "runs", *args], *culprits)
     assert not (tmp_path / "runs").exists()
+
+
+# --- numbers that overflow, and options that had no effect (a sixth tester) ----------------------------
+@pytest.mark.parametrize("args, culprits", [
+    (["--beta", "1e308"], ["beta must be a number from 0 to 1e+06", "1e+308", "--beta"]),  # NaN blamed on the lr
+    (["--free-bits", "1e308"], ["free_bits", "1e+308", "--free-bits"]),  # a traceback (clamp overflow)
+    (["--alpha", "1e7"], ["alpha", "1e+07", "--alpha"]),
+])
+def test_overflowing_loss_weights_are_refused(data_file: Path, tmp_path: Path, refused, args: list,
+                                              culprits: list) -> None:
+    refused(["train", "--data", data_file, "--out", tmp_path / "runs", *args], *culprits)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("where", ["train", "test"])
+def test_overflowing_gaussian_data_is_refused_before_training(tmp_path: Path, refused, where: str) -> None:
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    if where == "train":
+        x[5, 3] = 1e30  # (x - mu)^2 is inf in float32: NaN at step 1, blamed on the learning rate
+        np.save(tmp_path / "d.npy", x)
+        data, culprits = tmp_path / "d.npy", ["training data", "1e+30"]
+    else:  # a split the training check never read: the validation/test ELBO was NaN
+        np.savez(tmp_path / "d.npz", train=x, test=np.full((5, 8), 1e25, np.float32))
+        data, culprits = tmp_path / "d.npz", ["the test split of", "1e+25"]
+    refused(["train", "--data", data, "--likelihood", "gaussian", "--out", tmp_path / "runs"],
+            *culprits, "squares them, which overflows float32", "standardise the data")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_overflow_in_a_batch_is_blamed_on_the_data_not_the_learning_rate(tmp_path: Path, refused) -> None:
+    """Each value's square fits float32, the batch's sum of squares does not: the forensics name
+    the data, and no retry at a lower learning rate is wasted on it."""
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).uniform(-1.5e19, 1.5e19, (200, 8)).astype(np.float32))
+    line = refused(["train", "--data", tmp_path / "d.npy", "--likelihood", "gaussian", "--hidden", 8, "--latent-dim", 2,
+                    "--epochs", 1, "--eval-k", 0, "--out", tmp_path, "--name", "r", "--quiet"],
+                   "likely cause: the data's magnitude", "overflow float32", "standardise the data", "holds no checkpoint")
+    assert "learning rate" not in line and "--lr" not in line  # was: "likely cause: the learning rate (0.00025)"
+    assert not (tmp_path / "r" / "events.jsonl").exists()  # no recovery: a lower lr cannot help
+
+
+def test_latent_dim_beside_latent_dims_is_refused(data_file: Path, tmp_path: Path, refused) -> None:
+    refused(["train", "--data", data_file, "--latent-dims", "4,2", "--latent-dim", 7, "--out", tmp_path / "runs"],
+            "--latent-dims 4,2", "--latent-dim 7", "no effect", "only one")  # 7 was silently ignored
+    (tmp_path / "c.toml").write_text("latent_dim = 7\n")
+    refused(["train", "--data", data_file, "--config", tmp_path / "c.toml", "--latent-dims", "4,2",
+             "--out", tmp_path / "runs"], "--latent-dim 7", "only one")
+    with pytest.raises(vaelab.VaelabError, match="give only one of them"):
+        vaelab.train(data=str(data_file), out=str(tmp_path / "runs"), latent_dims=[4, 2], latent_dim=7, epochs=1)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_stratify_by_a_continuous_column_is_refused(tmp_path: Path, refused) -> None:
+    import anndata
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"size": rng.random(120) * 100, "n_genes": rng.integers(0, 1000, 120),
+                        "batch": rng.integers(0, 3, 120)}, index=[f"c{i}" for i in range(120)])
+    anndata.AnnData(rng.poisson(3.0, (120, 6)).astype(np.float32), obs=obs).write_h5ad(tmp_path / "x.h5ad")
+    train = ["train", "--data", tmp_path / "x.h5ad", "--likelihood", "poisson", "--out", tmp_path / "runs"]
+    refused([*train, "--stratify-by", "size"], "--stratify-by size", "non-integer values", "not categorical")
+    refused([*train, "--stratify-by", "n_genes"], "--stratify-by n_genes", "distinct values", "at most 100")
+    assert not (tmp_path / "runs").exists()  # each cell was its own stratum, silently
+    s = vaelab.data.load_data(str(tmp_path / "x.h5ad"), stratify_by="batch", counts=True)  # whole, few: a category
+    assert len(s.train) + len(s.val) + len(s.test) == 120
+
+
+def test_a_huge_embedding_is_named_as_the_culprit(tmp_path: Path, refused, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAELAB_MEMORY_LIMIT", "1G")
+    rows = np.random.default_rng(0).random((60, 4))
+    (tmp_path / "d.csv").write_text("a,b,c,d,label\n" + "".join(",".join(f"{v:.3f}" for v in r) + f",{i % 2}\n"
+                                                                for i, r in enumerate(rows)))
+    refused(["train", "--data", tmp_path / "d.csv", "--condition-on", "label", "--embedding", 100_000_000,
+             "--out", tmp_path / "runs"], "--embedding 100000000", "choose a smaller --embedding")  # named --latent-dim/--hidden
+    assert not (tmp_path / "runs").exists()
+
+
+def test_column_types_statistics_are_kept(tmp_path: Path, refused) -> None:
+    rng = np.random.default_rng(0)
+    rows = [f"{rng.normal(45, 12):.1f},{rng.choice(['Oslo', 'Paris'])},{rng.poisson(7)}" for _ in range(120)]
+    (tmp_path / "t.csv").write_text("age,city,visits\n" + "\n".join(rows) + "\n")
+    model, _ = vaelab.train(data=str(tmp_path / "t.csv"), likelihood="mixed", out=str(tmp_path / "runs"), name="t",
+                            column_types="age=numeric(50;10),visits=count(3)", **QUIET)
+    kept = json.loads((model.run_dir / "model.json").read_text())["likelihood"]["column_types"]
+    assert "age=numeric(50.0;10.0)" in kept and "visits=count(3.0)" in kept  # were the training split's, silently
+    refused(["train", "--data", tmp_path / "t.csv", "--likelihood", "mixed", "--column-types", "age=numeric(50;0)",
+             "--out", tmp_path / "r2"], "--column-types", "age=numeric(50;0)", "std > 0")
+    assert not (tmp_path / "r2").exists()
+
+
+# --- separators, the command line's words, unreadable records, outputs checked first (a seventh tester) -------
+def _table(path: Path, sep: str = ",", quote: bool = False, decimal: str = ".", header: bool = True) -> Path:
+    rows = np.random.default_rng(0).random((60, 4))
+    cell = (lambda v: f'"{v:.3f}"') if quote else (lambda v: f"{v:.3f}".replace(".", decimal))
+    path.write_text((sep.join("abcd") + "\n" if header else "") + "".join(sep.join(map(cell, r)) + "\n" for r in rows))
+    return path
+
+
+def test_quoted_numbers_are_read_as_the_numbers_they_quote(tmp_path: Path) -> None:
+    quoted = vaelab.data.load_data(str(_table(tmp_path / "q.csv", quote=True)), seed=0)  # was: "could not be parsed"
+    plain = vaelab.data.load_data(str(_table(tmp_path / "p.csv")), seed=0)
+    assert torch.equal(quoted.train, plain.train) and torch.equal(quoted.test, plain.test)
+
+
+SEPARATED = [
+    (";", ".", True, ["looks semicolon-separated", "'a;b;c;d'", "sep=';')"]),  # was: line 2 ... not a number
+    (";", ",", True, ["semicolon-separated with decimal commas", "decimal=','"]),  # was: '637;0' is not a number
+    ("\t", ".", True, ["looks tab-separated", "sep='\\t'"]),
+]
+
+
+@pytest.mark.parametrize("likelihood, sep, decimal, header, culprits", [
+    *(("gaussian", *case) for case in SEPARATED),
+    ("gaussian", ";", ".", False, ["looks semicolon-separated", "sep=';')"]),  # no header: a mixed table needs one
+    *(("mixed", *case) for case in SEPARATED),
+])
+def test_a_table_with_another_separator_is_named_with_the_fix(tmp_path: Path, refused, likelihood: str, sep: str,
+                                                              decimal: str, header: bool, culprits: list) -> None:
+    data = _table(tmp_path / "d.csv", sep=sep, decimal=decimal, header=header)
+    refused(["train", "--data", data, "--likelihood", likelihood, "--out", tmp_path / "runs"],
+            "d.csv", *culprits, "comma-separated")  # mixed: "column 'a;b;c;d' has level ... never in training"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sample_names_its_own_options_for_a_model_with_covariates(tmp_path: Path, refused) -> None:
+    rng = np.random.default_rng(0)
+    (tmp_path / "d.csv").write_text("a,b,c,d,dose,label\n" + "".join(
+        ",".join(f"{v:.3f}" for v in rng.random(4)) + f",{rng.random():.2f},{i % 2}\n" for i in range(60)))
+    model, _ = vaelab.train(data=str(tmp_path / "d.csv"), likelihood="gaussian", condition_on=["label", "dose"],
+                            out=str(tmp_path / "runs"), name="c", **QUIET)
+    out = ["-o", tmp_path / "s.png"]
+    line = refused(["sample", model.run_dir, "--label", 1, *out], "--label 1", "label, dose", "--context 1,DOSE")
+    assert " as c" not in line  # was: "give every column as c, not only the label" (the Python API's words)
+    refused(["sample", model.run_dir, *out], "label, dose", "--context LABEL,DOSE")  # was: "give the class (--label"
+    refused(["sample", model.run_dir, "--label", 1, "--context", "1,0.5", *out], "--label and --context", "one of them")
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "s.npy").exists()
+    assert run_cli(["sample", model.run_dir, "--context", "1,0.5", "-n", 4, *out]) == 0
+
+
+def test_an_unreadable_weights_file_says_what_is_wrong(run: Path, tmp_path: Path, refused, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    import os
+    import shutil
+
+    import vaelab.training.checkpoint as checkpoint
+
+    copy = tmp_path / "runs" / "w"
+    shutil.copytree(run, copy)
+    weights, ckpt = copy / "model.safetensors", copy / "checkpoint.safetensors"
+    real = os.access  # the tests run as root, who may read anything: a file we may not read, as os.access says
+    monkeypatch.setattr(checkpoint.os, "access", lambda p, mode, *a, **k: False if Path(p) == weights
+                        and mode & os.R_OK else real(p, mode, *a, **k))
+    refused(["sample", copy, "-o", tmp_path / "s.png"], str(weights), "cannot be read (permission denied)", "chmod u+r")
+    monkeypatch.undo()
+    weights.unlink()
+    weights.mkdir()  # was: "weights file ... not found" (and "no epoch finished" in 'vaelab runs')
+    refused(["sample", copy, "-o", tmp_path / "s.png"], str(weights), "is a folder, not a file", "damaged")
+    capsys.readouterr()
+    assert run_cli(["runs", tmp_path / "runs"]) == 0
+    assert "w: damaged: model.safetensors is a folder, not a file" in capsys.readouterr().out
+    ckpt.unlink()
+    ckpt.mkdir()
+    before = digest(copy)
+    refused(["train", "--resume", copy], str(ckpt), "is a folder, not a file")  # was: "checkpoint ... not found"
+    refused(["verify", copy], str(ckpt), "is a folder, not a file")  # was: "it did not finish an epoch"
+    assert digest(copy) == before and not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("target", ["/proc/version", "/dev/null"])
+def test_compare_checks_its_output_before_estimating(run: Path, tmp_path: Path, refused,
+                                                     monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    import shutil
+
+    import vaelab.compare
+
+    if not Path(target).exists():
+        pytest.skip(f"no {target} here")
+    shutil.copytree(run, tmp_path / "r2")
+
+    def estimate(*args, **kwargs):
+        raise AssertionError("compared (estimated) before -o was checked")
+
+    monkeypatch.setattr(vaelab.compare, "compare", estimate)
+    refused(["compare", run, tmp_path / "r2", "-o", target], f"'{target}'")  # /proc: failed after the estimation
+    assert Path("/dev/null").is_char_device()  # (and /dev/null, as root, was replaced by the page)
+
+
+def test_eval_keeps_a_read_only_eval_json(run: Path, tmp_path: Path, refused, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+
+    import vaelab.outputs
+
+    copy = tmp_path / "ro"
+    shutil.copytree(run, copy)
+    record = copy / "eval.json"
+    record.chmod(0o444)
+    real = os.access  # root may write a 0444 file, so os.access answers as it would for its owner
+    monkeypatch.setattr(vaelab.outputs.os, "access", lambda p, mode, *a, **k: False if Path(p) == record
+                        and mode & os.W_OK else real(p, mode, *a, **k))
+    before = digest(copy)
+    for argv in (["eval", copy, "--k", 5], ["report", copy, "--reevaluate", "--k", 5, "-o", tmp_path / "r.html"]):
+        refused(argv, str(record), "is read-only", "chmod u+w")  # eval: replaced by the atomic rename
+    assert digest(copy) == before and not (tmp_path / "r.html").exists()
+    record.chmod(0o644)
+
+
+def test_report_names_a_damaged_eval_json(run: Path, tmp_path: Path, refused, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    copy = tmp_path / "runs" / "d"
+    shutil.copytree(run, copy)
+    (copy / "eval.json").write_bytes((copy / "eval.json").read_bytes()[:100])  # truncated
+    before = digest(copy)
+    refused(["report", copy, "-o", tmp_path / "r.html"], str(copy / "eval.json"), "is damaged", "not readable JSON",
+            f"vaelab eval {copy}", "--reevaluate")  # was: evaluated anew and written over, silently
+    assert digest(copy) == before and not (tmp_path / "r.html").exists()
+    capsys.readouterr()
+    assert run_cli(["runs", tmp_path / "runs"]) == 0
+    assert "d: damaged: eval.json is not readable JSON" in capsys.readouterr().out  # the same word in the listing

@@ -31,7 +31,7 @@ import click
 import numpy as np
 
 from . import registry
-from .config import TrainConfig, choices, load_config_file
+from .config import TrainConfig, check_given, choices, load_config_file
 from .errors import VaelabError
 from .inputs import MAX_SEED
 from .evaluation import EvalSettings
@@ -136,6 +136,7 @@ def train(config_file: str | None, resume: str | None, quiet: bool, **options: A
         values = load_config_file(config_file) if config_file else {}
         config = TrainConfig.from_mapping(values, source=config_file or "options")
         config = config.replace(**given) if given else config
+        check_given({**values, **given})  # e.g. --latent-dim beside --latent-dims, which replaces it
         model, result = run_train(config, progress=not quiet, log=log, evaluate=_after_training)
     from .training.distributed import is_main_process
 
@@ -312,6 +313,29 @@ def _by_name(x: np.ndarray, names: tuple[str, ...], trained: list[str] | None, s
                       f"{len(trained)} columns by name (any order)")
 
 
+def _check_sample_context(model: Any, label: str | None, context: str | None) -> None:
+    """``sample``'s --label and --context against what the model conditions on, refused in the
+    command line's words (the Python API's messages speak of ``c`` and ``label=``)."""
+    from .context import LABEL
+
+    variables = model.spec.context
+    names = ", ".join(v.name for v in variables)
+    example = ",".join(str(label) if v.name == LABEL and label is not None else v.name.upper() for v in variables)
+    several = f"give --context with one value each, comma-separated, in that order (--context {example})"
+    if label is not None and context is not None:
+        raise VaelabError("--label and --context: give one of them (--context gives every conditioning variable, "
+                          "the label included)")
+    if label is None and context is None and variables:
+        only_label = len(variables) == 1 and variables[0].name == LABEL
+        raise VaelabError(f"this model generates given {names}: " + ("give the class with --label CLASS"
+                                                                      if only_label else several))
+    if label is not None and model.spec.label() is None:
+        raise VaelabError(f"--label {label}: this model has no label to condition on (trained without --condition-on "
+                          f"label); " + (several if variables else "leave --label out"))
+    if label is not None and len(variables) != 1:
+        raise VaelabError(f"--label {label}: this model conditions on {names}, not only the label; {several}")
+
+
 def _context_values(model: Any, text: str, n: int) -> np.ndarray:
     """``--context 3,0.5``: one value per conditioning variable, repeated for ``n`` samples ``[n, P]``."""
     variables, values = model.spec.context, [v.strip() for v in text.split(",")]
@@ -463,6 +487,7 @@ def sample(run: str, n: int, output: str, seed: int, draw: bool, label: str | No
 
     png, npy = _check_siblings(output, _check_outputs(_outputs(output, (".png", ".npy")), run))
     model = load(run)
+    _check_sample_context(model, label, context)
     table = _table_output(model, npy, run)
     c = None if context is None else _context_values(model, context, n)
     _check_samples_fit(model, n)

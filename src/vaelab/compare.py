@@ -45,6 +45,7 @@ from .errors import VaelabError
 from .evaluation.settings import DEFAULTS
 from .evaluation.summary import EvaluationSummary
 from .run_folder import SWEEP, read_metrics
+from .training.checkpoint import unreadable
 
 __all__ = ["RunInfo", "PairedDifference", "Comparison", "read_run", "list_runs", "compare", "format_runs",
            "format_comparison", "compare_page", "write_compare_page", "curves_figure", "RUN_FILES"]
@@ -172,8 +173,11 @@ def read_run(path: str | Path) -> RunInfo:
         metrics = read_metrics(p)  # checked record by record (a damaged line is named)
         if (p / "eval.json").is_file():
             evaluation = EvaluationSummary.from_dict(_json_file(p / "eval.json"), source="eval.json")
-        if not (p / "model.safetensors").is_file():
+        if not (p / "model.safetensors").exists():
             raise VaelabError("no trained weights (model.safetensors): no epoch finished")
+        weights_problem = unreadable(p / "model.safetensors")
+        if weights_problem:
+            raise VaelabError(f"model.safetensors {weights_problem}")
     except (VaelabError, OSError, UnicodeDecodeError) as err:
         status, problem = "damaged", str(err)
     if status == "ok" and (p / SWEEP).is_file():

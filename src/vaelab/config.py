@@ -20,10 +20,11 @@ from .context import Variable
 from .data.images import parse_resize
 from .errors import VaelabError
 from .inputs import MAX_SEED
+from .objectives import check_weights
 from .evaluation.settings import DEFAULTS
 from .spec import LADDER_OPTIONS, ModelSpec
 
-__all__ = ["TrainConfig", "load_config_file", "CHOICES", "PART_KINDS", "LOGGERS", "choices"]
+__all__ = ["TrainConfig", "load_config_file", "check_given", "CHOICES", "PART_KINDS", "LOGGERS", "choices"]
 
 # settings with a fixed set of values; the part names (net, posterior, prior, likelihood) come
 # from the registry instead (:func:`choices`), so a registered part is a valid choice at once
@@ -160,6 +161,7 @@ class TrainConfig:
         for key in ("beta", "warmup", "free_bits", "alpha"):
             if not 0 <= getattr(self, key) < float("inf"):
                 raise VaelabError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
+        check_weights(beta=self.beta, free_bits=self.free_bits, alpha=self.alpha)  # 1e308: inf in float32
         if self.embedding < 0 or self.labels_per_class < 0 or self.labelled_per_batch < 0:
             raise VaelabError("embedding, labels_per_class and labelled_per_batch must be >= 0")
         if self.embedding > 0 and not self.condition_on:
@@ -289,6 +291,17 @@ class TrainConfig:
 
 
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
+
+
+def check_given(given: Mapping[str, Any]) -> None:
+    """Refuse settings given together where one would silently have no effect (``given``: the
+    settings stated explicitly, in a config file or on the command line; defaults are not):
+    ``latent_dims`` (a ladder) replaces ``latent_dim``."""
+    dims = given.get("latent_dims")
+    if "latent_dim" in given and dims not in (None, "", []):
+        shown = ",".join(map(str, dims)) if isinstance(dims, (list, tuple)) else dims
+        raise VaelabError(f"--latent-dims {shown} (a ladder's layer sizes) replaces --latent-dim "
+                          f"{given['latent_dim']}, which would have no effect; give only one of them")
 
 
 def _convert(key: str, value: Any, type_name: Any, source: str) -> Any:

@@ -80,6 +80,8 @@ __all__ = [
     "kl_per_dim",
     "free_bits_kl",
     "kl_weight",
+    "check_weights",
+    "MAX_WEIGHT",
     "iwae",
     "log_mean_exp",
     "detach_parameters",
@@ -197,6 +199,20 @@ def free_bits_kl(kl_d: Tensor, free_bits: float) -> Tensor:
     (:func:`kl_per_dim`); ``free_bits=0`` gives the mean KL of the batch.
     """
     return torch.clamp(kl_d.mean(0), min=free_bits).sum()  # [D] -> []
+
+
+MAX_WEIGHT = 1e6  # beta, free bits and alpha beyond this: refused (see check_weights)
+
+
+def check_weights(**weights: float) -> None:
+    """Refuse a loss weight (``beta``, ``free_bits``, ``alpha``) above :data:`MAX_WEIGHT`: it
+    swamps the rest of the loss, and beyond float32's range (3.4e38) it is infinite in the
+    float32 loss (NaN at the first step, or a traceback), which the learning rate cannot fix."""
+    for name, value in weights.items():
+        if not value <= MAX_WEIGHT:
+            raise VaelabError(f"{name} must be a number from 0 to {MAX_WEIGHT:g}, got {value:g}: a larger weight "
+                              f"swamps the rest of the loss and from 3.4e+38 overflows its float32 numbers; "
+                              f"choose a smaller --{name.replace('_', '-')}")
 
 
 def kl_weight(progress: float, beta: float = 1.0, warmup: float = 0.0) -> float:
@@ -408,6 +424,7 @@ class Objective:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise VaelabError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_weights(beta=self.beta, free_bits=self.free_bits, alpha=self.alpha)
         if self.estimator == "dreg" and self.kind != "iwae":
             raise VaelabError(
                 f"estimator 'dreg' is the doubly reparameterized gradient of the IWAE bound; it "

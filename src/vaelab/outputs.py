@@ -107,8 +107,10 @@ def check_writable(
     """Check, before anything is written, that ``path`` can be written as a file; returns it.
 
     Refused with a one-line :class:`VaelabError`: an empty path, a path that is a folder,
-    a parent path through a file or a read-only folder, and a path that is one of ``inputs``
-    (the same file, through symbolic or hard links too): writing there would destroy an input.
+    a parent path through a file or a read-only folder, a path that is one of ``inputs``
+    (the same file, through symbolic or hard links too): writing there would destroy an input;
+    an existing target that is read-only or not a plain file (``/dev/null``), and a folder in
+    which no file can be made (``/proc``: tried with a temporary file, removed at once).
     Missing parent folders are fine (they are made at the write).
     """
     if str(path) == "":
@@ -130,6 +132,22 @@ def check_writable(
         if same or os.path.realpath(p) == os.path.realpath(src):
             raise VaelabError(f"the {what} '{p}' is the input '{src}'; writing it would destroy the input: "
                               "choose another output path")
+    if p.exists() and not p.is_file():  # /dev/null, a pipe: the atomic rename would put a file in its place
+        raise VaelabError(f"the {what} '{p}' exists and is not a plain file (a device or a pipe); choose another path")
+    if p.is_file() and not os.access(p, os.W_OK):  # the rename would replace it all the same
+        raise VaelabError(f"the {what} '{p}' is read-only, so it is kept; to replace it, make it writable "
+                          f"(chmod u+w '{p}') or move it away")
+    if p.parent.is_dir():  # (a missing folder is made at the write; its nearest existing one was checked above)
+        try:  # what the write itself does first: a temporary file beside the target (a read-only mount, /proc)
+            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        except OSError as err:
+            raise VaelabError(f"cannot write the {what} '{p}': no file can be made in '{p.parent}' "
+                              f"({err.strerror or type(err).__name__}); choose a folder you may write to") from None
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:  # (already gone: training removes stray temporary files in its run folder)
+            pass
     return p
 
 

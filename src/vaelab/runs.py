@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from .build import build_model
-from .config import TrainConfig
+from .config import TrainConfig, check_given
 from .context import Batch
 from .data import DataSplits, binarize, context_columns, context_variables, known_labels, load_data, split_batch
 from .data.streaming import RowStore, row_totals
@@ -434,6 +434,7 @@ def train(
                               "--epochs to continue it")
     else:
         config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+        check_given(overrides)  # e.g. latent_dim beside latent_dims, which replaces it
         run_dir = Path(config.out) / (check_run_name(config.name) if config.name else _run_name(config))
         check_folder(config.out, "--out folder")
         if config.name and (run_dir / CONFIG).exists() and (run_dir / CHECKPOINT).exists():  # a default name gets a suffix
@@ -469,6 +470,10 @@ def train(
     if resume is not None:  # a checkpoint of another model fails here, before anything is written
         load_checkpoint(run_dir / CHECKPOINT, vae)
     check_data(vae, data.train, what=f"training data '{config.data}'", store_rows=None)  # (--backed: block by block)
+    for part in ("val", "test"):  # scored every epoch and at the end: a value the loss cannot take fails now
+        if int(getattr(data, part).shape[0]):
+            check_data(vae, getattr(data, part), what=f"the {'validation' if part == 'val' else part} split of "
+                       f"'{config.data}'", store_rows=None)
     if getattr(vae.decoder, "counts", False):  # count likelihoods: the library-size law sampling draws l from
         vae.decoder.set_library_prior(row_totals(data.train)[:, None] if isinstance(data.train, RowStore) else data.train)
     first = split_batch(data, "train", spec.context, known)[:2].to(device)
@@ -580,18 +585,31 @@ def _check_model_size(config: TrainConfig, spec: ModelSpec, device: torch.device
     counting its parameters on the meta device (:func:`~vaelab.evaluation.memory.check_model_fits`).
     Parts that cannot be built there (flows, VampPrior) are counted by the same model with a
     Gaussian posterior and a normal prior: the networks, which is most of it."""
-    from .evaluation.memory import TRAINING_FACTOR, check_model_fits
+    from .evaluation.memory import TRAINING_FACTOR, check_bytes, parameter_count
 
     hidden = ",".join(map(str, config.hidden)) if isinstance(config.hidden, (list, tuple)) else config.hidden
-    culprits = f"--latent-dim {spec.latent_dim}, --hidden {hidden}"
+    sizes = {"--latent-dims" if config.latent_dims else "--latent-dim":  # the settings that size the model
+             ",".join(map(str, config.latent_dims)) if config.latent_dims else spec.latent_dim,
+             "--hidden": hidden, **({"--embedding": config.embedding} if config.embedding else {})}
+    culprits = ", ".join(f"{k} {v}" for k, v in sizes.items())
+    names = list(sizes)[-1:] * bool(config.embedding) + list(sizes)[:2]  # --embedding first when given
+    fix = f"choose a smaller {', '.join(names[:-1])} or {names[-1]}"
     doing = "trained with Adam" if factor is None else "loaded"
+
+    def check(make: Callable[[], torch.nn.Module]) -> int | None:
+        n = parameter_count(make)
+        if n is not None:
+            check_bytes(n * 4.0 * (factor or TRAINING_FACTOR), f"a model of {n:,} parameters ({culprits}), {doing},",
+                        fix, device)
+        return n
+
     with torch.random.fork_rng(devices=[]):
-        if check_model_fits(lambda: build_model(spec), culprits, device, factor or TRAINING_FACTOR, doing) is None:
+        if check(lambda: build_model(spec)) is None:
             try:
                 plain = config.replace(posterior="gaussian", prior="normal").model_spec(spec.x_shape, spec.context)
             except VaelabError:
                 return
-            check_model_fits(lambda: build_model(plain), culprits, device, factor or TRAINING_FACTOR, doing)
+            check(lambda: build_model(plain))
 
 
 def _check_batch_size(vae: VAE, first: Batch, config: TrainConfig, n_train: int) -> None:

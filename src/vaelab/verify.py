@@ -92,7 +92,7 @@ def verify(run: str | Path, device: str | None = None) -> Verification:
     from .run_folder import check_run, check_run_files, read_config
 
     run_dir = check_run(run)
-    if not (run_dir / CHECKPOINT).is_file():
+    if not (run_dir / CHECKPOINT).exists():  # (a folder or an unreadable file there is named by check_run_files)
         raise VaelabError(f"run '{run_dir}' has no checkpoint ({CHECKPOINT}): it did not finish an epoch")
     check_run_files(run_dir)  # a damaged file is named as such, not as a difference
     saved_state = check_state(read_metadata(run_dir / CHECKPOINT), run_dir / CHECKPOINT)

@@ -262,9 +262,14 @@ def obs_covariates(obs: Any, names: Sequence[str], what: str) -> tuple[np.ndarra
     return np.stack(cols, 1), tuple(classes)
 
 
+MAX_STRATA = 100  # a numeric obs column to stratify by: whole numbers with at most this many distinct values
+
+
 def obs_strata(obs: Any, name: str, what: str) -> np.ndarray:
     """The ``obs`` column ``name`` as stratum ids ``[N]`` int64 for the seeded test and
-    validation draws (categorical columns by level; numeric ones by distinct value)."""
+    validation draws (categorical columns by level; numeric ones by distinct value, which must
+    be whole numbers with at most :data:`MAX_STRATA` distinct values: a continuous column,
+    ``n_counts`` say, would make every cell its own stratum)."""
     if name not in obs.columns:
         raise VaelabError(f"--stratify-by {name}: {what} has no obs column {name!r} "
                           f"(obs columns: {_listed(list(obs.columns))}); name one of those")
@@ -272,7 +277,17 @@ def obs_strata(obs: Any, name: str, what: str) -> np.ndarray:
     if _is_categorical(series):
         return categorical_codes(series, name, what)[0]
     _first_missing(series, name, what, series.isna().to_numpy())
-    return np.unique(series.to_numpy(), return_inverse=True)[1].astype(np.int64).reshape(-1)
+    values = series.to_numpy()
+    levels, ids = np.unique(values, return_inverse=True)
+    whole = values.dtype.kind in "iub" or bool(np.all(np.mod(values.astype(np.float64), 1) == 0))
+    if not whole or len(levels) > MAX_STRATA:  # a continuous column: every cell its own "level"
+        shown = next((v for v in values if not float(v).is_integer()), None) if not whole else None
+        why = (f"holds non-integer values (e.g. {shown:g})" if shown is not None
+               else f"has {len(levels):,} distinct values")
+        raise VaelabError(f"--stratify-by {name}: obs column {name!r} of {what} {why}, so it is not categorical; "
+                          f"stratify by a categorical column (text, category, or whole numbers with at most "
+                          f"{MAX_STRATA} distinct values) such as a cell type or a batch, or leave --stratify-by out")
+    return ids.astype(np.int64).reshape(-1)
 
 
 def read_h5ad(

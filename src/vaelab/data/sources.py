@@ -8,7 +8,8 @@
 * a ``.npz`` file or a mapping: keys ``train`` and optionally ``test``, ``train_labels``,
   ``test_labels``; or a single array under any key. Covariates asked for by name come from
   ``train_NAME`` (and ``test_NAME`` when there is a test part), one value per example;
-* a ``.csv`` (or ``.csv.gz``) file: comma-separated numbers, one example per row. A first row
+* a ``.csv`` (or ``.csv.gz``) file: comma-separated numbers (quoted or not; a file separated by
+  semicolons or tabs is refused, naming its separator), one example per row. A first row
   with any non-number is a header and is skipped; a header column named ``label`` holds
   class labels (whole numbers, or names such as ``cat``: ids in sorted name order);
   covariates asked for by name are header columns, taken out of the features;
@@ -38,6 +39,7 @@ import csv
 import warnings
 import gzip
 import io
+import itertools
 import os
 import zipfile
 import zlib
@@ -411,12 +413,18 @@ def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
     what = f"data file '{path}'"
     try:
         with _open_text(path) as f:
-            first = next((row for row in csv.reader(f) if any(c.strip() for c in row)), None)
+            top = [[cell.strip() for cell in row] for row in itertools.islice(
+                (row for row in csv.reader(f) if any(c.strip() for c in row)), 2)]
     except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as err:
         raise VaelabError(f"{what} is not a readable UTF-8 CSV file ({_short(err)})") from None
-    if first is None:
+    if not top:
         raise VaelabError(f"{what} is empty; put one example per row, numbers separated by commas")
-    first = [cell.strip() for cell in first]
+    from vaelab.data.tabular import separator_problem
+
+    problem = separator_problem(what, path, top)
+    if problem:
+        raise VaelabError(problem)
+    first = top[0]
     header = not all(_is_number(cell) for cell in first)
     lowered = [n.lower() for n in first] if header else []
     label_col = lowered.index("label") if "label" in lowered else None
@@ -434,11 +442,13 @@ def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
     try:
         with warnings.catch_warnings():  # a header without rows: said below, not as numpy's warning
             warnings.filterwarnings("ignore", message=".*input contained no data", category=UserWarning)
+            # quotechar: a quoted cell ("1.0") is its text, as csv.reader reads it above and the mixed table does
             table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, skiprows=int(header),
-                               comments=None, encoding="utf-8-sig", usecols=numeric if text_columns else None)
+                               comments=None, encoding="utf-8-sig", usecols=numeric if text_columns else None,
+                               quotechar='"')
             labels = None if label_col is None else np.loadtxt(
                 path, delimiter=",", dtype=str, ndmin=1, skiprows=1, comments=None, encoding="utf-8-sig",
-                usecols=[label_col])
+                usecols=[label_col], quotechar='"')
     except (ValueError, OSError, EOFError, UnicodeDecodeError, zlib.error):
         raise VaelabError(f"{what}: {_explain_csv(path, header, text_columns=text_columns, names=cov_cols)}") from None
     if table.size == 0:

@@ -20,8 +20,9 @@ Column types, when not declared, are read off the observed cells of the whole fi
 * anything else (decimals, negative whole numbers with many values): ``numeric``.
 
 ``column_types="age=numeric,visits=count"`` overrides the types of the columns it names (a
-type that does not fit a cell is an error naming column, line and value); an entry that
-lists its levels (``city=categorical(Oslo|Paris|Rome)``, as a model spec keeps them) fixes
+type that does not fit a cell is an error naming column, line and value); statistics given
+with a type (``age=numeric(45;12)``: mean and standard deviation; ``visits=count(7.5)``: mean)
+are kept instead of the training split's; an entry that lists its levels (``city=categorical(Oslo|Paris|Rome)``, as a model spec keeps them) fixes
 the level ids, and a cell outside them is an error. A ``label`` column holds class labels and
 covariates asked for by name are taken out of the features, as for plain CSV files (a
 covariate of text values is categorical). Levels are read over every row (train and test);
@@ -51,7 +52,7 @@ import numpy as np
 import torch
 
 from vaelab.data.splits import DataSplits, make_splits
-from vaelab.distributions.mixed import Column, format_columns, parse_column_types
+from vaelab.distributions.mixed import Column, declared_statistics, format_columns, parse_column_types
 from vaelab.errors import VaelabError
 from vaelab.spec import ModelSpec, PartSpec
 
@@ -94,6 +95,34 @@ def _is_missing(cell: str) -> bool:
     return cell.lower() in MISSING
 
 
+def separator_problem(what: str, path: Path, rows: list[list[str]]) -> str | None:
+    """The message for a table separated by semicolons or tabs where vaelab reads commas, or None.
+
+    ``rows``: the first (up to two) non-blank rows as read with commas. Each must split into
+    the same number of fields at the other separator, more than at commas, or into numbers
+    once a decimal comma is read as a point (``0,5;1,25`` of a European spreadsheet). A header
+    cell that merely holds a semicolon (``"dose; mg",weight`` over ``1,2``) is not flagged."""
+    for sep, name in ((";", "semicolon"), ("\t", "tab")):
+        counts, decimal = set(), False
+        for cells in rows:
+            line = ",".join(cells)
+            fields = [f.strip() for f in line.split(sep)]
+            commas = len(fields) > 1 and all(_number(f.replace(",", ".")) is not None for f in fields)
+            if sep not in line or not (len(fields) > len(cells) or commas):
+                break
+            counts.add(len(fields))
+            decimal = decimal or (commas and "," in line)
+        else:
+            if rows and len(counts) == 1:
+                shown = repr(",".join(rows[0])[:60])
+                how = f"sep={sep!r}" + (", decimal=','" if decimal else "")
+                return (f"{what} looks {name}-separated{' with decimal commas' if decimal else ''} (first row {shown}); "
+                        f"vaelab reads comma-separated values with '.' decimals: save it with commas, e.g. "
+                        f"pandas.read_csv('{path}', {how}).to_csv('{path.stem.removesuffix('.csv')}-commas.csv', "
+                        "index=False)")
+    return None
+
+
 def _reads_as_data(header: list[str], rows: list[list[str]], look: int = 1000) -> bool:
     """Whether the first row is one more example rather than names: a number over every column
     of numbers, and over every other column one of its own values (``41.2,Oslo`` above ages
@@ -125,6 +154,9 @@ def _read_rows(path: Path, what: str) -> tuple[list[str], list[list[str]], list[
         raise VaelabError(f"{what} is not a readable UTF-8 CSV file ({' '.join(str(err).split())[:200]})") from None
     if not rows:
         raise VaelabError(f"{what} is empty; a table needs a header row naming its columns, then one row per example")
+    problem = separator_problem(what, path, rows[:2])
+    if problem:
+        raise VaelabError(problem)
     header, rows, lines = rows[0], rows[1:], lines[1:]
     if all(_number(c) is not None for c in header):
         raise VaelabError(f"{what} has no header row (its first row is all numbers); the mixed likelihood needs "
@@ -296,6 +328,7 @@ def load_table(
     training split's; a level that only the validation or test split holds is an error."""
     if not isinstance(source, (str, os.PathLike)):
         raise VaelabError(f"the mixed likelihood reads a CSV table; got a {type(source).__name__}")
+    declared = declared_statistics(column_types)  # a bad number fails before the file is read
     table = read_table(source, column_types=column_types, covariates=covariates)
     name = os.fspath(source)
     splits = make_splits(
@@ -304,7 +337,7 @@ def load_table(
         covariate_classes=table.covariate_classes, columns=table.columns,
     )
     _check_levels_seen(splits, table.columns, name)
-    return dataclasses.replace(splits, columns=_with_statistics(table.columns, splits.train))
+    return dataclasses.replace(splits, columns=_with_statistics(table.columns, splits.train, declared))
 
 
 def _check_levels_seen(splits: DataSplits, columns: Sequence[Column], name: str) -> None:
@@ -324,14 +357,20 @@ def _ids(v: torch.Tensor) -> list[int]:
     return v[~torch.isnan(v)].long().tolist()
 
 
-def _with_statistics(columns: Sequence[Column], train: torch.Tensor) -> tuple[Column, ...]:
+def _with_statistics(columns: Sequence[Column], train: torch.Tensor,
+                     declared: dict[str, tuple[float, float]] | None = None) -> tuple[Column, ...]:
     """The columns with the training split's mean (numeric, count) and standard deviation
-    (numeric) of their observed cells; 0 and 1 when a column has none, a std of 1 when it is 0."""
+    (numeric) of their observed cells; 0 and 1 when a column has none, a std of 1 when it is 0.
+    Statistics ``declared`` by name (``--column-types age=numeric(45;12)``) are kept instead."""
     out = []
     x = train.double()
+    declared = declared or {}
     for j, col in enumerate(columns):
         v = x[:, j][~torch.isnan(x[:, j])]
-        if col.type in ("numeric", "count") and len(v):
+        if col.name in declared and col.type in ("numeric", "count"):
+            mean, std = declared[col.name]
+            col = dataclasses.replace(col, mean=mean, std=std)
+        elif col.type in ("numeric", "count") and len(v):
             std = float(v.std(unbiased=False)) if col.type == "numeric" else 1.0
             col = dataclasses.replace(col, mean=float(v.mean()), std=std if std > 0 else 1.0)
         out.append(col)

@@ -221,6 +221,19 @@ class GaussianDecoder(LocationScaleDecoder):
     family = Normal
     name = "Gaussian"
 
+    def check(self, x: Tensor, what: str = "data") -> None:
+        """As :meth:`Decoder.check`, and refuse values whose square overflows float32 (|x| beyond
+        about 1.8e19): ``Normal.log_prob`` squares x - mu, so the loss would be inf or NaN at the
+        first step whatever the learning rate or the scale."""
+        super().check(x, what)
+        limit = math.sqrt(torch.finfo(torch.float32).max)  # 1.84e19
+        if x.numel() and float(x.abs().max()) >= limit:
+            raise VaelabError(
+                f"{what} has values as large as {float(x.abs().max()):.3g} in absolute value; the Gaussian likelihood "
+                f"squares them, which overflows float32 from {limit:.3g}; standardise the data (subtract each feature's "
+                "mean, divide by its standard deviation) or rescale it"
+            )
+
 
 class LaplaceDecoder(LocationScaleDecoder):
     """p(x|z) = prod_i Laplace(x_i; mu_i(z), b) = prod_i exp(-|x_i - mu_i| / b) / (2 b).

@@ -71,6 +71,7 @@ __all__ = [
     "Column",
     "parse_columns",
     "parse_column_types",
+    "declared_statistics",
     "format_columns",
     "default_columns",
     "MixedCells",
@@ -178,8 +179,9 @@ def parse_columns(text: str, source: str = "column_types") -> tuple[Column, ...]
 
 def parse_column_types(text: str, source: str = "--column-types") -> dict[str, tuple[str, tuple[str, ...]]]:
     """The type and declared levels (or ``()``) ``text`` gives each column it names
-    (``"age=numeric,city=categorical(Oslo|Rome)"``; other details are allowed and ignored): what
-    the CSV reader takes as the user's override of its automatic types."""
+    (``"age=numeric,city=categorical(Oslo|Rome)"``; statistics are read by
+    :func:`declared_statistics`): what the CSV reader takes as the user's override of its
+    automatic types."""
     out: dict[str, tuple[str, tuple[str, ...]]] = {}
     for item in (t.strip() for t in text.split(",")):
         if not item:
@@ -188,6 +190,27 @@ def parse_column_types(text: str, source: str = "--column-types") -> dict[str, t
         if name in out:
             raise VaelabError(f"{source}: column '{name}' named more than once")
         out[name] = (kind, tuple(unquote(v) for v in args.split("|")) if kind == "categorical" and args else ())
+    return out
+
+
+def declared_statistics(text: str, source: str = "--column-types") -> dict[str, tuple[float, float]]:
+    """The mean and standard deviation ``text`` declares for the numeric columns it gives them
+    (``age=numeric(45;12)``) and the mean for count ones (``visits=count(7.5)``, std 1): what
+    the CSV reader keeps instead of the training split's statistics. Checked as a
+    :class:`Column` checks them (finite, std > 0, a count's mean >= 0)."""
+    out: dict[str, tuple[float, float]] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, kind, args = _split_item(item, source)
+        if args is None or kind not in ("numeric", "count"):
+            continue
+        values = _floats(args, 2 if kind == "numeric" else 1, item, source)
+        try:
+            col = Column(name, kind, mean=values[0], std=values[1] if kind == "numeric" else 1.0)
+        except VaelabError as err:
+            raise VaelabError(f"{source}: {item!r}: {err}") from None
+        out[name] = (col.mean, col.std)
     return out
 
 

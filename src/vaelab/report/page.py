@@ -119,15 +119,19 @@ def write_report(
 
 def _saved_evaluation(run_dir: Path) -> EvaluationSummary | None:
     """``RUN/eval.json`` when it holds a complete evaluation (settings and latent health, as
-    ``vaelab eval`` and ``vaelab train`` write it); None when missing, unreadable or from
-    vaelab 0.1.0 (then the report evaluates anew). A file with a malformed value is an error."""
+    ``vaelab eval`` and ``vaelab train`` write it); None when missing or from vaelab 0.1.0
+    (then the report evaluates anew). A damaged file (not JSON: eval.json is written atomically,
+    so a truncated one was damaged afterwards) or one with a malformed value is an error, not
+    silently evaluated over (``vaelab runs`` lists it as damaged too)."""
     path = run_dir / EVAL
     if not path.is_file():
         return None
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else str(err).splitlines()[0]
+        raise VaelabError(f"'{path}' is damaged: not readable JSON ({reason}); rewrite it with 'vaelab eval "
+                          f"{run_dir}', or use 'vaelab report --reevaluate'") from None
     try:
         summary = EvaluationSummary.from_dict(doc, source=str(path))
     except VaelabError as err:

@@ -77,12 +77,33 @@ def save_weights(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]
     atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def _open(path: Path, what: str):
+def _denied(path: Path) -> str:
+    return f"cannot be read (permission denied); make it readable (chmod u+r '{path}') or run as its owner"
+
+
+def unreadable(path: Path) -> str | None:
+    """Why a run's file at ``path`` cannot be read, with the fix, or None: not found, a folder
+    or another thing that is not a plain file, or a file this user may not read."""
+    if path.is_dir():
+        return "is a folder, not a file: the run folder is damaged; restore the file from a backup or retrain"
+    if not path.exists():
+        return "not found"
     if not path.is_file():
-        raise VaelabError(f"{what} '{path}' not found")
+        return "is not a plain file: the run folder is damaged; restore the file from a backup or retrain"
+    if not os.access(path, os.R_OK):
+        return _denied(path)
+    return None
+
+
+def _open(path: Path, what: str):
+    problem = unreadable(path)
+    if problem:
+        raise VaelabError(f"{what} '{path}' {problem}")
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
+        if isinstance(err, PermissionError) or "os error 13" in str(err):  # (safetensors wraps the OS error)
+            raise VaelabError(f"{what} '{path}' {_denied(path)}") from None
         raise VaelabError(
             f"{what} '{path}' is corrupt or truncated ({str(err).splitlines()[0]}); "
             "restore it or retrain"

@@ -496,7 +496,8 @@ def fit(
                     weight = w.size * rows.numel() / (batch_size + labelled_per_batch)
                     xb = x_epoch[rows] if rows.numel() else x_epoch[a : a + 1]
                 if recovery.looking(i):  # replaying the epoch up to the failing step: look, do not train
-                    if recovery.look(model, optimizer, lambda: plain(xb.x, epoch - 1 + i / steps, xb.c, xb.known)[0] * weight):
+                    if recovery.look(model, optimizer, lambda: plain(xb.x, epoch - 1 + i / steps, xb.c, xb.known)[0] * weight,
+                                     xb.x):
                         break
                     continue
                 if fast is not None:  # loss and gradients written out by hand (training/fastpath.py)

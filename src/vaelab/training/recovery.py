@@ -12,9 +12,9 @@ When the training loss (or the validation ELBO) of an epoch turns NaN or infinit
    non-finite one (bit-for-bit the steps that were taken), and the next steps run under
    forward hooks on every module and with their gradients checked, so the first module whose
    output, and the first parameter whose gradient, went non-finite are named, and the
-   likely cause (:func:`likely_cause`): an extreme likelihood scale (a Gaussian or Laplace
-   scale s below ``SMALL_SCALE``: the log-density has a 1/s^2 or 1/s factor) or else the
-   learning rate;
+   likely cause (:func:`likely_cause`): the data (the failing batch holds values whose squares
+   overflow float32), an extreme likelihood scale (a Gaussian or Laplace scale s below
+   ``SMALL_SCALE``: the log-density has a 1/s^2 or 1/s factor) or else the learning rate;
 3. **lowers the learning rate**, lr <- lr x ``FACTOR``, and trains the epoch again.
 
 At most ``retries`` times in a run (``--nan-retries``, default 2; 0: stop at the first NaN,
@@ -45,7 +45,7 @@ from torch.distributions import Distribution
 
 from ..errors import VaelabError
 
-__all__ = ["NanRecovery", "Snapshot", "Forensics", "probe", "likely_cause", "first_nonfinite_parameter",
+__all__ = ["NanRecovery", "Snapshot", "Forensics", "probe", "likely_cause", "data_magnitude", "first_nonfinite_parameter",
            "FACTOR", "SMALL_SCALE", "EVENTS"]
 
 FACTOR = 0.5  # the learning rate is multiplied by this at each recovery
@@ -74,14 +74,16 @@ class Forensics:
     """What went non-finite first, and why that probably happened.
 
     ``module`` is the first module (in the order they ran) with a non-finite output,
-    ``parameter`` the first parameter with a non-finite gradient (or value), ``cause`` one of
-    ``"learning rate"`` and ``"likelihood scale"``, ``fix`` what to change."""
+    ``parameter`` the first parameter with a non-finite gradient (or value), ``cause`` the
+    data, the learning rate or the likelihood scale, ``fix`` what to change; ``retry_helps`` is
+    False when a lower learning rate cannot help (the data itself overflows)."""
 
     module: str | None
     parameter: str | None
     cause: str
     fix: str
     note: str = ""
+    retry_helps: bool = True
 
     def text(self) -> str:
         """One clause for the error line and the log."""
@@ -136,10 +138,31 @@ def likelihood_scale(model: nn.Module) -> float | None:
     return min(scales) if scales else None
 
 
-def likely_cause(model: nn.Module, lr: float, huge_weights: bool = False) -> tuple[str, str]:
-    """``(cause, fix)``: the learning rate when the weights have grown huge (steps too large);
-    else an extreme likelihood scale when the model's Gaussian/Laplace scale is below
-    :data:`SMALL_SCALE`; else the learning rate."""
+def data_magnitude(x: Tensor | None) -> tuple[str, str] | None:
+    """``(cause, fix)`` when the batch ``x`` the failing step read is itself to blame, else None:
+    non-finite values, or values so large that their squares summed over the batch (what a
+    Gaussian log-density adds up) pass float32's largest number, 3.4e38, whatever the weights."""
+    if x is None or not x.is_floating_point() or not x.numel():
+        return None
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        return f"the batch itself holds {int(bad.sum())} NaN/inf value(s)", "remove or impute them"
+    squares = float(x.detach().double().pow(2).sum())
+    if squares > torch.finfo(torch.float32).max:
+        return (f"the data's magnitude (values up to {float(x.abs().max()):.3g} in this batch: their squares summed "
+                f"over the batch, {squares:.3g}, overflow float32 at 3.4e+38)",
+                "standardise the data (subtract each feature's mean, divide by its standard deviation) or rescale it")
+    return None
+
+
+def likely_cause(model: nn.Module, lr: float, huge_weights: bool = False, x: Tensor | None = None) -> tuple[str, str]:
+    """``(cause, fix)``: the data when the batch ``x`` (if given) holds non-finite values or
+    values whose squares overflow float32 (:func:`data_magnitude`); else the learning rate
+    when the weights have grown huge (steps too large); else an extreme likelihood scale when
+    the model's Gaussian/Laplace scale is below :data:`SMALL_SCALE`; else the learning rate."""
+    data = data_magnitude(x)
+    if data is not None:
+        return data
     s = likelihood_scale(model)
     if s is not None and s < SMALL_SCALE and not huge_weights:
         return (f"an extreme likelihood scale ({s:.3g}: the log-density grows like 1/scale^2)",
@@ -147,11 +170,11 @@ def likely_cause(model: nn.Module, lr: float, huge_weights: bool = False) -> tup
     return f"the learning rate ({lr:.3g})", "try a lower --lr"
 
 
-def probe(model: nn.Module, run: Callable[[], Tensor], lr: float) -> tuple[Forensics, bool]:
+def probe(model: nn.Module, run: Callable[[], Tensor], lr: float, x: Tensor | None = None) -> tuple[Forensics, bool]:
     """Run one training step's forward and backward pass (``run`` returns the loss to
     differentiate) under forward hooks on every module of ``model``; find what went
-    non-finite first. Returns the forensics and whether anything did (the step may then not be
-    taken)."""
+    non-finite first. ``x``: the batch ``run`` reads, looked at for the cause. Returns the
+    forensics and whether anything did (the step may then not be taken)."""
     names = {m: n or type(m).__name__ for n, m in model.named_modules()}
     first: list[str] = []
 
@@ -179,9 +202,10 @@ def probe(model: nn.Module, run: Callable[[], Tensor], lr: float) -> tuple[Foren
     big = largest_parameter(model)
     if big is not None and big[1] > HUGE_WEIGHT and (first or bad_grad is not None or note):
         note = "; ".join(filter(None, [note, f"weights as large as {big[1]:.3g} ({big[0]})"]))
-    cause, fix = likely_cause(model, lr, huge_weights=big is not None and big[1] > HUGE_WEIGHT)
+    cause, fix = likely_cause(model, lr, huge_weights=big is not None and big[1] > HUGE_WEIGHT, x=x)
     found = bool(first) or bool(note) or bad_grad is not None or bad_value is not None
-    return Forensics(first[0] if first else None, bad_value or bad_grad, cause, fix, note), found
+    return Forensics(first[0] if first else None, bad_value or bad_grad, cause, fix, note,
+                     retry_helps=data_magnitude(x) is None), found
 
 
 def _checked(state: Any) -> dict[str, Any]:
@@ -280,11 +304,12 @@ class NanRecovery:
         """Whether step ``i`` of the replayed epoch is one to probe (not an ordinary step)."""
         return self.replay_to is not None and i >= self.replay_to
 
-    def look(self, model: nn.Module, optimizer: torch.optim.Optimizer, run: Callable[[], Tensor]) -> bool:
-        """Probe one replayed step; True once the culprit is found (or the failing step is
-        reached). Otherwise the step is taken and the replay goes on to the next one."""
+    def look(self, model: nn.Module, optimizer: torch.optim.Optimizer, run: Callable[[], Tensor],
+             x: Tensor | None = None) -> bool:
+        """Probe one replayed step (``x``: its batch); True once the culprit is found (or the failing
+        step is reached). Otherwise the step is taken and the replay goes on to the next one."""
         optimizer.zero_grad(set_to_none=True)
-        forensics, found = probe(model, run, self.current_lr)
+        forensics, found = probe(model, run, self.current_lr, x)
         assert self.failure is not None and self.replay_to is not None
         if found or self.replay_to >= self.failure.step:
             self.forensics = forensics
@@ -312,8 +337,8 @@ class NanRecovery:
         the epoch again), or False when the retries are spent (then :meth:`message`)."""
         assert self.failure is not None and self.snapshot is not None
         self.replay_to = None
-        if self.used >= self.retries:
-            return False
+        if self.used >= self.retries or (self.forensics is not None and not self.forensics.retry_helps):
+            return False  # spent, or futile: the same batch overflows at any learning rate
         self.snapshot.restore(model, optimizer)
         before = self.current_lr
         self.lr_factor *= FACTOR
