@@ -83,6 +83,99 @@ def test_paired_elbos_do_not_depend_on_the_samples_per_pass(lg, x, chunk: int) -
             assert abs(float(elbo.mean() - exact.mean())) < Z * err, (float(elbo.mean()), float(exact.mean()), err)
 
 
+def test_log_likelihood_keeps_the_draws_of_the_rows_asked_for(lg, x) -> None:
+    vae = lg.vae(lg.mean_field_encoder(shift=0.2, inflate=1.3))
+    rows = torch.tensor([7, 0, 11, 5])  # across the batches of 5, out of order
+    torch.manual_seed(5)
+    plain = log_likelihood(vae, x, 60, k_chunk=25, batch_size=5)
+    torch.manual_seed(5)
+    kept = log_likelihood(vae, x, 60, k_chunk=25, batch_size=5, keep_rows=rows)
+    assert plain.draws is None
+    torch.testing.assert_close(kept.per_example, plain.per_example, rtol=0, atol=0)  # the same draws
+    draws = kept.draws
+    assert draws is not None and sorted(draws.rows.tolist()) == sorted(rows.tolist())
+    assert draws.noise.shape == (60, 4, 3) and draws.log_lik.shape == (60, 4)
+    with torch.no_grad():
+        q = vae.encode(x[draws.rows])
+        z = q.base_dist.loc + q.base_dist.scale * draws.noise  # [60, 4, 3]: z = mu + sigma eps
+        torch.testing.assert_close(draws.log_lik, vae.decode(z).log_prob(x[draws.rows]), rtol=0, atol=1e-9)
+        # the kept z are the draws that made the estimate: their weights give it back
+        log_w = draws.log_lik + vae.prior_distribution(None).log_prob(z) - q.log_prob(z)
+    torch.testing.assert_close(torch.logsumexp(log_w, 0) - math.log(60), kept.per_example[draws.rows],
+                               rtol=0, atol=1e-9)
+    assert abs(float(draws.noise.mean())) < 0.2 and abs(float(draws.noise.std()) - 1) < 0.1  # N(0, I)
+
+
+def test_paired_elbos_from_kept_draws_are_the_elbos_from_that_noise(lg, x) -> None:
+    vae = lg.vae(lg.mean_field_encoder(shift=0.2, inflate=1.3))
+    with torch.no_grad():
+        q_a = vae.encode(x)
+    q_b = lg.vae(lg.mean_field_encoder()).encode(x)
+    torch.manual_seed(9)
+    fresh = _paired_elbos(vae, x, q_a, q_b, 200, 200, "mc")  # one pass: noise randn([200, B, D])
+    torch.manual_seed(9)
+    eps = torch.randn(200, *q_a.base_dist.loc.shape, dtype=torch.float64)
+    with torch.no_grad():
+        scored = vae.decode(q_a.base_dist.loc + q_a.base_dist.scale * eps).log_prob(x)  # [200, B]
+    for chunk in (200, 7):
+        reused = _paired_elbos(vae, x, q_a, q_b, 200, chunk, "mc", drawn=(eps, scored))
+        for a, b in zip(fresh, reused):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
+def test_the_suites_gap_split_scores_the_encoder_from_encoder_is_draws(lg, x, monkeypatch) -> None:
+    from vaelab.evaluation import evaluate, gaps as gaps_module
+
+    vae = lg.vae(lg.mean_field_encoder(shift=0.2, inflate=1.3))
+    seen = []
+    original = gaps_module._paired_elbos
+
+    def spy(*args, **kwargs):
+        seen.append(args[-1] if len(args) > 8 else kwargs.get("drawn"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gaps_module, "_paired_elbos", spy)
+    ev = evaluate(vae, x, k=400, gap_examples=6, gap_eval_samples=400, gap_steps=20, mi_samples=0, estimator="is",
+                  batch_size=5)
+    assert seen and all(d is not None and d[0].shape[0] == 400 for d in seen)  # no fresh noise, no second pass
+    assert ev.estimates["is"].draws is None  # not carried in the result
+    g = ev.gaps
+    assert g is not None
+    m, _ = lg.posterior(x[g.indices])
+    exact = lg.log_px(x[g.indices]) - lg.elbo_gap(x[g.indices], m + 0.2, lg.mean_field_cov() * 1.3**2)
+    err = float(g.elbo_encoder_mc_se.pow(2).sum().sqrt() / g.indices.numel())
+    assert abs(float(g.elbo_encoder.mean() - exact.mean())) < Z * err
+    seen.clear()
+    evaluate(vae, x, k=100, gap_examples=6, gap_eval_samples=400, gap_steps=20, mi_samples=0, estimator="is",
+             batch_size=5)  # fewer IS draws than the ELBOs need: fresh noise
+    assert seen and all(d is None for d in seen)
+
+
+@pytest.mark.parametrize("prior", ["model", "mixture"])
+def test_the_written_out_stl_gradient_is_autograds(lg, x, prior: str) -> None:
+    from torch.distributions import Categorical, MixtureSameFamily, Normal
+
+    from vaelab.evaluation.gaps import _autograd_step, _free_parameters, _stl_diagonal
+
+    vae = lg.vae(lg.mean_field_encoder(shift=0.2, inflate=1.3))
+    with torch.no_grad():
+        start, build, family = _free_parameters(vae.encode(x))
+    assert family == "diagonal Gaussian"
+    params = [p.detach().clone().requires_grad_(True) for p in start]
+    p_z = vae.prior_distribution(None) if prior == "model" else MixtureSameFamily(  # a prior without closed form
+        Categorical(logits=torch.tensor([0.3, -0.2], dtype=torch.float64)),
+        Independent(Normal(torch.tensor([[1.0, 0.0, -1.0], [-0.5, 0.5, 0.0]], dtype=torch.float64),
+                           torch.tensor([[1.0, 0.7, 1.2], [0.8, 1.1, 0.9]], dtype=torch.float64)), 1))
+    density = DecoderDensity(vae, x)
+    torch.manual_seed(4)
+    reference = _autograd_step(params, build, density, p_z, 16, "stl", "auto")
+    torch.manual_seed(4)
+    written = _stl_diagonal(params, density, p_z, 16)
+    for a, b in zip(reference, written):  # the same draws, the same gradient
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+    assert float(reference[0].abs().max()) > 1e-3  # not both zero
+
+
 @pytest.fixture(scope="module")
 def bernoulli_vae() -> VAE:
     torch.manual_seed(0)
@@ -111,8 +204,9 @@ def test_fused_bernoulli_decoder_gives_the_density_and_its_gradient(bernoulli_va
     (g_each,) = torch.autograd.grad(exact.sum(), z)
     torch.testing.assert_close(DecoderDensity(vae, x).grad(z), g_each, rtol=0, atol=1e-10)  # the gradient alone
     assert torch.autograd.gradcheck(lambda t: decoder_log_prob(vae, t, x), (z[:2].detach().requires_grad_(True),))
-    with torch.no_grad():  # no gradient asked: the same value
-        torch.testing.assert_close(decoder_log_prob(vae, z, x), fused.detach(), rtol=0, atol=0)
+    with torch.no_grad():  # no gradient asked: the same value (the bias enters as exp(b): float rounding)
+        torch.testing.assert_close(decoder_log_prob(vae, z, x), exact.detach(), rtol=0, atol=1e-10)
+        torch.testing.assert_close(decoder_log_prob(vae, z, x), fused.detach(), rtol=0, atol=1e-10)
 
 
 def test_other_decoders_keep_their_own_density(lg, x) -> None:
@@ -156,6 +250,27 @@ def test_a_logit_beyond_exps_range_falls_back_to_softplus() -> None:
     with torch.no_grad():
         reference = vae.decode(z).log_prob(x)  # torch's Bernoulli: finite
     value = density.log_prob(z)
+    assert bool(torch.isfinite(value).all())
+    torch.testing.assert_close(value, reference, rtol=0, atol=1e-4)
+
+
+def test_a_product_beyond_exps_range_with_a_bias_that_undoes_it_is_exact() -> None:
+    # the value pass takes exp(W h) * exp(b): W h = 150 overflows exp in float32 and exp(-200) is 0,
+    # so that product is inf * 0 (NaN) where the logit itself, -50, is harmless: the exact fallback
+    torch.manual_seed(1)
+    vae = build_vae((1, 3, 3), latent_dim=2, hidden=[5])
+    with torch.no_grad():
+        vae.decoder.net[-1].weight[0] = 30.0
+        vae.decoder.net[-1].bias[0] = -200.0
+        vae.decoder.net[1].weight.fill_(0.0)
+        vae.decoder.net[1].bias.fill_(1.0)  # every hidden unit 1: W h = 150 for pixel 0
+    x = (torch.rand(4, 1, 3, 3) < 0.5).float()
+    z = torch.randn(6, 4, 2)
+    density = DecoderDensity(vae, x)
+    assert density.fused
+    with torch.no_grad():
+        reference = vae.decode(z).log_prob(x)  # torch's Bernoulli
+        value = density.log_prob(z)
     assert bool(torch.isfinite(value).all())
     torch.testing.assert_close(value, reference, rtol=0, atol=1e-4)
 

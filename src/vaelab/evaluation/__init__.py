@@ -5,18 +5,18 @@ approximation/amortization gap split; :func:`evaluate` gathers them all (``vaela
 
 from .ais import AISResult, BDMCResult, ais, bdmc
 from .diagnostics import LatentDiagnostics, LatentSummary, collapse_verdict, kl_per_dimension, latent_diagnostics
-from .gaps import GapSettings, GapSummary, InferenceGaps, inference_gaps, optimal_posterior
-from .likelihood import DatasetELBO, LogLikelihood, dataset_elbo, log_likelihood
+from .gaps import GapSettings, GapSummary, InferenceGaps, gap_rows, inference_gaps, optimal_posterior
+from .likelihood import DatasetELBO, EncoderDraws, LogLikelihood, dataset_elbo, log_likelihood
 from .proposals import DefensiveMixture, laplace_posterior, mixture_proposal
 from .psis import pareto_khat
 from .settings import DEFAULTS, EvalSettings
 from .suite import Evaluation, evaluate, format_table
 from .summary import AISSummary, BDMCSummary, EstimateSummary, EvaluationSummary, PerExample
 
-__all__ = ["DatasetELBO", "LogLikelihood", "dataset_elbo", "log_likelihood",
+__all__ = ["DatasetELBO", "EncoderDraws", "LogLikelihood", "dataset_elbo", "log_likelihood",
            "AISResult", "BDMCResult", "ais", "bdmc", "pareto_khat",
            "DefensiveMixture", "laplace_posterior", "mixture_proposal",
            "LatentDiagnostics", "LatentSummary", "latent_diagnostics", "kl_per_dimension", "collapse_verdict",
-           "InferenceGaps", "GapSummary", "GapSettings", "inference_gaps", "optimal_posterior",
+           "InferenceGaps", "GapSummary", "GapSettings", "inference_gaps", "optimal_posterior", "gap_rows",
            "Evaluation", "EvaluationSummary", "EstimateSummary", "AISSummary", "BDMCSummary", "DEFAULTS",
            "PerExample", "EvalSettings", "evaluate", "format_table"]

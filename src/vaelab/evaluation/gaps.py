@@ -31,7 +31,10 @@ steps reached the ELBO(q*) of 300 steps with the closed-form KL's gradient (with
 nats, paired noise), where 150 steps of the latter stayed 0.013 nats short (README "How long
 ``vaelab eval`` takes"). Both ELBOs are then estimated with ``eval_samples``
 draws that share their noise (z = mu + sigma * eps with the same eps for q_phi and q*), so
-the amortization gap, a difference of two close numbers, has a small Monte-Carlo error.
+the amortization gap, a difference of two close numbers, has a small Monte-Carlo error. In
+:func:`~vaelab.evaluation.evaluate` the shared noise is encoder IS's own: it keeps the draws of
+the split's examples (:class:`~vaelab.evaluation.likelihood.EncoderDraws`), ELBO(q_phi) is
+scored from them and only ELBO(q*) needs a decoder pass.
 
 log p(x) is the tightest estimate available (:func:`~vaelab.evaluation.evaluate` passes the
 highest of encoder IS, mixture IS and AIS; all are stochastic lower bounds), named in
@@ -54,10 +57,10 @@ from ..distributions import diagonal_gaussian
 from ..inputs import check_data, check_whole, model_device
 from ..model import VAE
 from ..objectives import KLMethod
-from .likelihood import DecoderDensity, log_likelihood
+from .likelihood import DecoderDensity, EncoderDraws, log_likelihood
 from .settings import DEFAULTS
 
-__all__ = ["InferenceGaps", "GapSummary", "GapSettings", "inference_gaps", "optimal_posterior"]
+__all__ = ["InferenceGaps", "GapSummary", "GapSettings", "inference_gaps", "optimal_posterior", "gap_rows"]
 
 # decoder rows per pass of the final ELBOs (samples x examples): [2000, 784] outputs stay in the
 # cache, and on the default mnist5k model that pass ran 15 % faster than 10,000 rows (one
@@ -276,31 +279,18 @@ def optimal_posterior(
     if gradient not in ("stl", "closed"):
         raise ValueError(f"gradient must be stl or closed, got {gradient!r}")
     with torch.no_grad():
-        start, build, _ = _free_parameters(model.encode(x, c))
+        start, build, family = _free_parameters(model.encode(x, c))
         prior = model.prior_distribution(c)
     density = DecoderDensity(model, x, c)  # log p(x|z) of these x
     params = [p.detach().clone().requires_grad_(True) for p in start]  # [B, ...] each
     moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
     beta1, beta2, eps = 0.9, 0.999, 1e-8
+    diagonal = family == "diagonal Gaussian" and gradient == "stl"
     for t in range(1, steps + 1):
-        with torch.enable_grad():
-            q = build(params)
-            z = q.rsample((samples,))  # [S, B, D]
-            if gradient == "stl":
-                # d/dz of log p(x|z) + log p(z) - log q(z) with q's parameters held (a fused decoder
-                # gives its gradient without the log-density), then back through z = mu + sigma eps
-                leaf = z.detach().requires_grad_(True)
-                frozen = build([p.detach() for p in params])
-                (g_rest,) = torch.autograd.grad((prior.log_prob(leaf) - frozen.log_prob(leaf)).sum(), leaf)
-                g_z = density.grad(leaf) + g_rest  # [S, B, D]
-                # the loss is minus the mean over samples, summed over the (separable) examples:
-                # its gradient is that of sum(z * G), G = -g_z / S held fixed (a scalar: no grad_outputs)
-                grads = torch.autograd.grad((z * (-g_z / samples)).sum(), params)
-            else:
-                reconstruction = density.log_prob(z).mean(0)  # [B]
-                # each example's ELBO depends on its own (mu, sigma) only: the sum is separable
-                loss = -(reconstruction - _kl(q, prior, z, kl)).sum()
-                grads = torch.autograd.grad(loss, params)
+        if diagonal:  # the same gradient written out: no autograd graph per step
+            grads = _stl_diagonal(params, density, prior, samples)
+        else:
+            grads = _autograd_step(params, build, density, prior, samples, gradient, kl)
         # Adam (Kingma & Ba 2015), written out: two tensors need no optimizer machinery;
         # the learning rate follows a cosine from lr (first step) towards 0 (last step)
         step_size = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
@@ -314,14 +304,64 @@ def optimal_posterior(
         return build([p.detach() for p in params])
 
 
+def _autograd_step(params: list[Tensor], build: Callable[[list[Tensor]], Distribution], density: DecoderDensity,
+                   prior: Distribution, samples: int, gradient: str, kl: KLMethod) -> tuple[Tensor, ...]:
+    """The gradient of minus the ELBO in the free parameters, through autograd (any family)."""
+    with torch.enable_grad():
+        q = build(params)
+        z = q.rsample((samples,))  # [S, B, D]
+        if gradient == "stl":
+            # d/dz of log p(x|z) + log p(z) - log q(z) with q's parameters held (a fused decoder
+            # gives its gradient without the log-density), then back through z = mu + sigma eps
+            leaf = z.detach().requires_grad_(True)
+            frozen = build([p.detach() for p in params])
+            (g_rest,) = torch.autograd.grad((prior.log_prob(leaf) - frozen.log_prob(leaf)).sum(), leaf)
+            g_z = density.grad(leaf) + g_rest  # [S, B, D]
+            # the loss is minus the mean over samples, summed over the (separable) examples:
+            # its gradient is that of sum(z * G), G = -g_z / S held fixed (a scalar: no grad_outputs)
+            return torch.autograd.grad((z * (-g_z / samples)).sum(), params)
+        reconstruction = density.log_prob(z).mean(0)  # [B]
+        # each example's ELBO depends on its own (mu, sigma) only: the sum is separable
+        loss = -(reconstruction - _kl(q, prior, z, kl)).sum()
+        return torch.autograd.grad(loss, params)
+
+
+@torch.no_grad()
+def _stl_diagonal(params: list[Tensor], density: DecoderDensity, prior: Distribution, samples: int) -> tuple[Tensor, Tensor]:
+    """The sticking-the-landing gradient of minus the ELBO in (mu, log sigma) ``[B, D]`` of a
+    diagonal Gaussian, written out: with z = mu + sigma eps and g = d/dz [log p(x, z) - log q(z)]
+    (q held), g = d/dz log p(x|z) + d/dz log p(z) + eps / sigma, and the gradient is
+    (-mean_s g, -mean_s g eps sigma). The same draws and numbers as :func:`_autograd_step`'s
+    (the noise is drawn as ``rsample`` draws it)."""
+    loc, scale = params[0].detach(), params[1].detach().exp()
+    eps = torch.empty((samples, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()  # [S, B, D]
+    z = loc + scale * eps
+    g = density.grad(z) + _grad_log_density(prior, z) + eps / scale  # [S, B, D]
+    return -g.sum(0) / samples, -(g * eps).sum(0) * scale / samples
+
+
+def _grad_log_density(d: Distribution, z: Tensor) -> Tensor:
+    """d/dz log d(z) ``[S, B, D]``: -(z - mu) / sigma^2 written out for a diagonal Gaussian, else autograd."""
+    base = d.base_dist if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1 else None
+    if type(base) is Normal:
+        return (base.loc - z) / base.scale.pow(2)
+    with torch.enable_grad():
+        leaf = z.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(d.log_prob(leaf).sum(), leaf)
+    return grad
+
+
 @torch.no_grad()
 def _paired_elbos(
     model: VAE, x: Tensor, q_a: Distribution, q_b: Distribution, samples: int, chunk: int, kl: KLMethod,
-    c: Tensor | None = None,
+    c: Tensor | None = None, drawn: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """ELBOs of two posteriors of one family over the same x with shared noise eps ``[S, B, D]``.
 
-    Returns (elbo_a, se_a, elbo_b, se_b, se of elbo_b - elbo_a), each ``[B]``.
+    ``drawn``: q_a's draws already scored, (eps ``[S, B, D]``, log p(x|z) ``[S, B]``) (encoder
+    IS's, :class:`~vaelab.evaluation.likelihood.EncoderDraws`): their noise is the shared one
+    and q_a's decoder pass is not repeated. Returns (elbo_a, se_a, elbo_b, se_b, se of
+    elbo_b - elbo_a), each ``[B]``.
     """
     prior = model.prior_distribution(c)
     density = DecoderDensity(model, x, c)  # log p(x|z) of these x
@@ -330,10 +370,13 @@ def _paired_elbos(
     done = 0
     while done < samples:
         s = min(chunk, samples - done)
-        eps = torch.randn((s, *ref.shape), dtype=ref.dtype, device=ref.device)  # [s, B, D]
+        if drawn is None:
+            eps, scored = torch.randn((s, *ref.shape), dtype=ref.dtype, device=ref.device), None  # [s, B, D]
+        else:
+            eps, scored = drawn[0][done : done + s].to(ref), drawn[1][done : done + s].to(ref)
         for q, out in ((q_a, terms_a), (q_b, terms_b)):
             z = _from_noise(q, eps)
-            log_lik = density.log_prob(z)  # [s, B]
+            log_lik = scored if q is q_a and scored is not None else density.log_prob(z)  # [s, B]
             closed = _closed_kl(q, prior, kl)
             if closed is None:  # per-sample log p(x|z) + log p(z) - log q(z|x)
                 out.append((log_lik + prior.log_prob(z) - q.log_prob(z)).double())
@@ -344,6 +387,27 @@ def _paired_elbos(
     root = math.sqrt(samples)
     sd = (lambda t: t.std(0) / root) if samples > 1 else (lambda t: torch.zeros_like(t[0]))
     return a.mean(0), sd(a), b.mean(0), sd(b), sd(b - a)
+
+
+def gap_rows(total: int, n: int) -> Tensor:
+    """Which of ``total`` examples the gap split takes: ``n`` uniformly at random (all of them
+    when ``total <= n``), from the global random number generator."""
+    count = min(n, total)
+    if count < 1:
+        raise ValueError(f"the gap split needs at least one example, got n={n} of {total}")
+    return torch.randperm(total)[:count] if total > count else torch.arange(count)
+
+
+def _drawn(draws: EncoderDraws | None, rows: Tensor, samples: int) -> tuple[Tensor, Tensor] | None:
+    """The first ``samples`` draws (eps ``[S, b, D]``, log p(x|z) ``[S, b]``) of ``rows`` ``[b]``
+    in ``draws``, or None where it lacks a row or has fewer draws."""
+    if draws is None or draws.noise.shape[0] < samples:
+        return None
+    where = {int(r): i for i, r in enumerate(draws.rows.tolist())}
+    if any(int(r) not in where for r in rows.tolist()):
+        return None
+    pos = torch.tensor([where[int(r)] for r in rows.tolist()], device=draws.noise.device)
+    return draws.noise[:samples, pos], draws.log_lik[:samples, pos]
 
 
 def inference_gaps(
@@ -365,6 +429,7 @@ def inference_gaps(
     device: torch.device | str | None = None,
     c: Tensor | None = None,
     log_px_estimator: str = "is",
+    encoder_draws: EncoderDraws | None = None,
 ) -> InferenceGaps:
     """Approximation and amortization gaps on ``n`` examples of ``x`` (a random subset).
 
@@ -384,6 +449,11 @@ def inference_gaps(
         indices: use exactly these rows of ``x`` instead of a random subset.
         c: the context ``[N, P]`` of a conditional model (the gaps of log p(x|c)).
         log_px_estimator: the name of the estimator that gave ``log_px`` (recorded).
+        encoder_draws: encoder IS's draws of some rows of ``x``
+            (``log_likelihood(..., keep_rows=indices).draws``): where they hold every example
+            of the split with at least ``eval_samples`` draws, ELBO(q_phi) is scored from the
+            first ``eval_samples`` of them and ELBO(q*) from their noise, and no fresh noise is
+            drawn for the final ELBOs.
 
     Example:
         >>> g = inference_gaps(model, x_test, n=100)
@@ -393,10 +463,7 @@ def inference_gaps(
     check_data(model, x, c)
     device = model_device(model, device)
     if indices is None:
-        count = min(n, x.shape[0])
-        if count < 1:
-            raise ValueError(f"the gap split needs at least one example, got n={n} of {x.shape[0]}")
-        indices = torch.randperm(x.shape[0])[:count] if x.shape[0] > count else torch.arange(count)
+        indices = gap_rows(x.shape[0], n)
     parts: dict[str, list[Tensor]] = {key: [] for key in ("ea", "sa", "eb", "sb", "sd", "loc", "scale")}
     for start in range(0, indices.numel(), batch_size):
         rows = indices[start : start + batch_size]
@@ -406,7 +473,8 @@ def inference_gaps(
             q_enc = model.encode(xb, cb)
         q_opt = optimal_posterior(model, xb, steps=steps, lr=lr, samples=samples, kl=kl, c=cb)
         chunk = max(1, PASS_ROWS // xb.shape[0])  # samples per pass
-        ea, sa, eb, sb, sd = _paired_elbos(model, xb, q_enc, q_opt, eval_samples, chunk, kl, cb)
+        drawn = _drawn(encoder_draws, rows, eval_samples)
+        ea, sa, eb, sb, sd = _paired_elbos(model, xb, q_enc, q_opt, eval_samples, chunk, kl, cb, drawn)
         loc, scale = _mean_and_scale(q_opt)
         family = _free_parameters(q_opt)[2]
         for key, value in zip(parts, (ea, sa, eb, sb, sd, loc, scale)):

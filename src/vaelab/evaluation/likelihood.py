@@ -21,8 +21,9 @@ on a ReLU MLP (logits l = W h + b of its last hidden layer h), :class:`DecoderDe
     log p(x|z) = sum_p x_p l_p - softplus(l_p) = h . (W^T x) + b . x - sum_p softplus(l_p),
 
 the first two terms once per example (``[B, H]``, ``[B]``), not once per sample, so the
-``[rows, P]`` logits pass through softplus (as log(1 + exp), in place) and one sum; its
-gradient in z (AIS, the gap split) is written out and needs no softplus at all. Every pass
+``[rows, P]`` logits pass through softplus (as log(1 + exp), in place, the bias entering as
+the factor exp(b): log(1 + exp(W h) exp(b)), so the product writes no copy of it first) and one
+sum; its gradient in z (AIS, the gap split) is written out and needs no softplus at all. Every pass
 writes into scratch tensors reused from pass to pass (:class:`Workspace`: no fresh 16 MB of
 logits per pass), and multiplies by weights transposed once. The encoder runs once per batch
 of examples, not once per ``k_chunk`` samples. On the default mnist5k model encoder IS takes
@@ -46,7 +47,7 @@ from torch import Tensor, nn
 
 from typing import Callable
 
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent, Normal
 
 from ..context import Batch
 from ..distributions.likelihoods import BernoulliDecoder
@@ -58,7 +59,7 @@ from .memory import check_fits
 from .psis import MIN_TAIL, pareto_khat, tail_length
 from .settings import DEFAULTS, K_CHUNK  # noqa: F401  (K_CHUNK: also importable from here, as in 0.1.0)
 
-__all__ = ["LogLikelihood", "DatasetELBO", "log_likelihood", "dataset_elbo", "decoder_log_prob", "DecoderDensity",
+__all__ = ["LogLikelihood", "EncoderDraws", "DatasetELBO", "log_likelihood", "dataset_elbo", "decoder_log_prob", "DecoderDensity",
            "Workspace"]
 
 
@@ -80,6 +81,7 @@ class LogLikelihood:
     khat: Tensor | None = None  # [N]
     estimator: str = "is"
     seconds: float = 0.0
+    draws: EncoderDraws | None = None  # the draws of the rows asked for with ``keep_rows``
 
     @property
     def mc_se(self) -> Tensor:
@@ -94,6 +96,22 @@ class LogLikelihood:
     def stderr(self) -> float:
         n = self.per_example.numel()
         return float(self.per_example.std() / math.sqrt(n)) if n > 1 else float("nan")
+
+
+@dataclass
+class EncoderDraws:
+    """Encoder IS's draws for some examples, kept for the gap split's ELBO of the encoder.
+
+    ``rows`` ``[n]`` are indices into the data set; for each, the K draws z = mu + sigma * eps
+    of the diagonal-Gaussian encoder as their noise ``eps`` ``[K, n, D]`` and their
+    ``log_lik`` = log p(x|z) ``[K, n]``. With them the gap split scores ELBO(q_phi) without a
+    second decoder pass, and scores ELBO(q*) at z* = mu* + sigma* eps: the same noise, so the
+    amortization gap keeps its paired (small) Monte-Carlo error.
+    """
+
+    rows: Tensor  # [n]
+    noise: Tensor  # [K, n, D]
+    log_lik: Tensor  # [K, n]
 
 
 @dataclass
@@ -187,6 +205,8 @@ class DecoderDensity:
                 # each weight transposed once ([in, out], contiguous): the passes multiply by it
                 self.wt = {i: m.weight.t().contiguous() for i, m in enumerate([*self.body, self.out])
                            if type(m) is nn.Linear}
+            self.exp_bias: Tensor | None = None  # exp(b) of the output layer, made on the first value pass
+            self.one = torch.ones((), dtype=self.out.weight.dtype, device=self.out.weight.device)
             # the gradient leaving this layer is z's: a fresh tensor, never a workspace one
             self.first_linear = min((i for i, m in enumerate(self.body) if type(m) is nn.Linear), default=None)
 
@@ -232,9 +252,11 @@ class DecoderDensity:
             else:
                 h = layer(h)
             saved.append((layer, h))
+        value = grad = None
+        if with_value and not with_grad:  # the value alone: the bias joins the softplus pass (below)
+            return self._value(h, lead), None
         logits = self._linear(len(self.body), self.out, h, "logits")  # [R, P]
         hs = h.reshape(*lead, h.shape[-1])  # [*S, B, H]
-        value = grad = None
         if with_grad:  # d/dh = W^T x - W^T sigmoid(l), before the logits are overwritten below
             g = torch.mm(torch.sigmoid(logits, out=self.work.get("sigmoid", logits.shape, logits)), self.out.weight,
                          out=self.work.get("grad_h", h.shape, h))  # [R, H]
@@ -248,12 +270,37 @@ class DecoderDensity:
                         g, layer.weight, out=self.work.get(f"grad{i}", (g.shape[0], layer.in_features), g))
             grad = (g if self.first_linear is not None else g.clone()).reshape(*lead, g.shape[-1])
         if with_value:
-            x_term = torch.mul(hs, self.xw, out=self.work.get("x_term", hs.shape, hs)).sum(-1) + self.xb  # [*S, B]
             total = logits.exp_().add_(1).log_().sum(-1)  # sum_p softplus(l_p) [R]
-            if not bool(torch.isfinite(total).all()):  # a logit above ~88 (float32): exp overflowed
-                total = F.softplus(self._linear(len(self.body), self.out, h, "logits")).sum(-1)
-            value = x_term - total.reshape(lead)
+            value = self._x_term(h, lead) - self._checked(total, h).reshape(lead)
         return value, grad
+
+    def _x_term(self, h: Tensor, lead: torch.Size) -> Tensor:
+        """sum_p x_p l_p = h . (W^T x) + b . x ``[*S, B]`` of the last hidden layer ``h`` ``[R, H]``:
+        one batched product over the examples (each example's samples against its own W^T x)."""
+        b = self.xw.shape[0]
+        hs = h.view(-1, b, h.shape[-1]).transpose(0, 1)  # [B, S', H] (a view: rows of one example)
+        return (torch.bmm(hs, self.xw.unsqueeze(-1)).squeeze(-1).t() + self.xb).reshape(lead)  # [*S, B]
+
+    def _checked(self, total: Tensor, h: Tensor) -> Tensor:
+        """``total`` ``[R]`` (sum_p log(1 + exp(l_p))), or the exact softplus sum where exp overflowed
+        (a logit above ~88 in float32)."""
+        if bool(torch.isfinite(total).all()):
+            return total
+        return F.softplus(self._linear(len(self.body), self.out, h, "logits")).sum(-1)
+
+    def _value(self, h: Tensor, lead: torch.Size) -> Tensor:
+        """log p(x|z) ``[*S, B]`` from the last hidden layer ``h`` ``[R, H]``, without the gradient.
+
+        The logits' bias enters as a factor: log(1 + exp(W h + b)) = log(1 + exp(W h) exp(b)), so the
+        product needs no copy of the bias into its ``[R, P]`` output first (``addmm`` writes one) and
+        the factor rides on the "+ 1" pass (``addcmul``): one memory pass fewer over the logits.
+        """
+        if self.exp_bias is None:
+            self.exp_bias = self.out.bias.exp()  # [P]; exp(b) = inf or 0 only where exp(l) would be
+        logits = torch.mm(h, self.wt[len(self.body)], out=self.work.get("logits", (h.shape[0], self.out.out_features), h))
+        logits.exp_()
+        total = torch.addcmul(self.one, logits, self.exp_bias, out=logits).log_().sum(-1)  # [R]
+        return self._x_term(h, lead) - self._checked(total, h).reshape(lead)
 
 
 class _FusedBernoulli(torch.autograd.Function):
@@ -286,15 +333,28 @@ def _plain_trace(model: object) -> bool:
             and type(model).trace is VAE.trace)
 
 
-def _encoder_weights(model: VAE, density: DecoderDensity, q: Distribution, prior: Distribution, k: int) -> Tensor:
+def _encoder_weights(model: VAE, density: DecoderDensity, q: Distribution, prior: Distribution, k: int,
+                     store: list[tuple[Tensor, Tensor]] | None = None, cols: Tensor | None = None) -> Tensor:
     """``model.log_weights(x, k, c)`` ``[k, B]`` from the encoder's output ``q`` (batch ``[B]``)
-    and the prior, computed once per batch: the same draws as :meth:`VAE.trace`."""
+    and the prior, computed once per batch: the same draws as :meth:`VAE.trace`. With ``store``,
+    the noise and log p(x|z) of the examples ``cols`` (a diagonal Gaussian q) are appended to it."""
     if isinstance(q, SampleWithDensity):  # flows: the density comes with the sample
         z, log_q = q.rsample_and_log_prob((k,))  # [k, B, D], [k, B]
     else:
         z = q.rsample((k,))  # [k, B, D]
         log_q = q.log_prob(z)
-    return density.log_prob(z) + prior.log_prob(z) - log_q  # [k, B]
+    log_lik = density.log_prob(z)  # [k, B]
+    if store is not None and cols is not None:
+        loc, scale = _gaussian_parts(q)  # type: ignore[misc]
+        store.append(((z[:, cols] - loc[cols]) / scale[cols], log_lik[:, cols]))  # eps [k, m, D], [k, m]
+    return log_lik + prior.log_prob(z) - log_q  # [k, B]
+
+
+def _gaussian_parts(q: Distribution) -> tuple[Tensor, Tensor] | None:
+    """(loc, scale) ``[B, D]`` of a diagonal Gaussian ``Independent(Normal, 1)``, else None."""
+    if (isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1):
+        return q.base_dist.loc, q.base_dist.scale
+    return None
 
 
 def _batches(x: Tensor, batch_size: int):
@@ -320,6 +380,7 @@ def log_likelihood(
     c: Tensor | None = None,
     proposal: Callable[[Tensor, Tensor | None], Distribution] | None = None,
     estimator: str = "is",
+    keep_rows: Tensor | None = None,
 ) -> LogLikelihood:
     """Estimate log p(x) (log p(x|c) for a conditional model) for every example of ``x`` with
     ``k`` importance samples, and the Pareto k-hat of their weights.
@@ -335,6 +396,9 @@ def log_likelihood(
         proposal: ``proposal(xb, cb)`` -> a distribution over z, batch ``[B]``, event ``[D]``,
             to sample from instead of the encoder (a :class:`~vaelab.model.VAE` only).
         estimator: the name recorded in the result (``"is"``, ``"mixture"``).
+        keep_rows: indices ``[n]`` of examples whose draws to keep in the result's ``draws``
+            (:class:`EncoderDraws`, for the gap split), where the proposal is a plain VAE's
+            diagonal-Gaussian encoder; ``draws`` is None otherwise.
     """
     k = check_whole(k, "k (importance samples per example)")
     k_chunk = check_whole(k_chunk, "k_chunk (importance samples per pass)")
@@ -350,14 +414,25 @@ def log_likelihood(
     keep = tail_length(k) + 1 if tail_length(k) >= MIN_TAIL else 0  # the largest log weights, for the Pareto fit
     per_example, ess, khat = [], [], []
     workspace = Workspace()  # the decoder's scratch tensors, shared by every batch
-    for xb, cb in _pairs(x, c, batch_size):
+    # the draws of keep_rows: per batch, (its rows, [(eps [kc, m, D], log p(x|z) [kc, m]) per pass])
+    kept: list[tuple[Tensor, list[tuple[Tensor, Tensor]]]] | None = [] if keep_rows is not None else None
+    keep_rows = None if keep_rows is None else torch.as_tensor(keep_rows).long().cpu()
+    for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), _pairs(x, c, batch_size)):
         xb = xb.to(device)
         cb = None if cb is None else cb.to(device)
         q = None if proposal is None else proposal(xb, cb)
         plain = q is None and _plain_trace(model)
+        cols, passes = None, None
         if plain:  # the encoder and the prior once for the batch, not once per k_chunk samples
             q_enc, prior = model.encode(xb, cb), model.prior_distribution(cb)
             density = DecoderDensity(model, xb, cb, workspace)
+            if kept is not None and _gaussian_parts(q_enc) is not None:
+                assert keep_rows is not None
+                mine = keep_rows[(keep_rows >= start) & (keep_rows < start + xb.shape[0])]
+                cols, passes = (mine - start).to(device), []
+                kept.append((mine, passes))
+        if kept is not None and passes is None:  # draws that are not a Gaussian encoder's: none are kept
+            kept = None
         log_sum_w = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=device)  # log sum_k w_k
         log_sum_w2 = torch.full_like(log_sum_w, -math.inf)  # log sum_k w_k^2
         top = torch.empty((0, xb.shape[0]), device=device)  # [<=M+1, B]
@@ -365,7 +440,7 @@ def log_likelihood(
         while done < k:
             kc = min(k_chunk, k - done)
             if plain:
-                raw = _encoder_weights(model, density, q_enc, prior, kc)  # [kc, B]
+                raw = _encoder_weights(model, density, q_enc, prior, kc, passes, cols)  # [kc, B]
             else:
                 raw = model.log_weights(xb, kc, cb) if q is None else _proposal_weights(model, xb, cb, q, kc)
             lw = raw.double()
@@ -379,9 +454,14 @@ def log_likelihood(
         ess.append(torch.exp(2 * log_sum_w - log_sum_w2).cpu())
         if keep:
             khat.append(pareto_khat(top, total=k).cpu())
+    draws = None
+    if kept:
+        draws = EncoderDraws(rows=torch.cat([rows for rows, _ in kept]),
+                             noise=torch.cat([torch.cat([e for e, _ in p]) for _, p in kept], 1),  # [K, n, D]
+                             log_lik=torch.cat([torch.cat([v for _, v in p]) for _, p in kept], 1))  # [K, n]
     return LogLikelihood(per_example=torch.cat(per_example), ess=torch.cat(ess), k=k,
                          khat=torch.cat(khat) if keep else None, estimator=estimator,
-                         seconds=time.perf_counter() - began)
+                         seconds=time.perf_counter() - began, draws=draws)
 
 
 def _proposal_weights(model: VAE, x: Tensor, c: Tensor | None, q: Distribution, k: int) -> Tensor:

@@ -54,7 +54,7 @@ from ..objectives import ELBO, data_elbo
 from ..context import Batch
 from .ais import AUTO_MIN_STEPS, AISResult, BDMCResult, ais, ais_unavailable, auto_steps, bdmc, check_ais_model
 from .diagnostics import LatentDiagnostics, latent_diagnostics
-from .gaps import InferenceGaps, inference_gaps
+from .gaps import InferenceGaps, gap_rows, inference_gaps
 from .likelihood import LogLikelihood, log_likelihood
 from .memory import check_fits
 from .proposals import mixture_proposal
@@ -238,9 +238,14 @@ def evaluate(
     ll = None
     estimates: dict[str, LogLikelihood] = {}
     ais_result = bdmc_result = None
+    split = None  # the gap split's examples, chosen first: encoder IS keeps their draws for it
+    if st.gap_examples > 0:
+        with _seeded(seed + 3, device):  # the rows inference_gaps draws first from this seed (below)
+            split = gap_rows(n, st.gap_examples)
     if k > 0:
         with _seeded(seed + 1, device):
-            estimates["is"] = log_likelihood(model, x, k, batch_size=batch_size, k_chunk=k_chunk, device=device, c=c)
+            estimates["is"] = log_likelihood(model, x, k, batch_size=batch_size, k_chunk=k_chunk, device=device, c=c,
+                                             keep_rows=split if k >= st.gap_eval_samples else None)
     if estimator == "mixture" and k > 0:
         def proposal(xb: Tensor, cb: Tensor | None) -> Any:
             return mixture_proposal(model, xb, cb, steps=st.gap_steps, lr=st.gap_lr, samples=st.gap_samples, kl=kl)
@@ -297,13 +302,17 @@ def evaluate(
         tight_name, tight = max(estimates.items(), key=lambda item: item[1].mean)
         try:
             with _seeded(seed + 3, device):
+                gap_rows(n, st.gap_examples)  # the draw of `split` again: the optimisation's draws follow it
                 gaps = inference_gaps(
                     model, x, n=st.gap_examples, log_px=tight.per_example, log_px_mc_se=tight.mc_se,
                     steps=st.gap_steps, lr=st.gap_lr, samples=st.gap_samples, eval_samples=st.gap_eval_samples,
                     batch_size=batch_size, kl=kl, device=device, c=c, log_px_estimator=tight_name,
+                    indices=split, encoder_draws=estimates["is"].draws if "is" in estimates else None,
                 )
         except ValueError as err:  # an encoder outside the diagonal Gaussian family
             notes.append(f"gap split skipped: {err}")
+    if "is" in estimates:
+        estimates["is"].draws = None  # used: not carried in the result
 
     correct = None
     if labels is not None and isinstance(model, Classifier):
