@@ -106,6 +106,14 @@ def test_log_likelihood_keeps_the_draws_of_the_rows_asked_for(lg, x) -> None:
     assert abs(float(draws.noise.mean())) < 0.2 and abs(float(draws.noise.std()) - 1) < 0.1  # N(0, I)
 
 
+@pytest.mark.parametrize("rows, words", [([12], "0..11"), ([-1], "0..11"), ([2, 2], "more than once"),
+                                         ([[1, 2]], "1-D"), ([0.5], "whole-number")])
+def test_keep_rows_outside_the_data_are_refused(lg, x, rows, words: str) -> None:
+    vae = lg.vae(lg.mean_field_encoder())
+    with pytest.raises(ValueError, match=words):
+        log_likelihood(vae, x, 10, keep_rows=torch.tensor(rows))
+
+
 def test_paired_elbos_from_kept_draws_are_the_elbos_from_that_noise(lg, x) -> None:
     vae = lg.vae(lg.mean_field_encoder(shift=0.2, inflate=1.3))
     with torch.no_grad():

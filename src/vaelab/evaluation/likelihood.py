@@ -51,6 +51,7 @@ from torch.distributions import Distribution, Independent, Normal
 
 from ..context import Batch
 from ..distributions.likelihoods import BernoulliDecoder
+from ..errors import VaelabError
 from ..inputs import check_data, check_whole, model_device
 from ..model import VAE, SampleWithDensity
 from ..nets import MLP
@@ -416,7 +417,7 @@ def log_likelihood(
     workspace = Workspace()  # the decoder's scratch tensors, shared by every batch
     # the draws of keep_rows: per batch, (its rows, [(eps [kc, m, D], log p(x|z) [kc, m]) per pass])
     kept: list[tuple[Tensor, list[tuple[Tensor, Tensor]]]] | None = [] if keep_rows is not None else None
-    keep_rows = None if keep_rows is None else torch.as_tensor(keep_rows).long().cpu()
+    keep_rows = None if keep_rows is None else _row_indices(keep_rows, x.shape[0])
     for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), _pairs(x, c, batch_size)):
         xb = xb.to(device)
         cb = None if cb is None else cb.to(device)
@@ -462,6 +463,19 @@ def log_likelihood(
     return LogLikelihood(per_example=torch.cat(per_example), ess=torch.cat(ess), k=k,
                          khat=torch.cat(khat) if keep else None, estimator=estimator,
                          seconds=time.perf_counter() - began, draws=draws)
+
+
+def _row_indices(rows: Tensor | list[int], n: int) -> Tensor:
+    """``keep_rows`` as distinct whole-number indices into ``n`` examples ``[m]``, else a one-line error."""
+    t = torch.as_tensor(rows).cpu()
+    if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise VaelabError(f"keep_rows must be a 1-D sequence of whole-number row indices, got {tuple(t.shape)} {t.dtype}")
+    t = t.long()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
+        raise VaelabError(f"keep_rows must lie in 0..{n - 1} (the rows of x), got {int(t.min())}..{int(t.max())}")
+    if t.unique().numel() != t.numel():
+        raise VaelabError("keep_rows names a row more than once; give each row once")
+    return t
 
 
 def _proposal_weights(model: VAE, x: Tensor, c: Tensor | None, q: Distribution, k: int) -> Tensor:
