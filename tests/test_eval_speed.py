@@ -96,6 +96,10 @@ def test_log_likelihood_keeps_the_draws_of_the_rows_asked_for(lg, x) -> None:
     assert draws is not None and sorted(draws.rows.tolist()) == sorted(rows.tolist())
     assert draws.noise.shape == (60, 4, 3) and draws.log_lik.shape == (60, 4)
     with torch.no_grad():
+        q_rows = vae.encode(x[draws.rows])
+    torch.testing.assert_close(draws.loc, q_rows.base_dist.loc, rtol=0, atol=1e-12)
+    torch.testing.assert_close(draws.scale, q_rows.base_dist.scale, rtol=0, atol=1e-12)
+    with torch.no_grad():
         q = vae.encode(x[draws.rows])
         z = q.base_dist.loc + q.base_dist.scale * draws.noise  # [60, 4, 3]: z = mu + sigma eps
         torch.testing.assert_close(draws.log_lik, vae.decode(z).log_prob(x[draws.rows]), rtol=0, atol=1e-9)
@@ -112,6 +116,28 @@ def test_keep_rows_outside_the_data_are_refused(lg, x, rows, words: str) -> None
     vae = lg.vae(lg.mean_field_encoder())
     with pytest.raises(ValueError, match=words):
         log_likelihood(vae, x, 10, keep_rows=torch.tensor(rows))
+
+
+def test_draws_of_another_model_or_other_data_are_refused_by_the_gap_split(lg, x) -> None:
+    import dataclasses
+
+    from vaelab.errors import VaelabError
+    from vaelab.evaluation import inference_gaps
+
+    vae = lg.vae(lg.mean_field_encoder(shift=0.3, inflate=1.3))
+    rows = torch.tensor([2, 5, 7])
+    other = LinearGaussian.random(latent_dim=3, x_dim=5, s=0.7, seed=7)
+    settings = dict(indices=rows, log_px=lg.log_px(x), eval_samples=100, steps=5)
+    mine = log_likelihood(vae, x, 100, keep_rows=rows).draws
+    assert mine is not None
+    inference_gaps(vae, x, encoder_draws=mine, **settings)  # its own draws: taken
+    for foreign in (log_likelihood(other.vae(other.mean_field_encoder()), x, 100, keep_rows=rows).draws,
+                    log_likelihood(vae, lg.sample_x(12, seed=99), 100, keep_rows=rows).draws):
+        with pytest.raises(VaelabError, match="not drawn by this model's encoder on these rows"):
+            inference_gaps(vae, x, encoder_draws=foreign, **settings)
+    bent = dataclasses.replace(mine, noise=mine.noise[..., :2])
+    with pytest.raises(VaelabError, match="do not fit this model"):
+        inference_gaps(vae, x, encoder_draws=bent, **settings)
 
 
 def test_paired_elbos_from_kept_draws_are_the_elbos_from_that_noise(lg, x) -> None:

@@ -580,3 +580,27 @@ def test_resume_with_labelled_rows_continues_exactly(tmp_path):
     vaelab.train(epochs=3, name="plain", **{**settings, "labelled_per_batch": 0})
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "plain" / "model.safetensors")
     assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scoring_an_m2_model_given_its_label_is_refused() -> None:
+    # with c, M2's weights estimate log p(x, y) (its log p(y) = -log C added), which a table would
+    # show as "log p(x|label)" beside U(x), the bound on log p(x): refused, not mislabelled
+    from vaelab.errors import VaelabError
+    from vaelab.evaluation import dataset_elbo, evaluate, log_likelihood
+
+    m, x = tiny_m2(), binary_x(6)
+    y = torch.tensor([0, 1, 2, 0, 1, 2]).double()[:, None]
+    for call in (lambda: log_likelihood(m, x, 10, c=y),
+                 lambda: evaluate(m, x, k=10, mi_samples=0, gap_examples=0, estimator="is", c=y)):
+        with pytest.raises(VaelabError, match="label summed out"):
+            call()
+    # the bound alone takes it and ignores it (validation passes labels): U(x) either way
+    torch.manual_seed(0)
+    with_c = dataset_elbo(m, x, c=y)
+    torch.manual_seed(0)
+    without = dataset_elbo(m, x)
+    assert with_c.elbo == without.elbo
+    ll = log_likelihood(m, x, 2000)  # without the label: log p(x), below no bound of it
+    with torch.no_grad():
+        exact = torch.logsumexp(torch.stack([exact_log_px_given_y(m, x, k) for k in range(3)]), 0) - math.log(3)
+    assert abs(ll.mean - float(exact.mean())) < 0.05

@@ -63,13 +63,15 @@ def check_shape(model: VAE, x: Any, what: str = "x", *, empty: bool = False) -> 
 
 
 def check_data(model: VAE, x: Any, c: Tensor | None = None, *, what: str = "x",
-               store_rows: int | None = _STORE_BLOCK) -> None:
+               store_rows: int | None = _STORE_BLOCK, bound_only: bool = False) -> None:
     """Refuse, in one line, data that ``model`` cannot score: ``x`` not ``[N, *x_shape]``,
     NaN/inf or values outside the likelihood's support (``decoder.check``), and a context
     ``c`` that is missing, not ``[N, P]`` or holds an invalid value (a class id that is not a
     whole number of the model's classes). A missing context is the model's to refuse (the
-    semi-supervised M2 sums over its label instead). Reads ``x`` in blocks of rows; rows on
-    disk ``store_rows`` at a time (None: the store's own scan size, for a pass over a training set)."""
+    semi-supervised M2 sums over its label instead, and a label given to it is refused unless
+    ``bound_only``: its estimates of log p(x) would become log p(x, y), where its ELBO, U(x), takes
+    no label). Reads ``x`` in blocks of rows; rows on disk ``store_rows`` at a time (None: the
+    store's own scan size, for a pass over a training set)."""
     check_shape(model, x, what)
     n = int(x.shape[0])
     check = getattr(model.decoder, "check", None)
@@ -82,6 +84,10 @@ def check_data(model: VAE, x: Any, c: Tensor | None = None, *, what: str = "x",
                 check(x[start : start + _BLOCK], what)
     if c is None:  # a conditional model says so when it needs c (the M2 sums over its label instead)
         return
+    if callable(getattr(model, "classify", None)) and not bound_only:  # the semi-supervised M2: its label is a latent
+        raise VaelabError("the semi-supervised M2 model scores x with its label summed out (log p(x), its ELBO "
+                          "U(x)); it takes no context or label to score: leave c/label out (a label is for "
+                          "generating, and its classifier's accuracy is read from labels= in evaluate)")
     if model.context is None:
         raise VaelabError("this model is unconditional: c must be None")
     if not isinstance(c, Tensor):

@@ -54,6 +54,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from ..distributions import diagonal_gaussian
+from ..errors import VaelabError
 from ..inputs import check_data, check_whole, model_device
 from ..model import VAE
 from ..objectives import KLMethod
@@ -398,15 +399,28 @@ def gap_rows(total: int, n: int) -> Tensor:
     return torch.randperm(total)[:count] if total > count else torch.arange(count)
 
 
-def _drawn(draws: EncoderDraws | None, rows: Tensor, samples: int) -> tuple[Tensor, Tensor] | None:
+def _drawn(draws: EncoderDraws | None, rows: Tensor, samples: int, q_enc: Distribution) -> tuple[Tensor, Tensor] | None:
     """The first ``samples`` draws (eps ``[S, b, D]``, log p(x|z) ``[S, b]``) of ``rows`` ``[b]``
-    in ``draws``, or None where it lacks a row or has fewer draws."""
+    in ``draws``, or None where it lacks a row or has fewer draws. Draws whose encoder output
+    is not ``q_enc``'s for these rows (another model's, or other data's) are refused."""
     if draws is None or draws.noise.shape[0] < samples:
         return None
     where = {int(r): i for i, r in enumerate(draws.rows.tolist())}
     if any(int(r) not in where for r in rows.tolist()):
         return None
+    loc, scale = _diagonal_parts(q_enc)  # [b, D]
+    n, d = draws.rows.numel(), loc.shape[-1]
+    if (draws.noise.dim() != 3 or tuple(draws.noise.shape[1:]) != (n, d) or draws.log_lik.shape != draws.noise.shape[:2]
+            or tuple(draws.loc.shape) != (n, d) or draws.scale.shape != draws.loc.shape):
+        raise VaelabError(f"encoder_draws do not fit this model: noise {tuple(draws.noise.shape)}, log_lik "
+                          f"{tuple(draws.log_lik.shape)}, loc {tuple(draws.loc.shape)} for {n} rows of a "
+                          f"{d}-dimensional latent; keep them with log_likelihood(model, x, keep_rows=...)")
     pos = torch.tensor([where[int(r)] for r in rows.tolist()], device=draws.noise.device)
+    kept_loc, kept_scale = draws.loc[pos].to(loc), draws.scale[pos].to(scale)
+    if not (torch.allclose(kept_loc, loc, rtol=1e-4, atol=1e-5) and torch.allclose(kept_scale, scale, rtol=1e-4, atol=1e-6)):
+        raise VaelabError("encoder_draws were not drawn by this model's encoder on these rows of x (its posterior "
+                          "for them differs); keep them with log_likelihood(model, x, keep_rows=...) on the same "
+                          "model and data, or leave encoder_draws out")
     return draws.noise[:samples, pos], draws.log_lik[:samples, pos]
 
 
@@ -473,7 +487,7 @@ def inference_gaps(
             q_enc = model.encode(xb, cb)
         q_opt = optimal_posterior(model, xb, steps=steps, lr=lr, samples=samples, kl=kl, c=cb)
         chunk = max(1, PASS_ROWS // xb.shape[0])  # samples per pass
-        drawn = _drawn(encoder_draws, rows, eval_samples)
+        drawn = _drawn(encoder_draws, rows, eval_samples, q_enc)
         ea, sa, eb, sb, sd = _paired_elbos(model, xb, q_enc, q_opt, eval_samples, chunk, kl, cb, drawn)
         loc, scale = _mean_and_scale(q_opt)
         family = _free_parameters(q_opt)[2]

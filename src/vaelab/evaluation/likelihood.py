@@ -103,16 +103,21 @@ class LogLikelihood:
 class EncoderDraws:
     """Encoder IS's draws for some examples, kept for the gap split's ELBO of the encoder.
 
-    ``rows`` ``[n]`` are indices into the data set; for each, the K draws z = mu + sigma * eps
-    of the diagonal-Gaussian encoder as their noise ``eps`` ``[K, n, D]`` and their
+    ``rows`` ``[n]`` are indices into the data set, in the order the batches reached them (not
+    necessarily the order asked for); for each, the encoder's ``loc`` and ``scale`` ``[n, D]``,
+    and the K draws z = loc + scale * eps as their noise ``eps`` ``[K, n, D]`` and their
     ``log_lik`` = log p(x|z) ``[K, n]``. With them the gap split scores ELBO(q_phi) without a
     second decoder pass, and scores ELBO(q*) at z* = mu* + sigma* eps: the same noise, so the
-    amortization gap keeps its paired (small) Monte-Carlo error.
+    amortization gap keeps its paired (small) Monte-Carlo error. ``loc`` and ``scale`` tell
+    draws of another model or of other data apart (:func:`~vaelab.evaluation.inference_gaps`
+    refuses them).
     """
 
     rows: Tensor  # [n]
     noise: Tensor  # [K, n, D]
     log_lik: Tensor  # [K, n]
+    loc: Tensor  # [n, D]
+    scale: Tensor  # [n, D]
 
 
 @dataclass
@@ -415,8 +420,8 @@ def log_likelihood(
     keep = tail_length(k) + 1 if tail_length(k) >= MIN_TAIL else 0  # the largest log weights, for the Pareto fit
     per_example, ess, khat = [], [], []
     workspace = Workspace()  # the decoder's scratch tensors, shared by every batch
-    # the draws of keep_rows: per batch, (its rows, [(eps [kc, m, D], log p(x|z) [kc, m]) per pass])
-    kept: list[tuple[Tensor, list[tuple[Tensor, Tensor]]]] | None = [] if keep_rows is not None else None
+    # the draws of keep_rows: per batch, (its rows, loc, scale, [(eps [kc, m, D], log p(x|z) [kc, m]) per pass])
+    kept: list[tuple[Tensor, Tensor, Tensor, list[tuple[Tensor, Tensor]]]] | None = [] if keep_rows is not None else None
     keep_rows = None if keep_rows is None else _row_indices(keep_rows, x.shape[0])
     for start, (xb, cb) in zip(range(0, x.shape[0], batch_size), _pairs(x, c, batch_size)):
         xb = xb.to(device)
@@ -431,7 +436,8 @@ def log_likelihood(
                 assert keep_rows is not None
                 mine = keep_rows[(keep_rows >= start) & (keep_rows < start + xb.shape[0])]
                 cols, passes = (mine - start).to(device), []
-                kept.append((mine, passes))
+                loc, scale = _gaussian_parts(q_enc)  # type: ignore[misc]
+                kept.append((mine, loc[cols], scale[cols], passes))
         if kept is not None and passes is None:  # draws that are not a Gaussian encoder's: none are kept
             kept = None
         log_sum_w = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=device)  # log sum_k w_k
@@ -457,9 +463,10 @@ def log_likelihood(
             khat.append(pareto_khat(top, total=k).cpu())
     draws = None
     if kept:
-        draws = EncoderDraws(rows=torch.cat([rows for rows, _ in kept]),
-                             noise=torch.cat([torch.cat([e for e, _ in p]) for _, p in kept], 1),  # [K, n, D]
-                             log_lik=torch.cat([torch.cat([v for _, v in p]) for _, p in kept], 1))  # [K, n]
+        draws = EncoderDraws(rows=torch.cat([k[0] for k in kept]),
+                             noise=torch.cat([torch.cat([e for e, _ in k[3]]) for k in kept], 1),  # [K, n, D]
+                             log_lik=torch.cat([torch.cat([v for _, v in k[3]]) for k in kept], 1),  # [K, n]
+                             loc=torch.cat([k[1] for k in kept]), scale=torch.cat([k[2] for k in kept]))  # [n, D]
     return LogLikelihood(per_example=torch.cat(per_example), ess=torch.cat(ess), k=k,
                          khat=torch.cat(khat) if keep else None, estimator=estimator,
                          seconds=time.perf_counter() - began, draws=draws)
@@ -499,7 +506,7 @@ def dataset_elbo(
     ``c`` the context of a conditional model)."""
     k = check_whole(k, "k (posterior samples per example)")
     batch_size = check_whole(batch_size, "batch_size")
-    check_data(model, x, c)
+    check_data(model, x, c, bound_only=True)  # (the M2's U(x) takes no label: its c is ignored)
     device = model_device(model, device)
     sums = torch.zeros(3, dtype=torch.float64)
     for xb, cb in _pairs(x, c, batch_size):
