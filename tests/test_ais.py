@@ -394,3 +394,27 @@ def test_the_tighter_of_two_estimates_notes_only_a_difference_beyond_their_error
     notes.clear()
     assert _tighter_of(enc, est(-10.1, 2.0, "ais"), 25, 1000, notes) is enc and notes == []  # within 2 errors (0.155)
     assert _tighter_of(enc, est(-9.9, 2.0, "ais"), 25, 1000, notes).estimator == "ais" and notes == []
+
+
+def test_the_ais_monte_carlo_error_matches_the_spread_over_seeds() -> None:
+    # 30 seeds of AIS with the default 4 chains on a linear-Gaussian model with a poor start: the
+    # reported per-example MC error must match the estimates' actual spread over seeds. The delta
+    # method over 4 chain weights alone came out 2.3x too small here (mean of 16 examples: 2.2x)
+    lg = LinearGaussian.random(3, 5, 0.7, 2)
+    x = lg.sample_x(16, seed=3)
+    vae = lg.vae(lg.mean_field_encoder(shift=1.0, inflate=2.0))
+    estimates, errors, deltas = [], [], []
+    for seed in range(30):
+        torch.manual_seed(700 + seed)
+        r = ais(vae, x, steps=10, chains=4)
+        estimates.append(r.per_example)
+        errors.append(r.mc_se)
+        deltas.append((1.0 / r.ess - 1.0 / 4).clamp(min=0).sqrt())
+        torch.testing.assert_close(r.as_likelihood().mc_se, r.mc_se)  # what the summaries read
+    e, se = torch.stack(estimates), torch.stack(errors)  # [30, 16]
+    spread = e.std(0)
+    assert 0.8 < float((spread / se.mean(0)).median()) < 1.25
+    real = float(e.mean(1).std())  # the data set's mean
+    reported = float((se.pow(2).sum(1).sqrt() / 16).mean())
+    assert 0.75 < real / reported < 1.33, (real, reported)
+    assert float((spread / torch.stack(deltas).mean(0)).median()) > 1.5  # what the delta method alone said

@@ -83,10 +83,14 @@ class LogLikelihood:
     estimator: str = "is"
     seconds: float = 0.0
     draws: EncoderDraws | None = None  # the draws of the rows asked for with ``keep_rows``
+    se: Tensor | None = None  # [N] the estimator's own Monte-Carlo error (AIS), else None: see mc_se
 
     @property
     def mc_se(self) -> Tensor:
-        """Per-example Monte-Carlo standard error sqrt(1/ESS - 1/K) ``[N]`` (delta method)."""
+        """Per-example Monte-Carlo standard error ``[N]``: ``se`` when the estimator gave its own
+        (AIS: :attr:`~vaelab.evaluation.AISResult.mc_se`), else sqrt(1/ESS - 1/K) (delta method)."""
+        if self.se is not None:
+            return self.se
         return (1.0 / self.ess - 1.0 / self.k).clamp(min=0).sqrt()
 
     @property
