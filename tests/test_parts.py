@@ -1048,3 +1048,14 @@ def test_a_flows_monte_carlo_mean_is_exact_where_the_flow_is_linear_and_close_el
     draws = curved.sample((400_000,))
     error = draws.std(0) / math.sqrt(1000)  # the moments' own error, 1,000 draws
     assert bool(((curved.mean - draws.mean(0)).abs() < 3 * error).all())
+
+
+@pytest.mark.parametrize("likelihood, family", [("gaussian", Normal), ("laplace", Laplace)])
+def test_a_fixed_scale_keeps_its_exact_value_in_a_float64_model(likelihood: str, family: type) -> None:
+    # the scale was a float32 buffer cast by .double(): 0.3 became 0.30000001192..., 1e-5 nats off
+    vae = build_vae((5,), latent_dim=2, hidden=[4], likelihood=likelihood, gaussian_scale=0.3).double()
+    x, z = torch.randn(3, 5, dtype=F64), torch.randn(3, 2, dtype=F64)
+    p = vae.decode(z)
+    reference = family(p.base_dist.loc, torch.tensor(0.3, dtype=F64)).log_prob(x).sum(-1)
+    torch.testing.assert_close(p.log_prob(x), reference, rtol=0, atol=1e-13)
+    assert vae.float().decoder.scale.dtype == torch.float32  # and back

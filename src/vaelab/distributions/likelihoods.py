@@ -196,11 +196,20 @@ class LocationScaleDecoder(Decoder):
         self.learn_scale = learn_scale
         self.floor = 1e-3 * scale
         if learn_scale == "fixed":
-            self.register_buffer("fixed_scale", torch.tensor(float(scale)), persistent=False)
+            self._fixed_value = float(scale)
+            self.register_buffer("fixed_scale", torch.tensor(self._fixed_value), persistent=False)
         else:
             shape = () if learn_scale == "global" else self.x_shape
             raw = math.log(math.expm1(scale - self.floor))  # inverse softplus
             self.raw_scale = nn.Parameter(torch.full(shape, raw))
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """``.double()``, ``.to(...)``: the fixed scale made anew from its exact value in the new dtype
+        (cast from float32, 0.3 would stay 0.30000001192... in a float64 model)."""
+        out = super()._apply(fn, *args, **kwargs)
+        if self.learn_scale == "fixed":
+            self.fixed_scale = torch.tensor(self._fixed_value, dtype=self.fixed_scale.dtype, device=self.fixed_scale.device)
+        return out
 
     @property
     def scale(self) -> Tensor:
