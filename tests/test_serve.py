@@ -244,7 +244,7 @@ def test_decode_refuses_bad_requests(clients: dict[str, TestClient], body: bytes
 
 def test_oversized_json_body_is_refused(clients: dict[str, TestClient]) -> None:
     body = b'{"z": [' + b"0," * 40_000 + b"0]}"
-    assert "larger than" in error_of(clients["2d"].post("/api/decode", content=body, headers=JSON), 413)
+    assert "larger than 64 KB;" in error_of(clients["2d"].post("/api/decode", content=body, headers=JSON), 413)
 
 
 # --- samples, examples, interpolation -----------------------------------------------------------
@@ -349,6 +349,11 @@ def test_upload_npy_of_the_right_size(clients: dict[str, TestClient]) -> None:
     np.testing.assert_allclose(png_array(out["input"]["png"]), flat.reshape(8, 8), atol=1 / 255 + 1e-6)
     vec = clients["vec"].post("/api/upload?name=v.npy", content=npy_bytes(np.ones((1, 16))), headers=OCTET).json()
     assert len(vec["input"]["values"]) == 16 and len(vec["reconstruction"]["values"]) == 16 and len(vec["z"]) == 3
+    # read from the header's layout: Fortran order and big-endian numbers give the same pixels
+    square = flat.reshape(8, 8)
+    for a in (np.asfortranarray(square), square.astype(">f8")):
+        out = clients["2d"].post("/api/upload?name=sq.npy", content=npy_bytes(a), headers=OCTET).json()
+        np.testing.assert_allclose(png_array(out["input"]["png"]), square, atol=1 / 255 + 1e-6)
 
 
 @pytest.mark.parametrize(
@@ -801,6 +806,152 @@ def test_uploads_are_decoded_under_the_gate(runs: dict[str, Path], monkeypatch: 
     assert held == [True]
 
 
+def npy_header(header: str, data: bytes = b"\0" * 64, version: bytes = b"\x01\x00") -> bytes:
+    """A .npy file of version 1.0 with the header ``header`` (a dict literal) and ``data``."""
+    text = header.encode("latin-1")
+    text += b" " * ((64 - (10 + len(text) + 1) % 64) % 64) + b"\n"
+    return b"\x93NUMPY" + version + len(text).to_bytes(2, "little") + text + data
+
+
+HOSTILE_NPY = [  # each header is read and refused before np.load could allocate what it declares
+    (npy_header("{'descr': '<f8', 'fortran_order': False, 'shape': (100000000000,), }"), "has shape (100000000000,)"),
+    (npy_header("{'descr': '<f8', 'fortran_order': False, 'shape': (4611686018427387904, 4611686018427387904), }"),
+     "this model's examples have shape (1, 8, 8) (64 numbers)"),
+    (npy_header("{'descr': '<V1000000000', 'fortran_order': False, 'shape': (1,), }"), "of type |V1000000000;"),
+    (npy_header("{'descr': [('a', '<f8', (64,))], 'fortran_order': False, 'shape': (1,), }", b"\0" * 512),
+     "upload a .npy array of numbers"),
+    (npy_header("{'descr': '<c16', 'fortran_order': False, 'shape': (64,), }", b"\0" * 1024), "of type complex128"),
+    (npy_header("{'descr': '<f8', 'fortran_order': False, 'shape': (-64,), }"), "declares shape (-64,)"),
+    (npy_header("{'descr': '<f8', 'fortran_order': False, 'shape': (64,), }"), "declares 512 bytes of data, the file holds 64"),
+    (npy_header("{'descr': '<f8', 'fortran_order': False, 'shape': (64,), }", b"\0" * 520), "the file holds 520"),
+    (npy_header("(" * 4000), "not a readable .npy array"),  # a tokenizer error, not a ValueError
+    (npy_header("{'descr': '<f8', 'fortran_order': False, 'shape': (64,), }", version=b"\x03\x00"), "format version 3.0"),
+]
+
+
+@pytest.mark.parametrize(("content", "says"), HOSTILE_NPY)
+def test_npy_headers_are_checked_before_the_data_are_read(clients: dict[str, TestClient], monkeypatch: pytest.MonkeyPatch,
+                                                          content: bytes, says: str) -> None:
+    loaded: list[int] = []
+    real = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loaded.append(1) or real(*a, **k))
+    c = clients["2d"]
+    message = error_of(c.post("/api/upload?name=h.npy", content=content, headers=OCTET), 422)
+    assert says in message and message.startswith("'h.npy'") and len(message) < 400
+    assert loaded == []
+    assert c.get("/api/sample?n=1").status_code == 200  # still serving
+
+
+def image_bytes(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L" if fmt != "WEBP" else "RGB", (8, 8), 0).save(buf, fmt)
+    return buf.getvalue()
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
+
+
+@pytest.mark.parametrize("fmt", ["TGA", "PCX", "TIFF", "GIF", "WEBP", "BMP", "PPM", "ICO", "EPS"])
+def test_uploads_are_png_or_jpeg_only(clients: dict[str, TestClient], monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    from PIL import EpsImagePlugin
+
+    opened: list[int] = []  # Pillow's EPS reader runs Ghostscript to decode; it must never be tried
+    real = EpsImagePlugin.EpsImageFile._open
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(1) or real(self))
+    content = EPS if fmt == "EPS" else image_bytes(fmt)
+    says = error_of(clients["2d"].post(f"/api/upload?name=a.{fmt.lower()}", content=content, headers=OCTET), 422)
+    assert "not an image the explorer reads (PNG or JPEG" in says and "upload a PNG or JPEG image or a .npy array" in says
+    assert opened == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("GET", "/api/decode", "POST"), ("POST", "/api/info", "GET, HEAD"), ("PUT", "/api/upload", "POST"),
+     ("GET", "/api/interpolate", "POST"), ("DELETE", "/api/sample", "GET, HEAD"), ("POST", "/api/example/3", "GET, HEAD"),
+     ("POST", "/", "GET, HEAD")],
+)
+def test_a_wrong_method_is_a_405_naming_the_right_one(clients: dict[str, TestClient], method: str, path: str,
+                                                     allow: str) -> None:
+    r = clients["2d"].request(method, path, content=b"{}", headers=JSON)
+    takes = " or ".join(m for m in allow.split(", ") if m != "HEAD")
+    assert error_of(r, 405) == f"{method} is not allowed on {path}; it takes {takes}"
+    assert r.headers["allow"] == allow
+    assert "no API endpoint /api/nothing" in error_of(clients["2d"].request(method, "/api/nothing", headers=JSON), 404)
+
+
+def test_every_answer_says_nosniff(clients: dict[str, TestClient]) -> None:
+    c = clients["2d"]
+    answers = [c.get("/"), c.get("/api/info"), c.get("/static/app.js"), c.get("/api/sample?n=0"), c.get("/api/nothing"),
+               c.post("/api/decode", json={"z": [0, 0]}), c.get("/api/info", headers={"sec-fetch-site": "cross-site"}),
+               c.post("/api/decode", content=b"x" * 70_000, headers=JSON), c.get("/static/missing.js")]
+    assert [r.status_code for r in answers] == [200, 200, 200, 422, 404, 200, 403, 413, 404]
+    for r in answers:
+        assert r.headers.get_list("x-content-type-options") == ["nosniff"], r.request.url
+
+
+def test_a_bug_is_a_500_json_line_and_one_log_line_not_a_traceback(runs: dict[str, Path],
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(runs["2d"])
+
+    def bug(*args: Any) -> Any:
+        raise MemoryError("no room for this")
+
+    app.state.explorer.sample = bug
+    # the test client re-raises whatever escapes the app, as uvicorn prints its traceback
+    c = TestClient(app)
+    with caplog.at_level("ERROR", logger="vaelab.serve"):
+        r = c.get("/api/sample?n=2")
+    assert error_of(r, 500) == "internal error (MemoryError); the server goes on serving"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    [record] = caplog.records
+    assert record.getMessage() == ("error: internal error answering GET /api/sample (MemoryError: no room for this); "
+                                   "the server goes on serving")
+    assert record.exc_info is None and "\n" not in record.getMessage()
+    assert c.get("/api/info").status_code == 200
+
+
+def served_app(run: Path, monkeypatch: pytest.MonkeyPatch, host: str, **kw: Any) -> Any:
+    """The app ``serve(run, host=host)`` would run (uvicorn not started)."""
+    import uvicorn
+
+    from vaelab.serve import serve
+
+    apps: list[Any] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: apps.append(self.config.app))
+    serve(run, host=host, port=0, **kw)
+    return apps[0]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "LOCALHOST", "127.255.0.1"])
+def test_every_loopback_address_and_localhost_spelling_is_this_computer_only(
+        runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], host: str) -> None:
+    app = served_app(runs["2d"], monkeypatch, host)
+    assert capsys.readouterr().err == ""  # no "not only this computer" warning
+    c = TestClient(app, base_url=f"http://{host}:8765")
+    assert c.get("/api/info").status_code == 200
+    assert c.get("/api/info", headers={"host": "LocalHost:8765"}).status_code == 200
+    says = error_of(c.get("/api/info", headers={"host": "rebound.evil.example:8765"}), 400)
+    assert "answers only requests addressed to" in says and "127.0.0.0/8" in says and "IP address" not in says
+    assert "answers only" in error_of(c.get("/api/info", headers={"host": "192.168.1.7:8765"}), 400)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_a_server_on_every_address_still_checks_the_host(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str], host: str) -> None:
+    if host == "::" and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    app = served_app(runs["2d"], monkeypatch, host, allow_hosts=["Explorer.Lab.Example"])
+    assert "not only this computer" in capsys.readouterr().err
+    c = TestClient(app, base_url="http://192.168.1.7:8765")
+    for name in ("192.168.1.7:8765", "10.0.0.3", "[2001:db8::5]:8765", "127.0.0.1:8765", "localhost:8765",
+                 f"{socket.gethostname()}:8765", socket.getfqdn(), "explorer.lab.example:8765"):
+        assert c.get("/api/info", headers={"host": name}).status_code == 200, name
+    # a page whose DNS name was rebound to this computer's address sends its own name
+    says = error_of(c.get("/api/info", headers={"host": "rebound.evil.example:8765"}), 400)
+    assert "not 'rebound.evil.example:8765'" in says and "any IP address" in says and "by this computer's IP address" in says
+    assert c.post("/api/decode", json={"z": [0, 0]}, headers={"host": "rebound.evil.example"}).status_code == 400
+
+
 def test_a_session_never_writes_into_the_run_folder(runs: dict[str, Path]) -> None:
     before = folder_digest(runs["3d"])
     c = TestClient(create_app(runs["3d"]))
@@ -891,3 +1042,20 @@ def test_serve_prints_the_address_and_warns_off_loopback(runs: dict[str, Path], 
     assert f"http://127.0.0.1:{served[0][1]}/" in out.out and out.err == ""
     serve(runs["2d"], host="0.0.0.0", port=0)
     assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
+
+
+def test_the_command_line_passes_extra_host_names_to_the_guard(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    import vaelab.serve as serve_module
+    from vaelab.cli import cli
+    from vaelab.serve.server import allowed_hosts
+
+    seen: dict = {}
+    monkeypatch.setattr(serve_module, "serve", lambda run, **kw: seen.update(kw))
+    result = CliRunner().invoke(cli, ["serve", "RUN", "--host", "0.0.0.0", "--allow-host", "vae.lab.example",
+                                      "--allow-host", "Other.Example"])
+    assert result.exit_code == 0, result.output
+    assert seen["allow_hosts"] == ("vae.lab.example", "Other.Example")
+    hosts = allowed_hosts("0.0.0.0", seen["allow_hosts"])
+    assert "vae.lab.example" in hosts and "other.example" in hosts and "evil.example" not in hosts

@@ -20,10 +20,13 @@ an upload under it too (log p(x|c)); M2 scores without it. /api/info lists the c
 unknown class is a 422 that names them all.
 
 Bad input is a 4xx answer ``{"error": "..."}`` (400 malformed or foreign Host, 403 cross-site,
-413 too large, 415 wrong content type, 422 invalid values or files, 503 busy) and the server
-keeps serving. Requests pass :class:`~vaelab.serve.guard.Guard` first: a POST needs a
-non-simple content type (``application/json``; ``application/octet-stream`` for uploads) and
-no foreign ``Origin``, so no other web page can make the browser post to the explorer. All torch work runs one call at a
+404 no such endpoint, 405 wrong method, with ``Allow``, 413 too large, 415 wrong content type,
+422 invalid values or files, 503 busy) and the server keeps serving; a bug is a 500 of the same
+form and one line on stderr, never a traceback (:class:`LastResort`, which also adds
+``X-Content-Type-Options: nosniff`` to every answer). Requests pass
+:class:`~vaelab.serve.guard.Guard` first: a ``Host`` it knows, a POST needs a non-simple
+content type (``application/json``; ``application/octet-stream`` for uploads) and no foreign
+``Origin``, so no other web page can make the browser post to the explorer. All torch work runs one call at a
 time in a worker thread under ``torch.no_grad()``; a :class:`Gate` admits a few calls at
 once and answers 503 beyond that, so quick slider moves cannot queue unbounded work.
 """
@@ -31,6 +34,7 @@ once and answers 503 beyond that, so quick slider moves cannot queue unbounded w
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 from collections.abc import Callable
@@ -45,18 +49,20 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import VaelabError
 from .explorer import Explorer
-from .guard import Guard
+from .guard import ASGIApp, Guard, Receive, Scope, Send
 from .uploads import MAX_UPLOAD_BYTES, prepare_upload
 
-__all__ = ["create_app", "Gate", "ApiError"]
+__all__ = ["create_app", "Gate", "ApiError", "LastResort"]
 
+LOG = logging.getLogger("vaelab.serve")
 MAX_JSON_BYTES = 64 * 1024
 MAX_SAMPLES = 64
+ANY_METHOD = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MAX_STEPS = 50
 STATIC = Path(str(resources.files("vaelab.serve") / "static"))
 # The page loads nothing from elsewhere; the browser enforces it.
@@ -70,17 +76,54 @@ class _Static(StaticFiles):
     async def get_response(self, path: str, scope: Any) -> Response:
         response = await super().get_response(path, scope)
         response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+
+class LastResort:
+    """The outermost layer (ASGI middleware): ``X-Content-Type-Options: nosniff`` on every
+    answer, and an exception no handler answered (a bug) as a 500 JSON line plus one line on
+    stderr (logger ``vaelab.serve``). Starlette's own ``Exception`` handler answers too but then
+    re-raises, so the server printed a traceback on the terminal for every such request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_nosniff(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_nosniff)
+        except Exception as err:  # noqa: BLE001 - a bug: one line on the terminal, one JSON line to the page
+            what = " ".join(str(err).split())[:200]
+            LOG.error("error: internal error answering %s %s (%s%s); the server goes on serving", scope.get("method"),
+                      scope.get("path"), type(err).__name__, f": {what}" if what else "")
+            if not started:  # else the answer is already on its way; the connection is closed unfinished
+                await JSONResponse({"error": f"internal error ({type(err).__name__}); the server goes on serving"},
+                                   status_code=500)(scope, receive, send_nosniff)
 
 
 class ApiError(Exception):
     """An answer with a 4xx/5xx status and a one-line message for the page."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = " ".join(message.split())
+        self.headers = headers
 
 
 class Gate:
@@ -113,9 +156,17 @@ class Gate:
 
 
 # --- reading and checking requests -------------------------------------------------------------
+def _size(n: int) -> str:
+    """A byte count for a message: ``64 KB``, ``5 MB``, ``1.5 MB``, ``900 bytes`` (K = 1024)."""
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
 async def _body(request: Request, limit: int, what: str) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    too_big = ApiError(413, f"{what} is larger than {limit / 1024 / 1024:.3g} MB; send a smaller one")
+    too_big = ApiError(413, f"{what} is larger than {_size(limit)}; send a smaller one")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
@@ -276,37 +327,51 @@ def create_app(
         return {"name": name, "notes": prepared.notes, **ex.score(prepared.x, 0, c)}
 
     async def api_missing(request: Request) -> Response:
+        for route in api_routes:  # a real endpoint asked with the wrong method: 405 naming the right one
+            if route.matches(request.scope)[0] == Match.PARTIAL:
+                allowed = sorted(route.methods or ())
+                takes = " or ".join(m for m in allowed if m != "HEAD")
+                raise ApiError(405, f"{request.method} is not allowed on {request.url.path}; it takes {takes}",
+                               headers={"Allow": ", ".join(allowed)})
         raise ApiError(404, f"no API endpoint {request.url.path}; see GET /api/info")
 
     async def on_api_error(request: Request, err: Exception) -> Response:
         assert isinstance(err, ApiError)
-        return JSONResponse({"error": err.message}, status_code=err.status)
+        return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
 
     async def on_vaelab_error(request: Request, err: Exception) -> Response:
         return JSONResponse({"error": str(err)}, status_code=422)
 
     async def on_http_error(request: Request, err: Exception) -> Response:
         assert isinstance(err, HTTPException)
-        return JSONResponse({"error": err.detail}, status_code=err.status_code)
+        message, headers = err.detail, dict(err.headers or {})
+        if err.status_code == 405:  # e.g. POST / (the API's own 405s come from api_missing)
+            allowed = sorted(m.strip() for m in headers.get("Allow", "GET").split(","))
+            takes = " or ".join(m for m in allowed if m != "HEAD")
+            message = f"{request.method} is not allowed on {request.url.path}; it takes {takes}"
+            headers["Allow"] = ", ".join(allowed)
+        return JSONResponse({"error": message}, status_code=err.status_code, headers=headers)
 
-    async def on_bug(request: Request, err: Exception) -> Response:  # a bug: still one JSON line
-        return JSONResponse({"error": f"internal error ({type(err).__name__}); the server goes on serving"},
-                            status_code=500)
-
-    routes = [
-        Route("/", index),
-        Route("/api/info", api_info),
-        Route("/api/map", api_map),
-        Route("/api/example/{i}", api_example),
+    api_routes = [
+        Route("/api/info", api_info, methods=["GET"]),
+        Route("/api/map", api_map, methods=["GET"]),
+        Route("/api/example/{i}", api_example, methods=["GET"]),
         Route("/api/decode", api_decode, methods=["POST"]),
-        Route("/api/sample", api_sample),
+        Route("/api/sample", api_sample, methods=["GET"]),
         Route("/api/interpolate", api_interpolate, methods=["POST"]),
         Route("/api/upload", api_upload, methods=["POST"]),
-        Route("/api/{rest:path}", api_missing, methods=["GET", "POST"]),
+    ]
+    routes = [
+        Route("/", index),
+        *api_routes,
+        Route("/api/{rest:path}", api_missing, methods=ANY_METHOD),  # 405 or 404
         Mount("/static", _Static(directory=STATIC), name="static"),
     ]
-    handlers = {ApiError: on_api_error, VaelabError: on_vaelab_error, HTTPException: on_http_error, Exception: on_bug}
-    middleware = [Middleware(Guard, allowed_hosts=allowed_hosts, json_paths=("/api/decode", "/api/interpolate"))]
+    # no handler for Exception: Starlette re-raises after calling it (a traceback on the
+    # terminal); LastResort, outermost, answers bugs instead
+    handlers = {ApiError: on_api_error, VaelabError: on_vaelab_error, HTTPException: on_http_error}
+    middleware = [Middleware(LastResort),
+                  Middleware(Guard, allowed_hosts=allowed_hosts, json_paths=("/api/decode", "/api/interpolate"))]
     app = Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)  # type: ignore[arg-type]
     app.state.explorer = ex
     app.state.gate = gate

@@ -4,14 +4,53 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
 from ..errors import VaelabError
+from .guard import ip_of
 
-__all__ = ["serve", "bind", "LOOPBACK"]
+__all__ = ["serve", "bind", "LOOPBACK", "is_loopback", "allowed_hosts"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_NETWORK = "127.0.0.0/8"  # every 127.x.y.z address is this computer
+ANY_ADDRESS = ("0.0.0.0", "::", "")  # listening on every address: open to other computers
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` means this computer only: a loopback address (any of
+    127.0.0.0/8, ``::1``), ``localhost`` in any case, or a name that resolves to one (the
+    address :func:`bind` would listen on)."""
+    name = host.strip().lower()
+    if name == "localhost":
+        return True
+    ip = ip_of(name)
+    if ip is None and name not in ANY_ADDRESS:
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            ip = ip_of(str(infos[0][4][0]).partition("%")[0])
+        except (OSError, UnicodeError, IndexError):  # bind() names the problem
+            return False
+    return ip is not None and ip.is_loopback
+
+
+def allowed_hosts(host: str, extra: Iterable[str] = ()) -> list[str]:
+    """What a request's ``Host`` header may name on a server listening on ``host`` (see
+    :class:`~vaelab.serve.guard.Guard`): on the loopback, ``localhost`` and the loopback
+    addresses; elsewhere also any IP address (a DNS-rebinding attack needs a DNS name) and this
+    computer's own names. ``host`` itself when it is a name, and ``extra`` names, in both cases."""
+    if is_loopback(host):
+        hosts = [*LOOPBACK, LOOPBACK_NETWORK]
+    else:
+        hosts = ["localhost", "0.0.0.0/0", "::/0", socket.gethostname(), socket.getfqdn()]
+    hosts += [*([] if ip_of(host.strip()) else [host]), *extra]
+    out: list[str] = []
+    for h in hosts:
+        h = h.strip().lower()
+        if h and h not in ANY_ADDRESS and h not in out:
+            out.append(h)
+    return out
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -36,22 +75,27 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765, out: TextIO | None = None) -> None:
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765, out: TextIO | None = None,
+          allow_hosts: Iterable[str] = ()) -> None:
     """Serve the latent space explorer for ``run`` at ``http://host:port/`` until interrupted.
 
     The run is loaded (and checked) first, then the port is bound, then the address is
     printed: a bad run or a port in use is a :class:`VaelabError` before anything serves.
+    Requests are answered only when their ``Host`` header names what :func:`allowed_hosts`
+    allows (the DNS-rebinding guard); ``allow_hosts`` adds names (e.g. a DNS alias of this
+    computer that is not its own name).
     """
     import uvicorn
 
     from .app import create_app
 
     out = out or sys.stdout
-    app = create_app(run, allowed_hosts=list(LOOPBACK) if host in LOOPBACK else None)  # DNS rebinding guard
+    loopback = is_loopback(host)
+    app = create_app(run, allowed_hosts=allowed_hosts(host, allow_hosts))  # DNS rebinding guard
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    if host not in LOOPBACK:
+    if not loopback:
         print(f"warning: listening on {host}, not only this computer: anyone who can reach it can use "
               "the explorer (it has no login)", file=sys.stderr, flush=True)
     ex = app.state.explorer
@@ -62,7 +106,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765, out: TextI
         given = f"; conditional on {', '.join(v.name for v in ex.variables)}"
     print(f"exploring {ex.model.run_dir} ({ex.model.latent_dim}-D latent space, {len(ex.x)} test examples on the map{given})",
           file=out)
-    here = f" (from this computer: http://127.0.0.1:{bound_port}/)" if host in ("0.0.0.0", "::", "") else ""
+    here = f" (from this computer: http://127.0.0.1:{bound_port}/)" if host in ANY_ADDRESS else ""
     print(f"open http://{shown}:{bound_port}/ in a browser{here} (Ctrl+C stops the server)", file=out, flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     try:

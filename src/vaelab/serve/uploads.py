@@ -1,9 +1,12 @@
 """Turning an uploaded file into one example of the model's shape, or a clear refusal.
 
-Accepted: an image (PNG, JPEG, or another format Pillow reads) for image models, and a
+Accepted: a PNG or JPEG image for image models (no other format: Pillow's other readers are
+attack surface the explorer does not need, and its EPS reader would run Ghostscript), and a
 ``.npy`` array of exactly ``prod(x_shape)`` numbers for any model. The format is told by the
-file's first bytes, not its name. An image is converted to the model's channels (grey or
-RGB; transparency is laid over white), resized with Pillow to H x W and scaled to [0, 1];
+file's first bytes, not its name. A ``.npy`` header is read and checked (numeric type, the
+model's count of numbers, the bytes actually there) before its data are read. An image is
+converted to the model's channels (grey or RGB; transparency is laid over white), resized with
+Pillow to H x W and scaled to [0, 1];
 when its border is light but the model's grey data have a dark background (MNIST: white
 digits on black) its values are inverted, and the result says so (never for colour models).
 
@@ -26,6 +29,7 @@ __all__ = ["UploadError", "Prepared", "prepare_upload", "MAX_UPLOAD_BYTES"]
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_PIXELS = 4096 * 4096  # width * height of an uploaded image, read from its header before decoding
+IMAGE_FORMATS = ("PNG", "JPEG")  # Pillow's format names; every other reader stays closed
 MAX_ASPECT = 8.0  # a 1 x 500 strip cannot be resized into a square picture sensibly
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -64,19 +68,51 @@ def prepare_upload(data: bytes, name: str, shape: tuple[int, ...], background: f
     return _from_image(data, name, shape, background)
 
 
-def _from_npy(data: bytes, name: str, shape: tuple[int, ...]) -> Prepared:
+def _npy_header(data: bytes, name: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, offset of the data)`` from a ``.npy`` file's header,
+    read without touching its data (``np.load`` would allocate whatever the header declares)."""
+    fmt = np.lib.format
+    f = io.BytesIO(data)
+    unreadable = f"'{name}' is not a readable .npy array"
     try:
-        a = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise UploadError(f"'{name}' is not a readable .npy array ({err})") from None
-    if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
-        raise UploadError(f"'{name}' holds {a.dtype} values; upload a .npy array of numbers")
-    size = int(np.prod(shape))
-    if a.size != size:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:  # 3.0 is only written for structured types with non-Latin-1 field names
+            raise UploadError(f"{unreadable} (format version {version[0]}.{version[1]}); save it with numpy.save")
+    except UploadError:
+        raise
+    except Exception as err:  # ValueError mostly; tokenize.TokenError, RecursionError for odd headers: all unreadable
+        text = " ".join(str(err).split())
+        raise UploadError(f"{unreadable} ({text[:200]})") from None
+    return tuple(shape), bool(fortran), dtype, f.tell()
+
+
+def _from_npy(data: bytes, name: str, shape: tuple[int, ...]) -> Prepared:
+    a_shape, fortran, dtype, offset = _npy_header(data, name)
+    if dtype.hasobject:
+        raise UploadError(f"'{name}' is not a readable .npy array (it holds Python objects, which the explorer never "
+                          "unpickles); upload a .npy array of numbers")
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise UploadError(f"'{name}' holds values of type {_dtype_name(dtype)}; upload a .npy array of numbers "
+                          "(integer, float or bool)")
+    if any(n < 0 for n in a_shape) or len(a_shape) > 32:
+        raise UploadError(f"'{name}' is not a readable .npy array (its header declares shape {_shape_text(a_shape)})")
+    size, count = int(np.prod(shape)), 1
+    for n in a_shape:  # Python integers: a declared (10**11,) or (2**62, 2**62) cannot overflow
+        count *= n
+    if count != size:
         raise UploadError(
-            f"'{name}' has shape {a.shape} ({a.size} numbers) but this model's examples have shape "
+            f"'{name}' has shape {_shape_text(a_shape)} ({count} numbers) but this model's examples have shape "
             f"{shape} ({size} numbers); upload one example, e.g. an array of shape {shape} or ({size},)"
         )
+    present, needed = len(data) - offset, count * dtype.itemsize
+    if present != needed:
+        raise UploadError(f"'{name}' is not a readable .npy array: its header declares {needed} bytes of data, "
+                          f"the file holds {present}" + ("" if present > needed else " (cut short?)"))
+    a = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(a_shape, order="F" if fortran else "C")
     x = a.astype(np.float32).reshape(shape)
     if not np.isfinite(x).all():
         raise UploadError(f"'{name}' holds {int((~np.isfinite(x)).sum())} NaN/inf values; upload finite numbers")
@@ -84,25 +120,27 @@ def _from_npy(data: bytes, name: str, shape: tuple[int, ...]) -> Prepared:
     return Prepared(x, notes)
 
 
+def _shape_text(shape: tuple[int, ...]) -> str:
+    """A declared shape for a message, cut short when a header declares hundreds of dimensions."""
+    text = str(shape)
+    return text if len(text) <= 80 else text[:80] + "…)"
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    text = str(dtype)
+    return text if len(text) <= 60 else text[:60] + "…"
+
+
 def _wide_grey(img: Image.Image, name: str) -> tuple[Image.Image, float]:
-    """A grey image of more than 8 bits as a float image (mode ``F``) and the value of white:
-    65535 for 16-bit data (a 32-bit integer image whose values fit 16 bits too), 255 for one
-    whose values fit 8 bits, 1 for float data in [0, 1]."""
-    a = np.asarray(img, dtype=np.float64)
-    if not np.isfinite(a).all():
-        raise UploadError(f"'{name}' holds NaN or infinite pixel values; upload an image of finite grey levels")
-    lo, hi = float(a.min()), float(a.max())
-    if img.mode == "F":
-        if lo < 0 or hi > 1:
-            raise UploadError(f"'{name}' is a float image with values in [{lo:g}, {hi:g}]; the explorer reads float "
-                              "images as grey levels in [0, 1] (white = 1): rescale it, or save it as an 8-bit PNG")
-        scale = 1.0
-    elif lo < 0 or hi > 65535:
-        raise UploadError(f"'{name}' holds grey levels in [{lo:g}, {hi:g}], outside 8 or 16 bits; "
-                          "save it as an 8- or 16-bit PNG")
-    else:
-        scale = 65535.0 if img.mode.startswith("I;16") or hi > 255 else 255.0
-    return Image.fromarray(a.astype(np.float32), mode="F"), scale
+    """A grey image of more than 8 bits as a float image (mode ``F``) and the value of white
+    (:func:`vaelab.data.images.grey_levels`, the image folder reader's rules)."""
+    from ..data.images import grey_levels
+
+    try:
+        a, white = grey_levels(img)
+    except ValueError as err:
+        raise UploadError(f"'{name}' {err}; upload an 8- or 16-bit PNG") from None
+    return Image.fromarray(a.astype(np.float32), mode="F"), white
 
 
 def _from_image(data: bytes, name: str, shape: tuple[int, ...], background: float | None) -> Prepared:
@@ -113,7 +151,8 @@ def _from_image(data: bytes, name: str, shape: tuple[int, ...], background: floa
             # Pillow refuses more than 2 * MAX_IMAGE_PIXELS at open and warns above it; both
             # are errors here (uploads are read one at a time, under the app's gate)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # lazy: reads the header only
+            # lazy: reads the header only; PNG and JPEG only (no other decoder is ever tried)
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             width, height = img.size
             if width * height > MAX_PIXELS:  # before a single pixel is decoded
                 raise UploadError(f"'{name}' is {width} x {height} pixels; {too_big}")
@@ -125,7 +164,7 @@ def _from_image(data: bytes, name: str, shape: tuple[int, ...], background: floa
     except UnidentifiedImageError:
         start = data[:12].decode("ascii", "replace")
         raise UploadError(
-            f"'{name}' is not an image Pillow can read (it starts with {start!r}); "
+            f"'{name}' is not an image the explorer reads (PNG or JPEG; it starts with {start!r}); "
             "upload a PNG or JPEG image or a .npy array"
         ) from None
     except (OSError, ValueError, SyntaxError) as err:
