@@ -261,11 +261,11 @@ def test_backed_run_evaluates_reading_rows_in_chunks(backed_run: Path, monkeypat
 def test_backed_training_over_a_file_larger_than_the_cap(counts_file: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch, refused: Any) -> None:
     """With the memory cap below the file's in-memory size, the in-memory path is refused in one
-    line (size, cap, "add --backed"), nothing written; --backed trains under the same cap."""
+    line (size, cap, "add --backed true"), nothing written; --backed trains under the same cap."""
     monkeypatch.setenv("VAELAB_MEMORY_LIMIT", "500K")  # the file: 3000 x 24 int32, about 0.85 MiB to load
     args = ["train", "--data", counts_file, "--likelihood", "gaussian", "--binarize", "none", "--epochs", "1",
             "--hidden", "16", "--latent-dim", "3", "--eval-k", "0", "--out", tmp_path, "--name", "capped", "--quiet"]
-    line = refused(args, "3,000 x 24 values", "VAELAB_MEMORY_LIMIT=500K", "add --backed")
+    line = refused(args, "3,000 x 24 values", "VAELAB_MEMORY_LIMIT=500K", "add --backed true")
     assert "needs about 844 KiB" in line and not (tmp_path / "capped").exists()  # 288,000 B stored + 2 x float32
     _, result = train(tiny(counts_file, tmp_path, "capped", backed=True, epochs=1), progress=False, figures=False,
                       log=quiet)

@@ -32,12 +32,20 @@ import numpy as np
 
 from . import registry
 from .config import TrainConfig, check_given, choices, load_config_file
-from .errors import VaelabError
+from .errors import VaelabError, printable
 from .inputs import MAX_SEED
 from .evaluation import EvalSettings
 from .evaluation.summary import EvaluationSummary
 
 __all__ = ["main", "cli"]
+
+
+def _echo(message: str, err: bool = False, keep: str = "\n\t") -> None:
+    """Print ``message`` as every line vaelab prints to the terminal: with its control characters
+    (ESC, C1, ...: a file, folder or column name can hold them) escaped, so that no name can
+    retitle the window, clear the screen or colour the text (newlines and tabs in ``keep``
+    stay)."""
+    click.echo(printable(message, keep), err=err)
 
 
 class _Choice(click.Choice):
@@ -126,7 +134,10 @@ def train(config_file: str | None, resume: str | None, quiet: bool, **options: A
     from .runs import train as run_train
 
     given = {k: v for k, v in options.items() if v is not None}
-    log = (lambda *a: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    if given.get("name") == "":  # (an empty name in TrainConfig means the default one: given, it is a mistake)
+        raise VaelabError("--name '' is empty; give a run folder name, or leave --name out for the default "
+                          "<data>-<date>-<time>")
+    log = (lambda *a: None) if quiet else (lambda msg: _echo(msg, err=True))
     if resume is not None:
         if config_file is not None or set(given) - {"epochs", "device", "threads", "compile", "precision"}:
             raise VaelabError("--resume continues a run with its saved settings; only --epochs, --device and the "
@@ -136,13 +147,13 @@ def train(config_file: str | None, resume: str | None, quiet: bool, **options: A
         values = load_config_file(config_file) if config_file else {}
         config = TrainConfig.from_mapping(values, source=config_file or "options")
         config = config.replace(**given) if given else config
-        check_given({**values, **given})  # e.g. --latent-dim beside --latent-dims, which replaces it
+        check_given({**values, **given}, config)  # e.g. --latent-dim beside --latent-dims, --dispersion with bernoulli
         model, result = run_train(config, progress=not quiet, log=log, evaluate=_after_training)
     from .training.distributed import is_main_process
 
     if not is_main_process():  # torchrun: rank 0 reports and evaluates
         return
-    click.echo(f"run folder: {model.run_dir}")
+    _echo(f"run folder: {model.run_dir}")
 
 
 def _after_training(model: Any, result: Any) -> EvaluationSummary | None:
@@ -153,12 +164,12 @@ def _after_training(model: Any, result: Any) -> EvaluationSummary | None:
     summary = (f"trained {result.epochs_done} epochs ({result.stopped}); best validation ELBO {result.best_val_elbo:.2f} "
                f"nats at epoch {result.best_epoch}" if result.best_val_elbo is not None else
                f"trained {result.epochs_done} epochs ({result.stopped}) without a validation set; the model is the last epoch's")
-    click.echo(summary)
+    _echo(summary)
     if model.config.eval_k > 0:
         ev = model.evaluate(k=model.config.eval_k, gap_examples=0).summary(  # the gap split: vaelab eval
             data=f"{model.config.data} (test split)")
         write_eval(model.run_dir, ev.to_dict())
-        click.echo(_eval_table(ev))
+        _echo(_eval_table(ev))
         return ev
     return None
 
@@ -228,7 +239,7 @@ def eval_cmd(run: str, no_gap: bool, per_example: bool, data: str | None, as_jso
         x, _, c = _read_inputs(model, data)
         result = model.evaluate(settings, x=x, c=c)
     ev = result.summary(data=data or f"{model.config.data} (test split)", per_example=per_example)
-    click.echo(json.dumps(ev.to_dict(), indent=2) if as_json else _eval_table(ev))  # shown before it is saved
+    _echo(json.dumps(ev.to_dict(), indent=2) if as_json else _eval_table(ev))  # shown before it is saved
     if data is None:
         try:
             write_eval(model.run_dir, ev.to_dict())
@@ -259,12 +270,14 @@ def report(run: str, output: str | None, reevaluate: bool, **options: Any) -> No
     _check_outputs(outputs, run, writes=(EVAL,) if len(outputs) > 1 else ())
     model = load(run)
     path = write_report(model, output, reevaluate=reevaluate, settings=_settings(options, model))
-    click.echo(f"wrote {path}")
+    _echo(f"wrote {path}")
 
 
-def _read_inputs(model: Any, source: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def _read_inputs(model: Any, source: str, labels: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """All examples of ``source`` (the test split of a built-in set, every row of a file), their
-    labels, and the context c ``[N, P]`` a conditional model needs (else None)."""
+    labels, and the context c ``[N, P]`` a conditional model needs (else None). The labels and
+    categorical context columns are the model's class ids, matched by name (``source`` numbers
+    its names within itself); an M2 model's labels (a latent, not read) only when ``labels``."""
     from .context import LABEL
     from .data import BUILTIN_DATASETS, context_columns, load_data
 
@@ -283,14 +296,28 @@ def _read_inputs(model: Any, source: str) -> tuple[np.ndarray, np.ndarray | None
         parts = [p for p in ("train", "val", "test") if getattr(d, p).shape[0] > 0]
     x = _by_name(np.concatenate([getattr(d, p).numpy() for p in parts]), d.feature_names,
                  model.data_info.get("features"), source)
-    labels = [getattr(d, f"{p}_labels") for p in parts]
-    y = np.concatenate([lab.numpy() for lab in labels]) if all(lab is not None for lab in labels) else None
+    found = [getattr(d, f"{p}_labels") for p in parts]
+    y = np.concatenate([lab.numpy() for lab in found]) if all(lab is not None for lab in found) else None
+    label = model.spec.label()
+    if y is not None and label is not None and (model.conditional or labels):  # the file's own numbering -> the model's
+        y = label.ids_from(y, d.class_names, source)
     c = None
     if model.conditional:
-        if any(v.name == LABEL for v in model.spec.context) and y is None:
+        if label is not None and y is None:
             raise VaelabError(f"this model conditions on the label, but '{source}' has no labels; give data with "
                               "labels (npz train_labels, a CSV label column, class subfolders)")
         c = np.concatenate([context_columns(d, model.spec.context, p).numpy() for p in parts])
+        for j, v in enumerate(model.spec.context):
+            if v.name == LABEL:
+                c[:, j] = y
+                continue
+            levels = d.covariate_classes[d.covariate_names.index(v.name)]
+            if v.kind == "categorical":  # a categorical covariate's levels, matched by name like the label's
+                c[:, j] = v.ids_from(c[:, j], levels, source)
+            elif levels:  # numbers in training, names here: level ids would be read as values
+                shown = ", ".join(levels[:3]) + (", ..." if len(levels) > 3 else "")
+                raise VaelabError(f"'{source}': covariate '{v.name}' has levels ({shown}), but the model was trained on "
+                                  "it as numbers; give its numeric values")
     return x, y, c
 
 
@@ -496,14 +523,15 @@ def sample(run: str, n: int, output: str, seed: int, draw: bool, label: str | No
     image_grid(x[:256], png, title=f"{n} samples decoded from z ~ p(z){given}")
     _save_npy(npy, x.numpy())
     _save_table(table, model, x)
-    click.echo(f"wrote {png}, {npy} and {table}" if table else f"wrote {png} and {npy}")
+    _echo(f"wrote {png}, {npy} and {table}" if table else f"wrote {png} and {npy}")
 
 
 @cli.command()
 @click.argument("run", type=click.Path())
 @click.argument("data")
 @click.option("-o", "--output", required=True,
-              help="output .npz (arrays mean, std [N, D] and labels when known) or .csv (columns mean_1.., std_1..)")
+              help="output .npz (arrays mean, std [N, D] and labels when known: the model's class ids, matched to "
+                   "DATA's class names by name) or .csv (columns mean_1.., std_1..)")
 def encode(run: str, data: str, output: str) -> None:
     """Posterior means and standard deviations of q(z|x) for every example of DATA.
 
@@ -523,7 +551,7 @@ def encode(run: str, data: str, output: str) -> None:
     out = out if out.suffix else out.with_suffix(".npz")
     _check_outputs([out], run, data)
     model = load(run)
-    x, y, c = _read_inputs(model, data)
+    x, y, c = _read_inputs(model, data, labels=True)
     parts = [(q.mean.cpu().numpy(), q.stddev.cpu().numpy()) for q in _chunked(model.encode, x, c)]
     mean, std = np.concatenate([m for m, _ in parts]), np.concatenate([s for _, s in parts])
     if out.suffix == ".csv":
@@ -539,7 +567,7 @@ def encode(run: str, data: str, output: str) -> None:
             arrays["labels"] = y
         np.savez(buf, **arrays)
         atomic_write_bytes(out, buf.getvalue())
-    click.echo(f"wrote {out}: {mean.shape[0]} examples x {mean.shape[1]} latent dimensions")
+    _echo(f"wrote {out}: {mean.shape[0]} examples x {mean.shape[1]} latent dimensions")
 
 
 @cli.command()
@@ -564,7 +592,7 @@ def reconstruct(run: str, data: str, output: str, n: int) -> None:
     reconstruction_grid(model.as_batch(x[:n]).cpu(), rec[:n], png, n=n, title="inputs and reconstructions")
     _save_npy(npy, rec.numpy())
     _save_table(table, model, rec)
-    click.echo(f"wrote {png}, {npy} and {table}" if table else f"wrote {png} and {npy}")
+    _echo(f"wrote {png}, {npy} and {table}" if table else f"wrote {png} and {npy}")
 
 
 @cli.command()
@@ -592,7 +620,7 @@ def interpolate(run: str, data: str | None, i: int, j: int, steps: int, method: 
     path = model.interpolate(x[i], x[j], steps=steps, method=method, c=None if c is None else c[i])
     interpolation_strip(path, png, title=f"{method} interpolation from example {i} to {j}")
     _save_npy(npy, path.numpy())
-    click.echo(f"wrote {png} and {npy}")
+    _echo(f"wrote {png} and {npy}")
 
 
 @cli.command()
@@ -600,15 +628,19 @@ def interpolate(run: str, data: str | None, i: int, j: int, steps: int, method: 
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="TCP port to listen on (0: any free port; the address is printed)")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="address to listen on; anything but 127.0.0.1/localhost lets other computers in (a warning is printed)")
-def serve(run: str, port: int, host: str) -> None:
+              help="address to listen on; anything but a loopback address (127.x.y.z, ::1, localhost) lets other "
+                   "computers in (a warning is printed)")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="another name this server may be reached by (the Host header), beside IP addresses, localhost and "
+                   "this computer's own names; repeatable")
+def serve(run: str, port: int, host: str, allow_hosts: tuple[str, ...]) -> None:
     """Explore a trained model in the browser: latent map, dimensions, interpolation, samples, your own inputs.
 
     Starts a local web server (reading RUN, never writing to it) and prints the address to open.
     """
     from .serve import serve as run_server
 
-    run_server(run, host=host, port=port)
+    run_server(run, host=host, port=port, allow_hosts=allow_hosts)
 
 
 @cli.command("verify")
@@ -624,7 +656,7 @@ def verify_cmd(run: str, device: str | None) -> None:
     from .verify import verify
 
     result = verify(run, device=device)
-    click.echo(result.message())
+    _echo(result.message())
     if not result.identical:
         sys.exit(1)
 
@@ -660,12 +692,12 @@ def compare_cmd(runs: tuple[str, ...], output: str | None, as_json: bool, k: int
         from .outputs import check_writable
 
         check_writable(output, "-o", inputs=[Path(r) / name for r in runs for name in (*RUN_FILES, "eval.json")])
-    log = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
+    log = (lambda m: None) if as_json else (lambda m: _echo(m, err=True))
     comp = compare(runs, k=k or DEFAULTS.k, seed=seed, paired=not no_paired, log=log)
-    click.echo(json.dumps(comp.to_dict(), indent=2) if as_json else format_comparison(comp))
+    _echo(json.dumps(comp.to_dict(), indent=2) if as_json else format_comparison(comp))
     if output is not None:
         path = write_compare_page(comp, output)
-        click.echo(f"wrote {path}", err=as_json)
+        _echo(f"wrote {path}", err=as_json)
 
 
 @cli.command("runs")
@@ -680,7 +712,7 @@ def runs_cmd(folder: str, as_json: bool) -> None:
     from .compare import format_runs, list_runs
 
     infos = list_runs(folder)
-    click.echo(json.dumps([r.to_dict() for r in infos], indent=2) if as_json else format_runs(infos))
+    _echo(json.dumps([r.to_dict() for r in infos], indent=2) if as_json else format_runs(infos))
 
 
 @cli.command("sweep")
@@ -735,18 +767,18 @@ def sweep_cmd(trials: int, space_file: str, study: str, storage: str | None, obj
     fixed.update({k: v for k, v in parsed.items() if v is not None})
     result = sweep(read_space(space_file), trials, study=study, storage=storage, objective=objective,
                    objective_k=objective_k, out=out, prune=prune, fixed=fixed, heartbeat=heartbeat,
-                   report=report_file, log=lambda m: click.echo(m, err=True))
+                   report=report_file, log=lambda m: _echo(m, err=True))
     counts = ", ".join(f"{n} {state}" for state, n in result.counts.items() if n)
-    click.echo(f"study {study}: {counts}")
+    _echo(f"study {study}: {counts}")
     if result.best_run is not None:
-        click.echo(f"best trial: {result.best_run} (validation {objective} {result.best_value:.2f} nats)")
+        _echo(f"best trial: {result.best_run} (validation {objective} {result.best_value:.2f} nats)")
     if result.report is not None:
-        click.echo(f"report: {result.report}")
+        _echo(f"report: {result.report}")
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                       file: Any = None, line: str | None = None) -> None:
-    click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+    _echo(f"warning: {' '.join(str(message).split())}", err=True, keep="")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -756,25 +788,25 @@ def main(argv: list[str] | None = None) -> None:
             warnings.showwarning = _one_line_warning
             code = cli.main(args=argv, prog_name="vaelab", standalone_mode=False)
     except VaelabError as err:
-        click.echo(f"error: {err}", err=True)
+        _echo(f"error: {err}", err=True, keep="")  # one line, whatever a name holds
         sys.exit(2)
     except click.UsageError as err:
         hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-        click.echo(f"error: {err.format_message()}{hint}", err=True)
+        _echo(f"error: {err.format_message()}{hint}", err=True, keep="")
         sys.exit(2)
     except click.ClickException as err:
-        click.echo(f"error: {err.format_message()}", err=True)
+        _echo(f"error: {err.format_message()}", err=True, keep="")
         sys.exit(err.exit_code)
     except OSError as err:  # a write that failed past the checks (a full disk): one line naming the file
         from .outputs import os_error
 
         line = (os_error(err, err.filename, "read or write") if err.filename
                 else f"{err.strerror or err} (reading or writing a file); check the paths and the free disk space")
-        click.echo(f"error: {line}", err=True)
+        _echo(f"error: {line}", err=True, keep="")
         sys.exit(2)
     except (KeyboardInterrupt, click.Abort) as err:
         cause = err.__cause__ if isinstance(err, click.Abort) else err  # click wraps Ctrl-C in Abort
         msg = str(cause) if isinstance(cause, KeyboardInterrupt) and str(cause) else "interrupted"
-        click.echo(f"{msg}", err=True)
+        _echo(f"{msg}", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

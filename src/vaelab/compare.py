@@ -98,14 +98,16 @@ class RunInfo:
 
     def headline(self) -> str:
         """The run's figure of merit in words: test -log p(x) with its SE, else the best validation ELBO."""
+        from .report.html import fmt
+
         ev = self.evaluation
         if ev is not None and ev.nll is not None:
-            se = "" if ev.log_px_stderr is None else f" ± {ev.log_px_stderr:.2f}"
-            return f"-log p(x{ev.given}) {ev.nll:.2f}{se} (test)"
+            se = "" if ev.log_px_stderr is None else f" ± {fmt(ev.log_px_stderr)}"
+            return f"-log p(x{ev.given}) {fmt(ev.nll)}{se} (test)"
         if ev is not None:
-            return f"ELBO {ev.elbo:.2f} (test)"
+            return f"ELBO {fmt(ev.elbo)} (test)"
         if self.best_val_elbo is not None:
-            return f"ELBO {self.best_val_elbo:.2f} (validation)"
+            return f"ELBO {fmt(self.best_val_elbo)} (validation)"
         return "–"
 
     def to_dict(self) -> dict[str, Any]:
@@ -372,6 +374,13 @@ def differing_settings(runs: Sequence[RunInfo]) -> dict[str, list[Any]]:
     return {k: [c.get(k) for c in configs] for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1}
 
 
+def _signed(value: float) -> str:
+    """A difference with its sign, 3 decimals (%g style when huge: see :func:`vaelab.report.html.fmt`)."""
+    from .report.html import fmt
+
+    return ("+" if value >= 0 else "") + fmt(float(value), 3)
+
+
 def _pm(value: float | None, se: float | None) -> str:
     from .report.html import pm
 
@@ -391,7 +400,7 @@ def _table(comp: Comparison) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in comp.runs:
         ev = r.evaluation
-        row = [r.name, r.data or "–", r.model or "–", str(r.epochs), "–" if r.seconds is None else f"{r.seconds:.1f}"]
+        row = [r.name, r.data or "–", r.model or "–", str(r.epochs), "–" if r.seconds is None else fmt(float(r.seconds), 1)]
         if ev is None:
             row += ["– (no eval.json)", "–", "–", "–", "–", "–"]
         else:
@@ -404,6 +413,8 @@ def _table(comp: Comparison) -> tuple[list[str], list[list[str]]]:
 
 def format_comparison(comp: Comparison) -> str:
     """``vaelab compare``'s text: the headline table, then the paired differences."""
+    from .report.html import fmt
+
     head, rows = _table(comp)
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *rows]]
@@ -413,8 +424,8 @@ def format_comparison(comp: Comparison) -> str:
         lines.append("")
         lines.append(f"paired differences of -log p(x) against {comp.runs[0].name} (negative: better than it):")
     for p in comp.pairs:
-        lines.append(f"  {p.run}: {p.difference:+.3f} ± {p.stderr:.3f} nats (paired, {p.n} examples; unpaired SE "
-                     f"{p.unpaired_stderr:.3f}; {p.source})")
+        lines.append(f"  {p.run}: {_signed(p.difference)} ± {fmt(p.stderr, 3)} nats (paired, {p.n} examples; unpaired SE "
+                     f"{fmt(p.unpaired_stderr, 3)}; {p.source})")
     for name, why in comp.not_paired.items():
         lines.append(f"  {name}: not paired: {why}")
     return "\n".join(lines)
@@ -425,7 +436,7 @@ def format_comparison(comp: Comparison) -> str:
 
 def curves_figure(runs: Sequence[RunInfo]) -> bytes:
     """The runs' training curves overlaid: validation ELBO (solid) and training ELBO (dashed) by epoch (PNG)."""
-    from .plots import save_png
+    from .plots import plain_text, save_png
 
     fig = Figure(figsize=(11.0, 4.0), dpi=100, layout="constrained")
     ax_val, ax_train = fig.subplots(1, 2, sharey=True)
@@ -436,7 +447,8 @@ def curves_figure(runs: Sequence[RunInfo]) -> bytes:
                    if isinstance(m.get(key), (int, float)) and math.isfinite(m[key])]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, style, color=color, marker="o" if len(xs) <= 30 else None, markersize=3, label=r.name)
+                ax.plot(xs, ys, style, color=color, marker="o" if len(xs) <= 30 else None, markersize=3,
+                        label=plain_text(r.name))
     for ax, title in ((ax_val, "validation ELBO"), (ax_train, "training ELBO")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
@@ -448,7 +460,7 @@ def curves_figure(runs: Sequence[RunInfo]) -> bytes:
 
 def compare_page(comp: Comparison) -> str:
     """The comparison as one self-contained HTML page (styles inline, the figure a data URI)."""
-    from .report.html import CSS, esc, section
+    from .report.html import CSS, esc, fmt, section
 
     head, rows = _table(comp)
     cells = "".join("<tr>" + "".join(f'<td{"" if i < 3 else " class=num"}>{esc(c)}</td>' for i, c in enumerate(row))
@@ -461,8 +473,8 @@ def compare_page(comp: Comparison) -> str:
     body = [section("table", "Runs", table)]
     ref = comp.runs[0].name
     if comp.pairs or comp.not_paired:
-        prow = "".join(f'<tr><td>{esc(p.run)}</td><td class="num">{p.difference:+.3f} ± {p.stderr:.3f}</td>'
-                       f'<td class="num">{p.unpaired_stderr:.3f}</td><td class="num">{p.n}</td>'
+        prow = "".join(f'<tr><td>{esc(p.run)}</td><td class="num">{_signed(p.difference)} ± {fmt(p.stderr, 3)}</td>'
+                       f'<td class="num">{fmt(p.unpaired_stderr, 3)}</td><td class="num">{p.n}</td>'
                        f'<td class="what">{esc(p.source)}</td></tr>' for p in comp.pairs)
         prow += "".join(f'<tr><td>{esc(name)}</td><td colspan="4" class="what">not paired: {esc(why)}</td></tr>'
                         for name, why in comp.not_paired.items())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -48,6 +49,12 @@ def choices(key: str) -> tuple[str, ...] | None:
     if key in PART_KINDS:
         return registry.names(key)
     return CHOICES.get(key)
+
+
+def max_threads() -> int:
+    """The most CPU threads ``--threads`` may ask for: 4 per core, at least 64 (OpenBLAS and
+    OpenMP fail to start tens of thousands, with a crash, not an error)."""
+    return max(64, 4 * (os.cpu_count() or 1))
 
 
 def _f(default: Any, help: str) -> Any:
@@ -146,6 +153,10 @@ class TrainConfig:
             raise VaelabError(f"lr must be > 0 and finite, got {self.lr}")
         if self.threads < 0:
             raise VaelabError(f"threads must be >= 0 (0: PyTorch's default), got {self.threads}")
+        if self.threads > max_threads():
+            raise VaelabError(f"threads (--threads) {self.threads} is more than vaelab allows on this machine, "
+                              f"{max_threads()} (4 x its {os.cpu_count() or 1} cores, at least 64; more threads than "
+                              "that only fail to start); give at most that, or 0 for PyTorch's default")
         if not 0 <= self.checkpoint_every < float("inf"):
             raise VaelabError(f"checkpoint_every must be a finite number of seconds >= 0 (0: every epoch), got {self.checkpoint_every}")
         if self.nan_retries < 0:
@@ -293,29 +304,53 @@ class TrainConfig:
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
 
 
-def check_given(given: Mapping[str, Any]) -> None:
+def check_given(given: Mapping[str, Any], config: "TrainConfig | None" = None) -> None:
     """Refuse settings given together where one would silently have no effect (``given``: the
     settings stated explicitly, in a config file or on the command line; defaults are not):
-    ``latent_dims`` (a ladder) replaces ``latent_dim``."""
+    ``latent_dims`` (a ladder) replaces ``latent_dim``; a part's option (``--dispersion``,
+    ``--column-types``, ``--flow-steps``, ...) needs a chosen part that has it (``config``: the
+    settings in force, else the given ones over the defaults)."""
     dims = given.get("latent_dims")
     if "latent_dim" in given and dims not in (None, "", []):
         shown = ",".join(map(str, dims)) if isinstance(dims, (list, tuple)) else dims
         raise VaelabError(f"--latent-dims {shown} (a ladder's layer sizes) replaces --latent-dim "
                           f"{given['latent_dim']}, which would have no effect; give only one of them")
+    defaults = TrainConfig()
+    chosen = {kind: str(getattr(config, kind) if config is not None else given.get(kind, getattr(defaults, kind)))
+              for kind in PART_KINDS}
+    for key, value in given.items():
+        option = registry.all_options().get(key)
+        if option is None:
+            continue
+        users = {kind: [name for name, part in registry.parts(kind).items() if option in part.options]
+                 for kind in PART_KINDS}
+        users = {kind: names for kind, names in users.items() if names}
+        if any(chosen[kind] in names for kind, names in users.items()):
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        needs = "; ".join(f"--{kind} {' or '.join(names)}" for kind, names in users.items())
+        now = ", ".join(f"{kind} is {chosen[kind]}" for kind in users)
+        raise VaelabError(f"{flag} {shown} is a setting of {needs} only, but this run's {now}, which has none, so it "
+                          f"would have no effect; use {needs}, or drop {flag}")
 
 
 def _convert(key: str, value: Any, type_name: Any, source: str) -> Any:
     t = str(type_name)
+    if t == "list[str]" and isinstance(value, str) and value.strip() and not all(v.strip() for v in value.split(",")):
+        example = "label,dose" if key == "condition_on" else "tensorboard,mlflow" if key == "log" else "a,b"
+        raise VaelabError(f"{source}: {key} (--{key.replace('_', '-')}) {value!r} has an empty name between commas (it "
+                          f"would silently name fewer); give names separated by single commas (e.g. {example}), or '' for none")
     try:
         if t == "list[str]":
             if isinstance(value, str):
-                value = [v for v in value.replace(" ", "").split(",") if v]
+                value = [v.strip() for v in value.split(",") if v.strip()]  # "dose level": inner spaces kept
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise TypeError
             return list(value)
         if t == "list[int]":
             if isinstance(value, str):
-                value = value.replace(" ", "").split(",")  # "64,,32": an empty item is an error, not dropped
+                value = [v.strip() for v in value.split(",")]  # "64,,32": an empty item is an error, not dropped ("6 4" too)
             if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) for v in value):
                 raise TypeError
             return [int(v) for v in value]

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -29,6 +31,11 @@ from .errors import VaelabError
 __all__ = ["Variable", "ContextEncoder", "Batch", "as_batch", "LABEL"]
 
 LABEL = "label"  # the name of the class label among the variables
+
+
+def _whole(text: str) -> bool:
+    """Whether a class name reads as a whole number ("7", "-1")."""
+    return re.fullmatch(r"-?[0-9]+", text.strip()) is not None
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,56 @@ class Variable:
         raise VaelabError(
             f"class {text!r} is not one this model was trained on; choose one of: {', '.join(names)}{ids}"
         )
+
+    def ids_from(self, ids: Any, names: Sequence[str] | None, source: str) -> np.ndarray:
+        """This variable's class ids for values ``ids`` ``[N]`` that another data source numbered
+        by its own ``names`` (a file's label strings or class subfolders, sorted within that
+        file alone), matched by name; a name this model never saw is a one-line VaelabError
+        listing its classes.
+
+        Without ``names`` (numeric labels) the values are this model's ids 0..classes-1, as
+        ``--label 1`` reads them, unless the model's class names are themselves whole numbers
+        (subfolders ``1/ 2/ 3/``, string labels ``"7"``): then a value is matched as that name.
+        """
+        values = np.asarray(ids).reshape(-1)
+        mine = self.names()
+        kind = "classes" if self.name == LABEL else "levels"
+
+        def said(value: Any) -> str:
+            return f"label {value}" if self.name == LABEL else f"level {value} of '{self.name}'"
+
+        if not self.class_names:
+            listed = f"the ids 0..{self.classes - 1}"
+        elif names:
+            listed = ", ".join(mine)
+        else:
+            listed = f"ids 0..{self.classes - 1}: {', '.join(mine)}"
+        if not names:
+            off = ~np.isfinite(values) | (values != np.round(values))
+            if off.any():
+                raise VaelabError(f"'{source}': {said(format(values[int(off.argmax())], 'g'))} is not a whole id (this "
+                                  f"model's {kind}: {listed}); give ids or names")
+            if any(_whole(n) for n in self.class_names):  # numbers read as the model's numeric class names
+                found = np.unique(values)
+                names = [str(int(v)) for v in found]
+                values = np.searchsorted(found, values)
+        if names:
+            at = {n: i for i, n in enumerate(mine)}
+            used = np.unique(values).astype(np.int64)
+            unknown = [str(names[i]) for i in used if str(names[i]) not in at]
+            if unknown and not self.class_names:
+                raise VaelabError(f"'{source}': {said(repr(unknown[0]))} is a name, but this model was trained on "
+                                  f"numbered {kind} (ids 0..{self.classes - 1}), not names; give them as those ids")
+            if unknown:
+                raise VaelabError(f"'{source}': {said(repr(unknown[0]))} is not one this model was trained on (its "
+                                  f"{kind}: {listed}); give only rows of those {kind}, named as in training")
+            table = np.asarray([at.get(str(n), -1) for n in names], dtype=np.int64)
+            return table[values.astype(np.int64)]
+        off = (values < 0) | (values >= self.classes)
+        if off.any():
+            raise VaelabError(f"'{source}': {said(format(values[int(off.argmax())], 'g'))} is not one this model was "
+                              f"trained on (its {kind}: {listed}); give only rows of those {kind}")
+        return values.astype(np.int64)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}

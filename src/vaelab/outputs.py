@@ -39,6 +39,7 @@ __all__ = [
     "check_run_name",
     "create_run_folder",
     "lock_folder",
+    "check_unlocked",
     "releases_locks",
     "STALE_SECONDS",
     "LOCK",
@@ -221,6 +222,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 # --- run folders: made exclusively, locked while written -------------------------------------
 
 
+MAX_NAME_BYTES = 200  # a run folder's name (file systems allow 255; the default name may get a -N suffix)
+
+
 def check_run_name(name: str) -> str:
     """A run folder name must be one plain folder name inside ``--out``: no separators, no ``..``."""
     if name in (".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name) \
@@ -229,6 +233,15 @@ def check_run_name(name: str) -> str:
                           "path); put the folder path in --out")
     if name.startswith("."):
         raise VaelabError(f"run name {name!r} must not start with '.' (a hidden folder); choose another --name")
+    if not name.strip():
+        raise VaelabError(f"--name {name!r} is empty or blank; give a run folder name, or leave --name out for the "
+                          "default <data>-<date>-<time>")
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in name):
+        raise VaelabError(f"--name {name!r} holds control characters (a newline, a tab, an escape); choose a name "
+                          "without them")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise VaelabError(f"--name is {len(name.encode('utf-8', 'surrogateescape'))} bytes long (UTF-8); a run folder "
+                          f"name may have at most {MAX_NAME_BYTES}: choose a shorter --name")
     return name
 
 
@@ -312,6 +325,36 @@ def lock_folder(folder: str | os.PathLike) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise VaelabError(f"run folder '{folder}' is in use by another vaelab process (it holds '{path}'); "
-                          "wait until that one finishes") from None
+        raise _in_use(folder, path) from None
     held.append(fd)
+
+
+def _in_use(folder: str | os.PathLike, path: Path) -> VaelabError:
+    return VaelabError(f"run folder '{folder}' is in use by another vaelab process (it holds '{path}'); "
+                       "wait until that one finishes")
+
+
+def check_unlocked(folder: str | os.PathLike, *, hold: bool = False) -> None:
+    """Refuse, with :func:`lock_folder`'s message, a run folder another process holds locked
+    (training it), writing nothing (no lock file is made). ``hold``: keep a shared lock for the
+    rest of the enclosing :func:`releases_locks` call, so that no training starts meanwhile
+    (a reader such as ``vaelab verify``)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    path = Path(folder) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file (a folder no vaelab process has locked), or unreadable: nobody to wait for
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise _in_use(folder, path) from None
+    held = _HELD.get() if hold else None
+    if held is None:
+        os.close(fd)
+    else:
+        held.append(fd)

@@ -56,6 +56,7 @@ __all__ = [
     "interpolation_strip",
     "class_grid",
     "save_png",
+    "plain_text",
 ]
 
 ArrayLike = Union[Tensor, np.ndarray]
@@ -69,6 +70,15 @@ _PANEL = (1.3, 0.95)  # inches per small vector panel (width, height)
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def plain_text(text: Any) -> str:
+    """``text`` as matplotlib draws it literally: every ``$`` escaped, so a name such as
+    ``$\\frac{1$`` or ``a$b$c`` (a class, run, column or covariate name) is neither parsed as
+    mathtext (an unbalanced one crashed the figure) nor drawn as math. Matplotlib reads a
+    string without unescaped ``$`` as plain text, backslashes included, and turns ``\\$`` back
+    into ``$``. Every user-supplied string that reaches a figure goes through this."""
+    return str(text).replace("$", r"\$")
 
 
 def _numpy(x: ArrayLike | Sequence[Any], what: str) -> np.ndarray:
@@ -211,7 +221,8 @@ def _vector_grid(
         if d <= 40:
             pts = np.concatenate(lines)
             ax.scatter(pts[:, 0], pts[:, 1], s=3, color=color, linewidths=0)
-        handles.append(Line2D([], [], color=color, marker="o", markersize=3, label=label))
+        handles.append(Line2D([], [], color=color, marker="o", markersize=3,
+                              label=None if label is None else plain_text(label)))
     ax.set_xlim(-0.05, ncol * step - _GAP + 0.05)
     ax.set_ylim(-0.05, nrow * step - _GAP + 0.05)
     for spine in ax.spines.values():
@@ -237,7 +248,7 @@ def _vector_grid(
 def _title(fig: Figure, title: str | None, default: str) -> None:
     text = default if title is None else title
     if text:
-        fig.suptitle(text, fontsize=11)
+        fig.suptitle(plain_text(text), fontsize=11)
 
 
 def save_png(fig: Figure, path: PathLike | None = None, *, crop: bool = False) -> Any:
@@ -567,7 +578,7 @@ def latent_scatter(
                 mask = lab == c  # [N]
                 name = f"{c:g}" if numeric else str(c)
                 ax.scatter(z[mask, 0], z[mask, 1], s=size, alpha=alpha, linewidths=0,
-                           color=palette(i), label=name)
+                           color=palette(i), label=plain_text(name))
             ax.legend(title="label", fontsize=8, title_fontsize=8, framealpha=0.8,
                       markerscale=max(1.0, (20 / size) ** 0.5),
                       loc="center left", bbox_to_anchor=(1.02, 0.5))
@@ -579,11 +590,11 @@ def latent_scatter(
             raise VaelabError(
                 f"labels has {len(classes)} distinct non-numeric values; at most 20 can be coloured"
             )
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_xlabel(plain_text(xlabel))
+    ax.set_ylabel(plain_text(ylabel))
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(alpha=0.3)
-    ax.set_title(f"Latent codes ({n} points)" if title is None else title, fontsize=11)
+    ax.set_title(f"Latent codes ({n} points)" if title is None else plain_text(title), fontsize=11)
     return save_png(fig, path)
 
 
@@ -705,7 +716,7 @@ def class_grid(
         ax = fig.add_subplot()
         _imshow(ax, canvas)
         ax.set_xticks([])
-        ax.set_yticks(centres, list(row_labels), fontsize=8)
+        ax.set_yticks(centres, [plain_text(label) for label in row_labels], fontsize=8)
         ax.tick_params(axis="y", length=0)
     else:
         ncol = min(rows, 4)
@@ -720,7 +731,7 @@ def class_grid(
                 continue
             for j in range(cols):
                 ax.plot(dims, data[r, j], color=palette(j % palette.N), linewidth=1.0)
-            ax.set_title(row_labels[r], fontsize=9)
+            ax.set_title(plain_text(row_labels[r]), fontsize=9)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
         axes[0].set_ylim(*_ylim(data))

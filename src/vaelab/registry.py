@@ -79,7 +79,7 @@ class Option:
         try:
             if self.type is list:
                 if isinstance(value, str):
-                    value = value.replace(" ", "").split(",")  # "64,,32": an empty item is an error, not dropped
+                    value = [v.strip() for v in value.split(",")]  # "64,,32": an empty item is an error, not dropped ("6 4" too)
                 if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) for v in value):
                     raise TypeError
                 value = [int(v) for v in value]

@@ -13,6 +13,7 @@ loop's).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +179,29 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_eval(run_dir: Path, result: Evaluation | EvaluationSummary | dict[str, Any]) -> Path:
-    """Save an evaluation as the run's ``eval.json``."""
+    """Save an evaluation as the run's ``eval.json``.
+
+    Only finite numbers are written (standard JSON, which every reader of eval.json checks):
+    an evaluation with a NaN or infinite value (a model whose outputs are not finite on the
+    test set) is a one-line error naming the value, and nothing is written."""
     path = Path(run_dir) / EVAL
     doc = result.to_dict() if isinstance(result, (Evaluation, EvaluationSummary)) else result
-    atomic_write_text(path, json.dumps(doc, indent=2))
+    bad = _non_finite(doc, "")
+    if bad is not None:
+        key, value = bad
+        raise VaelabError(f"the evaluation of '{run_dir}' has {key} = {value}: the model's outputs are not finite on "
+                          f"its test examples, so '{path}' was not written; retrain the model (or check its test data)")
+    atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False))
     return path
+
+
+def _non_finite(value: Any, where: str) -> tuple[str, float] | None:
+    """(key, value) of the first NaN or infinite number in a JSON-ready document, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where or "the value", value)
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key)
+        if found is not None:
+            return found
+    return None

@@ -48,11 +48,13 @@ from .objectives import ELBO, Objective, data_elbo
 from .spec import ModelSpec
 from .tracking import Tracking
 from .manifest import write_manifest
-from .outputs import check_folder, check_run_name, clean_stale_temps, create_run_folder, lock_folder, releases_locks
+from .outputs import (check_folder, check_run_name, check_unlocked, clean_stale_temps, create_run_folder, lock_folder,
+                      releases_locks)
 from .training.checkpoint import atomic_write_text, load_checkpoint, load_weights
 from .training.loop import check_precision
 from .training import distributed
-from .training.loop import BEST_WEIGHTS, CHECKPOINT, FitResult, fit
+from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, FitResult, fit
+from .training.recovery import EVENTS
 from .run_folder import (CONFIG, SPEC, check_run, check_run_files, read_config, read_metrics, read_run_config,
                          read_spec, write_eval, write_run_config)
 
@@ -391,6 +393,23 @@ def _run_name(config: TrainConfig) -> str:
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _check_outside_data(config: TrainConfig, run_dir: Path) -> None:
+    """Refuse a run folder that would land inside (or be) the input data folder (an image folder):
+    its files would become part of the data set, and every later read of that folder fails."""
+    import os
+
+    from .data import BUILTIN_DATASETS
+
+    data = str(config.data)
+    if data.lower() in BUILTIN_DATASETS or not os.path.isdir(data):
+        return
+    folder, run = Path(os.path.realpath(data)), Path(os.path.realpath(run_dir))
+    if run == folder or folder in run.parents:
+        where = "be the data folder" if run == folder else "be inside the data folder"
+        raise VaelabError(f"--out '{config.out}': the run folder '{run_dir}' would {where} '{data}' and become part "
+                          "of the data set; give an --out outside it, e.g. --out runs")
+
+
 @releases_locks  # the run folder's lock (taken below) is held until training ends
 def train(
     config: TrainConfig | None = None,
@@ -425,18 +444,19 @@ def train(
         overrides, log = {**overrides, "log": log}, print
     if resume is not None:
         run_dir = check_run(resume)
+        check_unlocked(run_dir)  # a run being trained (maybe before its first checkpoint) is named as such first
         config = read_config(run_dir).replace(**overrides) if overrides else read_config(run_dir)
         if not (run_dir / CHECKPOINT).exists():
             raise VaelabError(f"run '{run_dir}' has no checkpoint to resume from; train it anew")
         state = check_run_files(run_dir)  # a damaged checkpoint fails before anything is written
-        if state["epoch"] >= config.epochs and state.get("stopped") != "early-stopping":
-            raise VaelabError(f"the run in '{run_dir}' already finished its {config.epochs} epochs; pass a larger "
-                              "--epochs to continue it")
+        _check_records(run_dir)  # manifest.json, and a folder where a record must be written: before any write
+        _check_continues(run_dir, config, state)  # a seed or lr edited in config.json: not the run continued
     else:
         config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
-        check_given(overrides)  # e.g. latent_dim beside latent_dims, which replaces it
+        check_given(overrides, config)  # e.g. latent_dim beside latent_dims, dispersion with bernoulli
         run_dir = Path(config.out) / (check_run_name(config.name) if config.name else _run_name(config))
         check_folder(config.out, "--out folder")
+        _check_outside_data(config, run_dir)
         if config.name and (run_dir / CONFIG).exists() and (run_dir / CHECKPOINT).exists():  # a default name gets a suffix
             raise VaelabError(f"run folder '{run_dir}' already holds a run; choose another --name or use --resume")
     world, device = distributed.setup(resolve_device(config.device))
@@ -469,6 +489,9 @@ def train(
     vae = build_model(spec).to(device)
     if resume is not None:  # a checkpoint of another model fails here, before anything is written
         load_checkpoint(run_dir / CHECKPOINT, vae)
+        if state["epoch"] >= config.epochs and state.get("stopped") != "early-stopping":  # (once it is known to fit)
+            raise VaelabError(f"the run in '{run_dir}' already finished its {config.epochs} epochs; pass a larger "
+                              "--epochs to continue it")
     check_data(vae, data.train, what=f"training data '{config.data}'", store_rows=None)  # (--backed: block by block)
     for part in ("val", "test"):  # scored every epoch and at the end: a value the loss cannot take fails now
         if int(getattr(data, part).shape[0]):
@@ -493,18 +516,24 @@ def train(
     if data.columns:  # a table: its missing cells per column, over all three splits
         data_info["missing"] = missing_cells(torch.cat([data.train, data.val, data.test]), data.columns)
     tracking = _tracking(config, world.is_main)  # an unreachable MLflow server fails here, before anything is written
+    planned, made = run_dir, False  # made: the run folder is this process's own (removed if interrupted unstarted)
     if world.is_main:  # made exclusively (a default name gets a suffix if taken) and locked
+        existed = resume is None and planned.exists()
         run_dir = (create_run_folder(config.out, run_dir.name, unique=not config.name) if resume is None
                    else _lock_run(run_dir))
+        made = resume is None and (run_dir != planned or not existed)
     run_dir = world.from_main(run_dir)
-    if world.is_main and (resume is None or overrides):  # a resumed run records a raised --epochs
-        write_run_config(run_dir, config, data_info)
-    if world.is_main and resume is None:
-        atomic_write_text(run_dir / SPEC, spec.to_json())
-    if world.is_main:
-        write_manifest(run_dir, config.to_dict(), data, device, resume=resume is not None)
-    log(f"run folder: {run_dir}")
-    tracking.start(spec, run_dir)
+    try:
+        if world.is_main and (resume is None or overrides):  # a resumed run records a raised --epochs
+            write_run_config(run_dir, config, data_info)
+        if world.is_main and resume is None:
+            atomic_write_text(run_dir / SPEC, spec.to_json())
+        if world.is_main:
+            write_manifest(run_dir, config.to_dict(), data, device, resume=resume is not None)
+        log(f"run folder: {run_dir}")
+        tracking.start(spec, run_dir)
+    except KeyboardInterrupt:  # Ctrl-C while the folder is set up: the name is not left taken by an empty run
+        raise KeyboardInterrupt(_unstarted(run_dir, made, "interrupted while the run folder was set up")) from None
     try:
         result = fit(
             vae, data, run_dir,
@@ -517,7 +546,12 @@ def train(
         )
     except BaseException as error:
         tracking.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        if isinstance(error, KeyboardInterrupt) and resume is None:
+            raise KeyboardInterrupt(_unstarted(run_dir, made, str(error) or "interrupted")) \
+                from None
         raise
+    if result.stopped == "interrupted" and resume is None:
+        result.message = _unstarted(run_dir, made, result.message)
     if result.stopped in ("nan", "interrupted"):
         tracking.close("FAILED" if result.stopped == "nan" else "KILLED")
     if result.stopped != "completed" and result.stopped != "early-stopping":
@@ -555,6 +589,72 @@ def train(
         raise
     _finish_tracking(tracking, model, result, evaluation, data)
     return model, result
+
+
+_RECORDS = (CONFIG, SPEC, "manifest.json", METRICS, EVENTS, CHECKPOINT, PREVIOUS_CHECKPOINT, BEST_WEIGHTS, "eval.json",
+            "mlflow.json", "reconstructions.png", "samples.png", "curves.png", "manifold.png")  # what a resume writes
+
+
+def _check_records(run_dir: Path) -> None:
+    """Before a resume writes anything: every record it rewrites is a plain file (or absent),
+    and ``manifest.json``, which it extends, reads as a manifest."""
+    from .manifest import read_manifest
+
+    for name in _RECORDS:
+        path = run_dir / name
+        if path.exists() and not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a plain file"
+            raise VaelabError(f"run '{run_dir}': '{path}' is {kind}, where the run keeps a file; move it away (or "
+                              "restore the file from a backup) and resume again")
+    read_manifest(run_dir)  # corrupt or not a manifest: named, before config.json is rewritten
+
+
+_START_FILES = (CONFIG, SPEC, "manifest.json", METRICS, EVENTS)  # what a new run writes before its first checkpoint
+
+
+def _unstarted(run_dir: Path, made: bool, said: str) -> str:
+    """``said`` (an interruption's message), after removing the new run folder ``run_dir`` when
+    it holds no checkpoint, was made by this process (``made``) and holds nothing but its start
+    files; otherwise, without a checkpoint, the message names the folder to delete."""
+    if (run_dir / CHECKPOINT).exists():
+        return said
+    try:
+        names = [p.name for p in run_dir.iterdir()]
+        if made and all(n in _START_FILES or n.startswith(".") for n in names):  # (.lock, an interrupted write's temp)
+            for n in names:
+                (run_dir / n).unlink()
+            run_dir.rmdir()
+            return f"{said}; its run folder '{run_dir}' held no checkpoint and was removed"
+    except OSError:
+        pass
+    return f"{said}; '{run_dir}' holds no checkpoint: delete it to reuse the name"
+
+
+def _check_continues(run_dir: Path, config: TrainConfig, state: dict[str, Any]) -> None:
+    """Refuse a resume whose ``config.json`` has another learning rate than its checkpoint's
+    optimizer (over the NaN recovery's factor) or another seed than the run recorded in
+    ``manifest.json``: training would go on as another run, and ``vaelab verify`` say "differs"."""
+    from .manifest import read_manifest
+    from .training.checkpoint import read_metadata
+
+    def refuse(field: str, now: Any, was: Any, where: str) -> VaelabError:
+        return VaelabError(f"run '{run_dir}': {CONFIG} says {field} {now}, but the run was trained with {field} {was} "
+                           f"({where}); a resume continues the run only with its own settings: restore {field} {was} "
+                           f"in {CONFIG}, or train a new run")
+
+    recovery = state.get("recovery") if isinstance(state.get("recovery"), dict) else {}
+    factor = recovery.get("lr_factor", 1.0)
+    groups = read_metadata(run_dir / CHECKPOINT)["optimizer"]["param_groups"]  # (checked by check_run_files)
+    if groups and isinstance(factor, (int, float)) and factor > 0:
+        was = groups[0]["lr"] / factor
+        if not math.isclose(config.lr * factor, groups[0]["lr"], rel_tol=1e-9):
+            raise refuse("lr", f"{config.lr:g}", f"{was:g}", f"its checkpoint {CHECKPOINT}")
+    manifest = read_manifest(run_dir) or {}
+    sessions = [manifest, *manifest.get("resumed", [])]
+    settings = sessions[-1].get("settings") if isinstance(sessions[-1], dict) else None
+    seed = settings.get("seed") if isinstance(settings, dict) else None
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed != config.seed:
+        raise refuse("seed", config.seed, seed, "manifest.json")
 
 
 def _resumed_spec(run_dir: Path, config: TrainConfig, data: DataSplits, expected: ModelSpec) -> ModelSpec:

@@ -30,6 +30,7 @@ import torch
 
 from .errors import VaelabError
 from .manifest import read_manifest
+from .outputs import check_unlocked, releases_locks
 from .training.checkpoint import check_state, read_metadata, read_tensors
 from .training.loop import BEST_WEIGHTS, CHECKPOINT, PREVIOUS_CHECKPOINT
 
@@ -86,12 +87,14 @@ def _records_differ(saved: dict[str, Any], again: dict[str, Any]) -> str | None:
     return None
 
 
+@releases_locks  # the shared lock taken below: no training of the run starts while it is compared
 def verify(run: str | Path, device: str | None = None) -> Verification:
     """Train the last epoch of ``run`` again from the checkpoint before it, in a temporary
     folder, and compare the result bit for bit with the run's checkpoint (see the module)."""
     from .run_folder import check_run, check_run_files, read_config
 
     run_dir = check_run(run)
+    check_unlocked(run_dir, hold=True)  # a run being trained has files being rewritten: refused, not "differs"
     if not (run_dir / CHECKPOINT).exists():  # (a folder or an unreadable file there is named by check_run_files)
         raise VaelabError(f"run '{run_dir}' has no checkpoint ({CHECKPOINT}): it did not finish an epoch")
     check_run_files(run_dir)  # a damaged file is named as such, not as a difference
@@ -150,6 +153,9 @@ def _again(run_dir: Path, config: Any, epoch: int, previous: Path | None, saved_
         except TrainingStopped as err:
             raise VaelabError(f"verify: training epoch {epoch} again stopped ({err}); the run gave a finite loss, "
                               "so this machine computes differently") from None
+        except VaelabError as err:  # a refusal names the copy, gone when it is read: name the run itself
+            raise VaelabError(str(err).replace(str(again), str(run_dir)).replace(str(tmp), str(run_dir.parent))) \
+                from None
         new_state = read_metadata(again / CHECKPOINT)["state"]
         found = compare_tensors(read_tensors(run_dir / CHECKPOINT), read_tensors(again / CHECKPOINT))
         compared = len(read_tensors(again / CHECKPOINT))

@@ -58,6 +58,8 @@ __all__ = [
     "select_matrix",
     "check_finite",
     "to_dense",
+    "sparse_problem",
+    "check_sparse",
     "obs_column",
     "categorical_codes",
     "obs_covariates",
@@ -107,6 +109,9 @@ def open_h5ad(path: str | os.PathLike[str], *, backed: bool = False) -> Any:
     """
     anndata = require_anndata()
     path = Path(path)
+    from vaelab.data.paths import check_data_path
+
+    check_data_path(path)  # a FIFO, a device, a link loop: not "not found"
     if not path.is_file():
         raise VaelabError(f"data file '{path}' not found; pass an existing .h5ad file")
     try:
@@ -182,8 +187,58 @@ def check_finite(m: Any, what: str, cells: Sequence[str] | None = None, genes: S
                       f"{cell}, column {col}{gene} (from 0); remove or impute them")
 
 
-def to_dense(m: Any) -> np.ndarray:
-    """An in-memory matrix (dense or scipy sparse) as a C-ordered float32 array ``[N, G]``."""
+def sparse_problem(field: str, indptr: np.ndarray, indices: np.ndarray, nnz: int, outer: int, inner: int, *,
+                   first: int = 0, whole: bool = True, inner_name: str = "columns") -> str | None:
+    """What is wrong with the structure of a compressed sparse matrix (CSR: ``outer`` rows,
+    ``inner`` columns; CSC the other way round), or None: ``indptr`` must start at 0, never
+    decrease and end at ``nnz`` (the stored values), each index must lie in ``[0, inner)``.
+    ``field`` names the matrix in the file (``X``, ``layers/counts``). With ``whole=False``,
+    ``indptr`` and ``indices`` are a block of the matrix starting at outer index ``first``
+    (its pointers then only need to lie in ``[0, nnz]``). Vectorised: one pass over each array."""
+    ptr = np.asarray(indptr)
+    if whole and len(ptr) != outer + 1:
+        return f"{field}/indptr has {len(ptr):,} entries, not {outer + 1:,} (one more than the {outer:,} rows)"
+    if len(ptr):
+        if whole and int(ptr[0]) != 0:
+            return f"{field}/indptr starts at {int(ptr[0]):,}, not 0"
+        if whole and int(ptr[-1]) != nnz:
+            return f"{field}/indptr ends at {int(ptr[-1]):,}, not at the {nnz:,} stored values"
+        out = np.flatnonzero((ptr < 0) | (ptr > nnz))
+        if len(out):
+            i = int(out[0])
+            return f"{field}/indptr holds {int(ptr[i]):,} at entry {first + i:,}, outside 0..{nnz:,} (the stored values)"
+        down = np.flatnonzero(np.diff(ptr.astype(np.int64)) < 0)
+        if len(down):
+            i = int(down[0]) + 1
+            return f"{field}/indptr decreases at entry {first + i:,} ({int(ptr[i - 1]):,} then {int(ptr[i]):,})"
+    idx = np.asarray(indices)
+    if idx.size:
+        bad = np.flatnonzero((idx < 0) | (idx >= inner))
+        if len(bad):
+            i = int(bad[0])
+            return f"{field}/indices holds {int(idx[i]):,} (stored value {i:,}), outside 0..{inner - 1:,} (the {inner:,} {inner_name})"
+    return None
+
+
+def check_sparse(m: Any, what: str, field: str = "X") -> None:
+    """Refuse a damaged sparse matrix (see :func:`sparse_problem`) before it is read: scipy
+    trusts the structure, and a huge ``indptr`` entry crashes it, an index past the last column
+    writes another row's values (or past the array)."""
+    if not _is_sparse(m) or m.format not in ("csr", "csc"):
+        return
+    outer, inner = m.shape if m.format == "csr" else m.shape[::-1]
+    nnz = len(m.data)
+    problem = (f"{field}/indices has {len(m.indices):,} entries and {field}/data {nnz:,}; they must match"
+               if len(m.indices) != nnz else sparse_problem(field, m.indptr, m.indices, nnz, outer, inner,
+                                                            inner_name="columns" if m.format == "csr" else "rows"))
+    if problem:
+        raise VaelabError(f"{what} is a damaged .h5ad file: {problem}; write it again with adata.write_h5ad(...)")
+
+
+def to_dense(m: Any, what: str = "the matrix") -> np.ndarray:
+    """An in-memory matrix (dense or scipy sparse) as a C-ordered float32 array ``[N, G]``
+    (a sparse one's structure checked first, :func:`check_sparse`)."""
+    check_sparse(m, what)
     a = m.toarray() if _is_sparse(m) else np.asarray(m)
     return np.ascontiguousarray(a, dtype=np.float32)
 
@@ -309,10 +364,11 @@ def read_h5ad(
     cells, genes = adata.obs_names.to_numpy().astype(str), adata.var_names.to_numpy().astype(str)
     if matrix.dtype.kind not in "biuf":
         raise VaelabError(f"{part} holds {matrix.dtype} values; the matrix must hold numbers")
+    check_sparse(matrix, what, "X" if layer in (None, "", "X") else f"layers/{layer}")  # before scipy reads it
     check_finite(matrix, part, cells, genes)
     cov, classes = obs_covariates(adata.obs, tuple(covariates), what)
     strata = None if not stratify_by else obs_strata(adata.obs, stratify_by, what)
     labels = class_names = None
     if label:
         labels, class_names = categorical_codes(obs_column(adata.obs, label, what), label, what)
-    return H5adData(to_dense(matrix), cells, genes, cov, classes, strata, labels, class_names)
+    return H5adData(to_dense(matrix, what), cells, genes, cov, classes, strata, labels, class_names)

@@ -16,7 +16,7 @@ or a layer) without reading its values, as a :class:`DiskMatrix`: ``shape``, ``d
 
 :func:`scan` passes over every row once (checks and the range of the values), and
 :func:`check_in_memory` refuses, before the in-memory reader loads it, a file that would not
-fit: its size, the memory available or the ``VAELAB_MEMORY_LIMIT`` cap, and "add --backed".
+fit: its size, the memory available or the ``VAELAB_MEMORY_LIMIT`` cap, and "add --backed true".
 
 >>> import numpy as np, tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "x.npy")
@@ -40,7 +40,8 @@ import torch
 
 from vaelab.errors import VaelabError
 
-__all__ = ["DiskMatrix", "open_matrix", "Scan", "scan", "in_memory_bytes", "check_in_memory", "BACKED_SUFFIXES",
+__all__ = ["DiskMatrix", "open_matrix", "Scan", "scan", "in_memory_bytes", "check_in_memory", "check_fits", "data_memory", "npy_header",
+           "BACKED_SUFFIXES",
            "GAP", "SCAN_BYTES"]
 
 BACKED_SUFFIXES = (".npy", ".h5ad")  # the files --backed reads from disk
@@ -91,6 +92,26 @@ class DiskMatrix:
         return float(math.prod(self.shape[1:]) * self.dtype.itemsize)
 
 
+def npy_header(f: Any, what: str, size: int) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """The shape, Fortran order, dtype and header length of the ``.npy`` data at the start of
+    the binary file object ``f`` (``size`` bytes long), read without its values; a shape with a
+    negative dimension, or one whose values need more bytes than the file holds after the
+    header, is a one-line error (numpy would allocate the whole array first, or fail inside)."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    shape, fortran, dtype = fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f)
+    offset = f.tell()
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise VaelabError(f"{what} declares the shape {shape}, with a negative dimension: the file is damaged; "
+                          "save it again with numpy.save")
+    need = offset + math.prod(shape) * dtype.itemsize
+    if size < need:
+        raise VaelabError(f"{what} is cut short ({size:,} of {need:,} bytes its header declares for shape {shape}); "
+                          "save it again with numpy.save")
+    return shape, bool(fortran), dtype, offset
+
+
 class _NpyMatrix(DiskMatrix):
     """A ``.npy`` file memory-mapped read-only: rows are copied out on demand, and the pages
     read are handed back at once (``madvise(MADV_DONTNEED)``), so the process's resident
@@ -98,14 +119,12 @@ class _NpyMatrix(DiskMatrix):
 
     def __init__(self, path: Path) -> None:
         self.what = f"data file '{path}'"
-        fmt = np.lib.format
         try:
             with open(path, "rb") as f:
-                version = fmt.read_magic(f)
-                shape, fortran, dtype = (fmt.read_array_header_1_0(f) if version == (1, 0)
-                                         else fmt.read_array_header_2_0(f))
-                self.offset = f.tell()
+                shape, fortran, dtype, self.offset = npy_header(f, self.what, os.fstat(f.fileno()).st_size)
                 self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except VaelabError:
+            raise
         except (ValueError, OSError, EOFError) as err:
             raise VaelabError(f"{self.what} is not a readable .npy file ({' '.join(str(err).split())[:200]}); "
                               "save it again with numpy.save") from None
@@ -148,6 +167,12 @@ class _NpyMatrix(DiskMatrix):
             pass
 
 
+def _sparse_problem(*args: Any, **kwargs: Any) -> str | None:
+    from vaelab.data.anndata import sparse_problem  # numpy only: anndata itself is not imported
+
+    return sparse_problem(*args, **kwargs)
+
+
 def _h5py() -> Any:
     try:
         import h5py
@@ -182,13 +207,42 @@ class _H5CsrMatrix(DiskMatrix):
         self.data, self.indices, self.indptr = group["data"], group["indices"], group["indptr"]
         self.shape = tuple(int(s) for s in group.attrs["shape"])
         self.dtype = np.dtype(self.data.dtype)
+        self.field = str(group.name).lstrip("/")  # X, layers/NAME
+        self.file = str(group.file.filename)
+        nnz, n = int(self.data.size), len(self.indptr)
+        # the whole structure is checked a block at a time as rows are read (read); here its ends
+        field, problem = self.field, None
+        if self.indices.size != nnz:
+            problem = f"{field}/indices has {self.indices.size:,} entries and {field}/data {nnz:,}; they must match"
+        elif n != self.shape[0] + 1:
+            problem = f"{field}/indptr has {n:,} entries, not {self.shape[0] + 1:,} (one more than the {self.shape[0]:,} rows)"
+        elif int(self.indptr[0]) != 0:
+            problem = f"{field}/indptr starts at {int(self.indptr[0]):,}, not 0"
+        elif int(self.indptr[n - 1]) != nnz:
+            problem = f"{field}/indptr ends at {int(self.indptr[n - 1]):,}, not at the {nnz:,} stored values"
+        if problem:
+            self._damaged(problem)
+
+    def _damaged(self, problem: str) -> None:
+        raise VaelabError(f"data file '{self.file}' is a damaged .h5ad file: {problem}; write it again with "
+                          "adata.write_h5ad(...)")
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         ptr = self.indptr[lo : hi + 1].astype(np.int64)  # [R + 1]
+        nnz = int(self.data.size)
+        problem = _sparse_problem(self.field, ptr, (), nnz, hi - lo, self.shape[1], first=lo, whole=False)
+        if problem:  # before a pointer is used: a huge one would read (and allocate) past the values
+            self._damaged(problem)
         out = np.zeros((hi - lo, self.shape[1]), dtype=self.dtype)
         if len(ptr) and ptr[-1] > ptr[0]:
             values = self.data[ptr[0] : ptr[-1]]
             cols = self.indices[ptr[0] : ptr[-1]]
+            bad = np.flatnonzero((cols < 0) | (cols >= self.shape[1]))
+            if len(bad):  # a column past the last gene: another row's cell, or past the block
+                i = int(bad[0])
+                row = lo + int(np.searchsorted(ptr, ptr[0] + i, side="right")) - 1
+                self._damaged(f"{self.field}/indices holds {int(cols[i]):,} (stored value {int(ptr[0]) + i:,}, row {row:,}), "
+                              f"outside 0..{self.shape[1] - 1:,} (the {self.shape[1]:,} columns)")
             rows = np.repeat(np.arange(hi - lo), np.diff(ptr))
             out[rows, cols] = values
         return out
@@ -249,6 +303,9 @@ def open_matrix(path: str | os.PathLike[str], layer: str | None = None) -> DiskM
     """
     path = Path(path)
     name = path.name.lower()
+    from vaelab.data.paths import check_data_path
+
+    check_data_path(path)  # a FIFO, a device, a link loop: not "not found"
     if not path.is_file():
         raise VaelabError(f"data file '{path}' not found")
     if name.endswith(".npy"):
@@ -337,20 +394,34 @@ def check_in_memory(path: str | os.PathLike[str], layer: str | None = None) -> N
     """Refuse, in one line, a ``.npy`` / ``.h5ad`` file that would not fit in memory: more than
     the ``VAELAB_MEMORY_LIMIT`` cap when it is set, else more than the memory available
     (``MemAvailable``)."""
+    sized = in_memory_bytes(path, layer)
+    if sized is not None:
+        check_fits(path, *sized)
+
+
+def data_memory() -> tuple[float, str] | None:
+    """The bytes a data file may take when loaded, and the words for them: the
+    ``VAELAB_MEMORY_LIMIT`` cap when it is set, else the memory available; None when unknown."""
     from vaelab.evaluation.memory import MEMORY_LIMIT_ENV, format_bytes, free_bytes, memory_limit
 
-    sized = in_memory_bytes(path, layer)
-    if sized is None:
-        return
-    need, words = sized
     if os.environ.get(MEMORY_LIMIT_ENV, "").strip():
         limit, source = memory_limit()
-        where = f"the {format_bytes(limit)} cap ({source})"
-    else:
-        free = free_bytes(torch.device("cpu"))
-        if free is None:
-            return
-        limit, where = free, f"the {format_bytes(free)} of memory available"
+        return limit, f"the {format_bytes(limit)} cap ({source})"
+    free = free_bytes(torch.device("cpu"))
+    return None if free is None else (free, f"the {format_bytes(free)} of memory available")
+
+
+def check_fits(path: str | os.PathLike[str], need: float, words: str, fix: str | None = None) -> None:
+    """Refuse, in one line, a data file whose loading needs ``need`` bytes (it holds ``words``)
+    when that is more than the ``VAELAB_MEMORY_LIMIT`` cap when it is set, else more than the
+    memory available (``MemAvailable``)."""
+    from vaelab.evaluation.memory import format_bytes
+
+    room = data_memory()
+    if room is None:
+        return
+    limit, where = room
     if need > limit:
+        fix = fix or "add --backed true to read it from disk in batches"
         raise VaelabError(f"data file '{path}' holds {words}: loading it needs about {format_bytes(need)}, more than "
-                          f"{where}; add --backed to read it from disk in batches")
+                          f"{where}; {fix}")

@@ -13,7 +13,11 @@ convert them to one kind first (a grey image as RGB repeats its grey in the thre
 All images must have one size, or be resized with ``resize=(H, W)`` (``--resize HxW``):
 Pillow's Lanczos filter (antialiased when it shrinks; the explorer resizes uploads the same
 way); the aspect ratio is not kept (crop first to keep it). Pixels stay 8-bit
-(uint8); :func:`~vaelab.data.load_data` divides them by 255.
+(uint8); :func:`~vaelab.data.load_data` divides them by 255. Grey images of more than 8 bits
+(16-bit, 32-bit integer, float) are read at their grey level as the explorer reads uploads
+(16-bit values over 65535, float ones in [0, 1]), then rounded to 8 bits; Pillow's own
+conversion clips them to 0..255 (a 16-bit mid-grey came out white). An image of more pixels
+than Pillow decodes (its decompression-bomb guard) is refused, naming it and its size.
 
 >>> parse_resize("32x24")
 (32, 24)
@@ -30,7 +34,7 @@ import numpy as np
 
 from vaelab.errors import VaelabError
 
-__all__ = ["IMAGE_SUFFIXES", "GREY_MODES", "ImageFolder", "read_image_folder", "parse_resize", "image_files"]
+__all__ = ["IMAGE_SUFFIXES", "GREY_MODES", "ImageFolder", "read_image_folder", "parse_resize", "image_files", "grey_levels"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # Pillow modes read as C = 1
@@ -113,6 +117,11 @@ def read_image_folder(folder: str | Path, resize: tuple[int, int] | None = None)
         try:
             with Image.open(path) as image:
                 headers.append((image.mode, image.size))
+        except Image.DecompressionBombError as err:  # Pillow's guard, at open: more than 2 x MAX_IMAGE_PIXELS
+            found = re.search(r"\((\d+) pixels\)", str(err))
+            size = f"{int(found[1]):,} pixels" if found else "more pixels than Pillow decodes"
+            raise VaelabError(f"image '{path}' is {size}, more than Pillow will decode ({2 * (Image.MAX_IMAGE_PIXELS or 0):,} "
+                              "pixels at most: a decompression bomb guard); shrink it or remove it") from None
         except (UnidentifiedImageError, OSError) as err:
             raise VaelabError(f"image '{path}' cannot be read ({_short(err)}); remove or re-save it") from None
     grey = [mode in GREY_MODES for mode, _ in headers]
@@ -146,6 +155,39 @@ def read_image_folder(folder: str | Path, resize: tuple[int, int] | None = None)
                        class_names)
 
 
+def grey_levels(image: Any) -> tuple[np.ndarray, float]:
+    """The pixel values ``[H, W]`` (float64) of a grey image of more than 8 bits and the value of
+    white: 65535 for 16-bit data (and a 32-bit integer image whose values need more than 8 bits),
+    255 for one whose values fit 8 bits, 1 for a float image (values in [0, 1]). What is wrong
+    otherwise is a ValueError whose text completes "the image ..." (the image folder reader and
+    the explorer's uploads each say it their way)."""
+    a = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError("holds NaN or infinite pixel values")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if image.mode == "F":
+        if lo < 0 or hi > 1:
+            raise ValueError(f"is a float image with values in [{lo:g}, {hi:g}]; float images are read as grey "
+                             "levels in [0, 1] (white = 1)")
+        return a, 1.0
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"holds grey levels in [{lo:g}, {hi:g}], outside 8 or 16 bits")
+    return a, 65535.0 if image.mode.startswith("I;16") or hi > 255 else 255.0
+
+
+def _wide_grey(image: Any, path: Path) -> Any:
+    """A grey image of more than 8 bits as a float image (Pillow mode ``F``) of grey levels in
+    [0, 1] (:func:`grey_levels`: the rules of the explorer's upload reader)."""
+    from PIL import Image
+
+    try:
+        a, white = grey_levels(image)
+    except ValueError as err:
+        raise VaelabError(f"image '{path}' {err}; save it as an 8- or 16-bit PNG (or a float image of grey "
+                          "levels in [0, 1])") from None
+    return Image.fromarray((a / white).astype(np.float32), mode="F")
+
+
 def _decode(path: Path, mode: str, resize: tuple[int, int] | None) -> Any:
     from PIL import Image, UnidentifiedImageError
 
@@ -154,9 +196,14 @@ def _decode(path: Path, mode: str, resize: tuple[int, int] | None) -> Any:
             if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (image.mode == "P" and "transparency" in image.info):
                 rgba = image.convert("RGBA")  # transparent pixels onto white
                 image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            image = image.convert(mode)
+            wide = mode == "L" and (image.mode in ("I", "F") or image.mode.startswith("I;16"))
+            # 16-bit, 32-bit or float grey levels: Pillow's convert("L") clips them to 0..255 (a 16-bit
+            # mid-grey came out white), so they are scaled to their grey level as the explorer does
+            image = _wide_grey(image, path) if wide else image.convert(mode)
             if resize is not None and image.size != (resize[1], resize[0]):
                 image = image.resize((resize[1], resize[0]), Image.Resampling.LANCZOS)  # Pillow sizes are (W, H)
+            if wide:  # grey levels in [0, 1] (F): to 8 bits, as every grey image of the folder
+                return np.rint(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
             return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as err:
         raise VaelabError(f"image '{path}' cannot be read ({_short(err)}); remove or re-save it") from None

@@ -54,6 +54,7 @@ import torch
 
 from vaelab.data.builtin import BUILTIN_DATASETS, load_builtin
 from vaelab.data.images import IMAGE_SUFFIXES, parse_resize, read_image_folder
+from vaelab.data.paths import check_data_path
 from vaelab.data.singlecell import SINGLECELL_DATASETS, load_singlecell
 from vaelab.data.splits import DataSplits, make_splits, prepare_arrays
 from vaelab.errors import VaelabError
@@ -123,6 +124,9 @@ def load_data(
     (torch.Size([3600, 1, 28, 28]), torch.Size([400, 1, 28, 28]), torch.Size([1000, 1, 28, 28]))
     """
     covariates = tuple(covariates)
+    if isinstance(source, (str, os.PathLike)) and not (
+            isinstance(source, str) and source.lower() in BUILTIN_DATASETS):
+        check_data_path(source)  # empty, a link loop, a FIFO or a device: refused before any reader opens it
     size = _resize_for(source, resize)
     _h5ad_only(source, layer, stratify_by)
     if tabular:  # a mixed-type table: a type per column, missing cells kept
@@ -285,13 +289,28 @@ def _read_path(path: Path, covariates: tuple[str, ...] = (), resize: tuple[int, 
 _NUMPY_ERRORS = (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error)
 
 
+def _no_memory(what: str, fix: str) -> VaelabError:
+    return VaelabError(f"{what} does not fit in memory (its arrays could not be allocated); {fix}")
+
+
 def _read_npy(path: Path) -> _Raw:
+    from vaelab.data.disk import npy_header
+
+    what = f"data file '{path}'"
     try:
         with open(path, "rb") as f:  # our own handle: numpy leaks its own on some errors
+            if f.read(6) == b"\x93NUMPY":  # the header first: numpy allocates what it declares before reading
+                f.seek(0)
+                npy_header(f, what, os.fstat(f.fileno()).st_size)  # negative dimensions, cut short
+            f.seek(0)
             x = np.load(f, allow_pickle=False)
             if not isinstance(x, np.ndarray):  # an .npz under a .npy name
                 x.close()
                 x = None
+    except VaelabError:
+        raise
+    except MemoryError:
+        raise _no_memory(what, "add --backed true to read it from disk in batches") from None
     except _NUMPY_ERRORS as err:
         raise VaelabError(
             f"data file '{path}' is not a readable .npy file ({_short(err)}); save it again "
@@ -302,16 +321,47 @@ def _read_npy(path: Path) -> _Raw:
     return _Raw(x)
 
 
+_NPZ_FIX = "save the training array with numpy.save and add --backed true to read it from disk in batches"
+
+
+def _check_npz_members(path: Path, what: str) -> None:
+    """Each member's declared size (``ZipInfo.file_size``) and each ``.npy`` member's header,
+    read before numpy loads (and allocates) anything: a header with a negative dimension or
+    declaring more values than its member holds is a damaged file, and the declared sizes
+    together must fit in memory (a small archive can inflate to gigabytes)."""
+    from vaelab.data.disk import check_fits, npy_header
+
+    stored, values = 0.0, 0
+    with zipfile.ZipFile(path) as z:
+        members = z.infolist()
+        for info in members:
+            stored += info.file_size
+            with z.open(info) as m:
+                if m.read(6) != b"\x93NUMPY":
+                    continue
+                m.seek(0)
+                shape = npy_header(m, f"{what} (array '{info.filename.removesuffix('.npy')}')", info.file_size)[0]
+                values += int(np.prod(shape, dtype=object))
+    check_fits(path, stored + 2 * 4.0 * values, f"{len(members)} array(s) of {values:,} values in all", _NPZ_FIX)
+
+
 def _read_npz(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
     what = f"data file '{path}'"
     try:
         with open(path, "rb") as f:  # our own handle: numpy leaks its own on some errors
+            if f.read(4) == b"PK\x03\x04":  # a zip archive (as numpy tells): its members' sizes first
+                _check_npz_members(path, what)
+            f.seek(0)
             loaded = np.load(f, allow_pickle=False)
             if isinstance(loaded, np.ndarray):
                 arrays = None
             else:
                 with loaded:
                     arrays = {key: loaded[key] for key in loaded.files}
+    except VaelabError:
+        raise
+    except MemoryError:
+        raise _no_memory(what, _NPZ_FIX) from None
     except _NUMPY_ERRORS as err:
         raise VaelabError(
             f"{what} is not a readable .npz file ({_short(err)}); save it again with numpy.savez"
@@ -344,6 +394,10 @@ def _from_mapping(arrays: Mapping[str, Any], what: str, covariates: tuple[str, .
         )
     if "test_labels" in keys and "test" not in keys:
         raise VaelabError(f"{what} has 'test_labels' but no 'test'; add the test array or drop the labels")
+    for key in keys:  # a single number where examples belong: len() of it is a TypeError
+        if np.ndim(arrays[key]) == 0:
+            raise VaelabError(f"{what}: its array '{key}' is a single number (shape ()), not one entry per example; "
+                              f"save '{key}' as an array [N, ...] (or leave it out)")
     x, x_test = arrays["train"], arrays.get("test")
     cov = _covariate_columns(arrays, covariates, "train_", len(x), what)
     cov_test = None if x_test is None else _covariate_columns(arrays, covariates, "test_", len(x_test), what)
@@ -360,6 +414,37 @@ def _open_text(path: Path) -> io.TextIOBase:
     if path.name.lower().endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
     return open(path, encoding="utf-8-sig", newline="")  # -sig: a byte-order mark is not part of the first cell
+
+
+def check_text_fits(path: Path, what: str) -> None:
+    """Refuse a CSV file whose text alone is more than the memory a data file may take
+    (:func:`~vaelab.data.disk.data_memory`); a ``.gz`` one is decompressed a block at a time,
+    counting, and refused as soon as its text passes that (a small archive can inflate to
+    gigabytes), before any of it is parsed. Every number of the text takes 8 bytes or more
+    once read, so the text's size is a floor of what loading needs."""
+    from vaelab.data.disk import data_memory
+    from vaelab.evaluation.memory import format_bytes
+
+    room = data_memory()
+    if room is None:
+        return
+    limit, where = room
+    fix = "use a smaller file, or save the numbers with numpy.save and add --backed true to read them from disk"
+    if not path.name.lower().endswith(".gz"):
+        size = path.stat().st_size
+        if size > limit:
+            raise VaelabError(f"{what} holds {format_bytes(size)} of text: loading it needs more than {where}; {fix}")
+        return
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while block := f.read(2**20):
+                total += len(block)
+                if total > limit:
+                    raise VaelabError(f"{what} decompresses to more than {format_bytes(limit)} of text (stopped "
+                                      f"there): loading it needs more than {where}; {fix}")
+    except (OSError, EOFError, zlib.error):
+        return  # a damaged archive: the reader names it
 
 
 def _is_number(cell: str) -> bool:
@@ -411,6 +496,7 @@ def _explain_csv(path: Path, header: bool, *, nonfinite: bool = False, text_colu
 
 def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
     what = f"data file '{path}'"
+    check_text_fits(path, what)  # before a line is parsed
     try:
         with _open_text(path) as f:
             top = [[cell.strip() for cell in row] for row in itertools.islice(
@@ -449,6 +535,8 @@ def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
             labels = None if label_col is None else np.loadtxt(
                 path, delimiter=",", dtype=str, ndmin=1, skiprows=1, comments=None, encoding="utf-8-sig",
                 usecols=[label_col], quotechar='"')
+    except MemoryError:
+        raise _no_memory(what, "use a smaller file, or save the numbers with numpy.save and add --backed true") from None
     except (ValueError, OSError, EOFError, UnicodeDecodeError, zlib.error):
         raise VaelabError(f"{what}: {_explain_csv(path, header, text_columns=text_columns, names=cov_cols)}") from None
     if table.size == 0:

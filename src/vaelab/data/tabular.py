@@ -251,8 +251,14 @@ def read_table(path: str | os.PathLike[str], *, column_types: str = "", covariat
     if not (name.endswith(".csv") or name.endswith(".csv.gz")):
         raise VaelabError(f"{what}: the mixed likelihood reads a CSV table (.csv or .csv.gz) with a header row; "
                           "for other data choose another --likelihood")
+    from vaelab.data.paths import check_data_path
+
+    check_data_path(path)  # a FIFO, a device, a link loop: not "not found"
     if not path.is_file():
         raise VaelabError(f"{what} not found; pass --data with an existing .csv file")
+    from vaelab.data.sources import check_text_fits
+
+    check_text_fits(path, what)  # a .csv.gz that inflates past the memory cap: refused before parsing
     header, rows, lines = _read_rows(path, what)
     cells_of = {h: [row[j] for row in rows] for j, h in enumerate(header)}
     label = next((h for h in header if h.lower() == "label"), None)

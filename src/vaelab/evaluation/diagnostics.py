@@ -45,7 +45,10 @@ verdict reads the information the code carries, against its ceiling log N:
   roughly;
 * ``healthy`` otherwise.
 
-The informative units are named, and with a collapsed or mostly collapsed verdict the
+The verdict names the tests that decided it (:func:`collapse_reasons`) and the units with a KL
+above 0.1 nats ("informative" in ``informative_units``; a unit's KL is not by itself information
+about x: a q(z|x) off the prior in the same place for every x has KL and I(x;z) = 0, and is
+collapsed), and with a collapsed or mostly collapsed verdict the
 remedies vaelab has, with their options: free bits (``--free-bits``), a KL warm-up
 (``--warmup``), a lower KL weight (``--beta``), a weaker decoder (smaller ``--hidden``).
 """
@@ -65,7 +68,7 @@ from ..model import VAE
 from .likelihood import _batches, _pairs
 
 __all__ = ["LatentDiagnostics", "LatentSummary", "latent_diagnostics", "kl_per_dimension", "collapse_verdict",
-           "ACTIVE_THRESHOLD", "INFORMATIVE_KL", "VERDICTS", "REMEDIES"]
+           "collapse_reasons", "ACTIVE_THRESHOLD", "INFORMATIVE_KL", "VERDICTS", "REMEDIES"]
 
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): Var_x(E_q[z_d]) above this is an active unit
@@ -92,6 +95,28 @@ def collapse_verdict(mutual_information: float, n: int, rate: float, informative
     if mutual_information < MOSTLY_SHARE * ceiling:
         return "mostly collapsed"
     return "healthy"
+
+
+def collapse_reasons(mutual_information: float, ceiling: float, rate: float, informative_units: int,
+                     collapse_kl: float = COLLAPSE_KL) -> list[str]:
+    """Why :func:`collapse_verdict` is not ``"healthy"``, in words (empty when it is): each test
+    that failed, e.g. ``"I(x;z) is 2 % of log N, under 10 %"``. ``ceiling`` is log N.
+
+    A unit's KL above 0.1 nats is not information about x by itself: when q(z|x) sits away from
+    the prior but in the same place for every x, the units have KL (the marginal KL(q(z) || p(z)))
+    and I(x;z) is ~0. So the verdict names the test that decided it, and the units are counted
+    as what they are, units with a KL above 0.1 nats."""
+    share = mutual_information / ceiling if ceiling > 0 else 0.0
+    reasons = []
+    if informative_units == 0:
+        reasons.append(f"no unit has a KL above {INFORMATIVE_KL:g} nats")
+    if rate < collapse_kl:
+        reasons.append(f"the rate is {rate:.3g} nats, under {collapse_kl:g}")
+    if share < COLLAPSED_SHARE:
+        reasons.append(f"I(x;z) is {100 * share:.0f} % of log N, under {100 * COLLAPSED_SHARE:.0f} %")
+    if not reasons and share < MOSTLY_SHARE:
+        reasons.append(f"I(x;z) is {100 * share:.0f} % of log N, under {100 * MOSTLY_SHARE:.0f} %")
+    return reasons
 
 
 @dataclass
@@ -211,6 +236,18 @@ class LatentSummary:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values: tuples become lists."""
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def verdict_details(self) -> str:
+        """What the verdict rests on, for the table and the report: the tests that made it
+        collapsed (``"I(x;z) is 2 % of log N, under 10 %"``) and the units with a KL above 0.1
+        nats (``"2 of 2 units have a KL above 0.1 nats"``); empty for a file without them."""
+        parts = []
+        if self.verdict is not None and self.informative_units is not None:
+            parts += collapse_reasons(self.mutual_information, self.mutual_information_max, self.kl,
+                                      len(self.informative_units), self.collapse_kl)
+        if self.informative_units is not None and self.informative_units:
+            parts.append(f"{len(self.informative_units)} of {self.latent_dim} units have a KL above {INFORMATIVE_KL:g} nats")
+        return "; ".join(dict.fromkeys(parts))
 
     def per_layer(self) -> list[dict[str, Any]]:
         """For a hierarchy (``layers`` set): per layer, bottom first, its KL (nats), units,
@@ -367,12 +404,16 @@ def _warnings(d: LatentDiagnostics) -> list[str]:
     share = d.mutual_information / math.log(d.n)
     numbers = (f"I(x;z) = {d.mutual_information:.2f} nats is {100 * share:.0f} % of its ceiling log N = "
                f"{math.log(d.n):.2f}, the rate is {d.kl:.3g} nats, and "
-               + (f"{len(informative)} of {dim} units carry information ({_units(informative)})" if informative
-                  else f"no unit carries information (KL above {INFORMATIVE_KL:g} nats)"))
+               + (f"{len(informative)} of {dim} units have a KL above {INFORMATIVE_KL:g} nats ({_units(informative)})"
+                  if informative else f"no unit has a KL above {INFORMATIVE_KL:g} nats"))
     remedies = "; ".join(REMEDIES)
     verdict = d.verdict
     if verdict == "collapsed":
-        return [f"posterior collapse: {numbers}: q(z|x) is (almost) the prior whatever x is, so the code carries "
+        # a rate well above I(x;z) is the marginal KL: q(z|x) moved off the prior, to the same place for every x
+        where = ("q(z|x) is (almost) the prior whatever x is" if d.kl < d.collapse_kl or not informative else
+                 f"q(z|x) is (almost) the same whatever x is (its KL is mostly KL(q(z) || p(z)) = "
+                 f"{d.marginal_kl:.2f} nats, shared by every x, not information about x)")
+        return [f"posterior collapse: {numbers}: {where}, so the code carries "
                 f"(almost) nothing and the decoder models the data alone. Remedies: {remedies}"]
     if verdict == "mostly collapsed":
         return [f"posterior mostly collapsed: {numbers}: the code tells the examples apart only roughly. "

@@ -409,14 +409,20 @@ def _auto_estimator(model: Any, x: Tensor, c: Tensor | None, st: EvalSettings,
     return keep
 
 
+def _f(value: float, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals, or in %g style when it is huge (1e308 in fixed point is
+    309 digits wide: a value an evaluation can reach, with the weights of a diverged model)."""
+    return f"{value:.4g}" if abs(value) >= 1e9 else f"{value:.{digits}f}"
+
+
 def _pm(value: float, se: float | None, digits: int = 2) -> str:
     """``value ± se``, the error with enough decimals to show its first significant digit."""
     if se is None:
-        return f"{value:.{digits}f}"
+        return _f(value, digits)
     places = digits
     while 0 < se < 10 ** -places and places < 4:
         places += 1
-    return f"{value:.{digits}f} ± {se:.{places}f}"
+    return f"{_f(value, digits)} ± {_f(se, places)}"
 
 
 def format_table(ev: EvaluationSummary | Evaluation | Mapping[str, Any]) -> str:
@@ -435,53 +441,52 @@ def format_table(ev: EvaluationSummary | Evaluation | Mapping[str, Any]) -> str:
     ]
     if ev.k is not None and ev.nll is not None:
         mc = ev.log_px_mc_stderr
-        extra = f" (Monte Carlo ± {mc:.3f})" if mc is not None else ""
+        extra = f" (Monte Carlo ± {_f(mc, 3)})" if mc is not None else ""
         rows.append((f"-log p(x{ev.given}), {ev.how()}", f"{_pm(ev.nll, ev.log_px_stderr)} nats{extra}"))
     if len(ev.estimates) > 1:
         for e in ev.estimates:
-            extra = f" (MC ± {e.log_px_mc_stderr:.3f})" if e.log_px_mc_stderr is not None else ""
-            took = f", {e.seconds:.1f} s" if e.seconds is not None else ""
-            khat = f", k-hat {e.khat_median:.2f}" if e.khat_median is not None and ev.khat_median is None else ""
+            extra = f" (MC ± {_f(e.log_px_mc_stderr, 3)})" if e.log_px_mc_stderr is not None else ""
+            took = f", {_f(e.seconds, 1)} s" if e.seconds is not None else ""
+            khat = f", k-hat {_f(e.khat_median, 2)}" if e.khat_median is not None and ev.khat_median is None else ""
             rows.append((f"  {e.name}", f"{_pm(-e.log_px, e.log_px_stderr)} nats{extra}{took}{khat}"))
     if ev.khat_median is not None and ev.khat_bad_share is not None:
-        rows.append(("Pareto k-hat of the weights", f"median {ev.khat_median:.2f}, {100 * ev.khat_bad_share:.0f} % "
+        rows.append(("Pareto k-hat of the weights", f"median {_f(ev.khat_median, 2)}, {100 * ev.khat_bad_share:.0f} % "
                                                     f"of examples above 0.7 (unreliable)"))
     if ev.ais is not None:
         a = ev.ais
         rows.append(("AIS", f"T={a.steps}, S={a.chains}, {a.leapfrog} leapfrog steps, from the {a.start}; "
-                            f"acceptance {100 * a.acceptance:.0f} %" + ("" if a.seconds is None else f", {a.seconds:.1f} s")))
+                            f"acceptance {100 * a.acceptance:.0f} %" + ("" if a.seconds is None else f", {_f(a.seconds, 1)} s")))
         if len(a.trace) > 1:
-            rows.append(("  -log p(x) as T grows", ", ".join(f"T={t.steps}: {-t.log_px:.2f}" for t in a.trace)))
+            rows.append(("  -log p(x) as T grows", ", ".join(f"T={t.steps}: {_f(-t.log_px, 2)}" for t in a.trace)))
     if ev.bdmc is not None:
         b = ev.bdmc
-        rows.append((f"BDMC bracket ({b.n} simulated)", f"log p(x) in [{b.lower:.2f}, {b.upper:.2f}], width "
+        rows.append((f"BDMC bracket ({b.n} simulated)", f"log p(x) in [{_f(b.lower, 2)}, {_f(b.upper, 2)}], width "
                                                         f"{_pm(b.width, b.width_stderr)} nats (T={b.steps}, S={b.chains})"))
     if ev.bits_per_dim is not None:
-        rows.append(("bits per dimension", f"{ev.bits_per_dim:.4f}"))
+        rows.append(("bits per dimension", f"{_f(ev.bits_per_dim, 4)}"))
     if ev.nats_per_count is not None:
-        rows.append(("nats per count", f"{ev.nats_per_count:.4f} (-log p(x) over the mean total count)"))
+        rows.append(("nats per count", f"{_f(ev.nats_per_count, 4)} (-log p(x) over the mean total count)"))
     if ev.accuracy is not None:
-        se = "" if ev.accuracy_stderr is None else f" ± {100 * ev.accuracy_stderr:.2f}"
-        rows.append(("classifier accuracy q(y|x)", f"{100 * ev.accuracy:.2f}{se} %"))
+        se = "" if ev.accuracy_stderr is None else f" ± {_f(100 * ev.accuracy_stderr, 2)}"
+        rows.append(("classifier accuracy q(y|x)", f"{_f(100 * ev.accuracy, 2)}{se} %"))
     if ev.ess_median is not None and ev.ess_min is not None:
         what = "chain weights" if ev.estimator == "ais" else "importance weights"
-        rows.append((f"ESS of {what}", f"median {ev.ess_median:.1f}, min {ev.ess_min:.1f} of {'S' if ev.estimator == 'ais' else 'K'}={ev.k}"))
+        rows.append((f"ESS of {what}", f"median {_f(ev.ess_median, 1)}, min {_f(ev.ess_min, 1)} of {'S' if ev.estimator == 'ais' else 'K'}={ev.k}"))
     lat = ev.latents
     if lat is not None:
         rows += [
             ("active units", f"{lat.active_units} of {lat.latent_dim} (Var_x E_q[z_d] > {lat.active_threshold:g})"),
             ("  mutual information I(x;z)", f"{_pm(lat.mutual_information, lat.mutual_information_stderr)} nats "
-                                            f"(at most log N = {lat.mutual_information_max:.2f})"),
+                                            f"(at most log N = {_f(lat.mutual_information_max, 2)})"),
             ("  marginal KL(q(z) || p(z))", f"{_pm(lat.marginal_kl, lat.marginal_kl_stderr)} nats"),
             ("  posterior collapsed", {"collapsed": "YES", "mostly collapsed": "MOSTLY", "healthy": "no, healthy"}.get(
                 lat.verdict or "", "YES" if lat.collapsed else "no")
-             + ("" if lat.informative_units is None else
-                f" ({len(lat.informative_units)} of {lat.latent_dim} units carry information)")),
+             + (f" ({lat.verdict_details()})" if lat.verdict_details() else "")),
         ]
         for layer in lat.per_layer():  # a hierarchy: KL and units layer by layer, bottom first
-            kl = "" if layer["kl"] is None else f"KL {layer['kl']:.2f} nats, "
+            kl = "" if layer["kl"] is None else f"KL {_f(layer['kl'], 2)} nats, "
             rows.append((f"  layer z{layer['layer']} ({layer['units']} units)",
-                         f"{kl}{layer['informative']} informative (KL > 0.1), {layer['active']} active"))
+                         f"{kl}{layer['informative']} with KL > 0.1, {layer['active']} active"))
     gaps = ev.gaps
     if gaps is not None:
         rows += [

@@ -358,9 +358,15 @@ def _read(tp: Any, value: Any, source: str, where: str) -> Any:
             elif f.default is MISSING and f.default_factory is MISSING:
                 raise VaelabError(f"'{source}': {path} is missing; rewrite it with 'vaelab eval'")
         try:
-            return tp(**values)
+            result = tp(**values)
         except VaelabError as err:  # a value out of its range (EvalSettings checks its own)
             raise VaelabError(f"'{source}': {where}: {err}; rewrite it with 'vaelab eval'") from None
+        problem = _out_of_range(result)
+        if problem is not None:  # a count below its least value, lists that disagree with a size
+            key, what = problem
+            raise VaelabError(f"'{source}': {f'{where}.{key}' if where else key} {what}; "
+                              "rewrite it with 'vaelab eval'")
+        return result
     args = get_args(tp)
     if get_origin(tp) in (Union, UnionType):
         if value is None and type(None) in args:
@@ -378,19 +384,75 @@ def _read(tp: Any, value: Any, source: str, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("a whole number")
+        if abs(value) > _LARGEST_INT:  # no count vaelab writes comes near; 10**30 examples is an edit
+            raise bad("a whole number below 2^63")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         try:
-            return float(value)
+            number = float(value)
         except OverflowError:  # an integer of hundreds of digits
             raise bad("a number within the range of a float") from None
+        if not math.isfinite(number):  # NaN, Infinity, -Infinity (or 1e400): vaelab never writes them (write_eval)
+            raise bad("a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise bad("a string")
         return value
     raise TypeError(f"no JSON reader for {tp!r} ({where})")  # a field type this reader does not know
+
+
+_LARGEST_INT = 2**63 - 1
+
+# least values of the counts in eval.json, by the type that holds them (what vaelab writes: an
+# evaluation has examples, an estimate samples, AIS steps and chains, latent health a latent)
+_LEAST: dict[type, dict[str, int]] = {
+    EvaluationSummary: {"n": 1, "k": 1},
+    EstimateSummary: {"n": 1, "k": 1},
+    AISSummary: {"steps": 1, "chains": 1},
+    AISTracePoint: {"steps": 1},
+    BDMCSummary: {"n": 1, "steps": 1, "chains": 1},
+    LatentSummary: {"latent_dim": 1, "active_units": 0, "mi_samples": 0},
+    GapSummary: {"n": 1},
+}
+
+
+def _out_of_range(value: Any) -> tuple[str, str] | None:
+    """(key, what is wrong) for a value of eval.json read back that vaelab cannot have written:
+    a count below its least value, a share outside [0, 1], per-dimension or per-example lists
+    whose lengths disagree with the latent size or the number of examples; else None."""
+    for key, least in _LEAST.get(type(value), {}).items():
+        number = getattr(value, key)
+        if number is not None and number < least:
+            return key, f"must be at least {least}, got {number}"
+    if isinstance(value, EvaluationSummary):
+        for key in ("accuracy", "khat_bad_share"):
+            share = getattr(value, key)
+            if share is not None and not 0 <= share <= 1:
+                return key, f"must be a share between 0 and 1, got {share:.6g}"
+        if value.ais is not None and not 0 <= value.ais.acceptance <= 1:
+            return "ais.acceptance", f"must be a share between 0 and 1, got {value.ais.acceptance:.6g}"
+        if value.per_example is not None:
+            for f in fields(value.per_example):
+                rows = getattr(value.per_example, f.name)
+                if rows is not None and len(rows) != value.n:
+                    return f"per_example.{f.name}", f"has {len(rows)} values but n is {value.n}"
+    if isinstance(value, LatentSummary):
+        d = value.latent_dim
+        for key in ("kl_per_dim", "activity", "active"):
+            values = getattr(value, key)
+            if values is not None and len(values) != d:
+                return key, f"has {len(values)} values but latent_dim is {d}"
+        if value.active_units > d:
+            return "active_units", f"must be at most latent_dim = {d}, got {value.active_units}"
+        for i in value.informative_units or ():
+            if not 0 <= i < d:
+                return "informative_units", f"must be unit indices from 0 to {d - 1}, got {i}"
+        if value.layers is not None and (sum(value.layers) != d or min(value.layers, default=1) < 1):
+            return "layers", f"must be layer sizes adding up to latent_dim = {d}, got {list(value.layers)}"
+    return None
 
 
 def _stderr(values: Tensor) -> float | None:

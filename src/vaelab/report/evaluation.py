@@ -138,8 +138,8 @@ def latents_section(ev: EvaluationSummary, images: dict[str, Drawn]) -> str:
         return '<p class="explain">Latent health was not computed for this evaluation.</p>'
     verdict = lat.verdict or ("collapsed" if lat.collapsed else "not collapsed")
     status = f'<span class="{"ok" if verdict in ("healthy", "not collapsed") else "bad"}">{esc(verdict)}</span>'
-    if lat.informative_units is not None:
-        status += f" ({len(lat.informative_units)} of {lat.latent_dim} units carry information)"
+    if lat.verdict_details():
+        status += f" ({esc(lat.verdict_details())})"
     per_dim = ("KL per unit given the layers above (closed form for each layer's Gaussians), averaged over "
                "draws of those layers; units in layer order, bottom first." if lat.layers and lat.kl_per_dim is not None
                else "KL per dimension in closed form (diagonal Gaussian posterior and factorised prior)."

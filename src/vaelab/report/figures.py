@@ -23,7 +23,7 @@ from matplotlib.patches import Patch
 from torch import Tensor
 
 from ..errors import VaelabError
-from ..plots import save_png
+from ..plots import plain_text, save_png
 
 __all__ = ["kl_bars", "latent_traversal", "project_2d"]
 
@@ -65,7 +65,9 @@ def kl_bars(
         kl = np.asarray(kl_per_dim, dtype=np.float64)
         ax = axes[0]
         ax.bar(dims, kl, color=colors, width=0.8)
-        ax.set_title(f"KL per dimension (total {kl.sum():.2f} nats)", fontsize=10)
+        total = float(kl.sum())
+        ax.set_title(f"KL per dimension (total {total:.4g} nats)" if abs(total) >= 1e9 else
+                     f"KL per dimension (total {total:.2f} nats)", fontsize=10)
         ax.set_ylabel("nats per example")
     ax = axes[-1]
     floor = max(float(act[act > 0].min()) if (act > 0).any() else threshold, 1e-8) / 3
@@ -138,7 +140,8 @@ def latent_traversal(
         ax.imshow(canvas, interpolation="nearest")
         ax.set_xticks([pad + s * (w + pad) + (w - 1) / 2 for s in range(steps)], [f"{v:g}" for v in values],
                       fontsize=8)
-        ax.set_yticks([pad + r * (h + pad) + (h - 1) / 2 for r in range(rows)], labels, fontsize=8)
+        ax.set_yticks([pad + r * (h + pad) + (h - 1) / 2 for r in range(rows)], [plain_text(t) for t in labels],
+                      fontsize=8)
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
@@ -156,7 +159,7 @@ def latent_traversal(
                 continue
             for s in range(steps):
                 ax.plot(np.arange(shape[0]), data[r, s], color=cmap(norm(values[s])), linewidth=1.1)
-            ax.set_title(labels[r], fontsize=9)
+            ax.set_title(plain_text(labels[r]), fontsize=9)
             ax.grid(alpha=0.3)
         fig.colorbar(ScalarMappable(norm, cmap), ax=list(axes[:rows]), label="value of the varied dimension")
         fig.supxlabel("dimension of x", fontsize=9)
@@ -165,7 +168,7 @@ def latent_traversal(
     else:
         raise VaelabError(f"latent_traversal draws images (C, H, W) or vectors (D,), got examples of shape {shape}")
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(plain_text(title), fontsize=11)
     return save_png(fig, path, crop=crop)
 
 

@@ -72,6 +72,9 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+HUGE = 1e9  # numbers this large are shown in %g style (4 significant digits), never hundreds of digits wide
+
+
 def fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "–"
@@ -80,7 +83,11 @@ def fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
+        if abs(value) >= HUGE:  # 1e308 in fixed point is 309 digits: a page wider than any screen
+            return f"{value:.4g}"
         return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2e}"
+    if isinstance(value, int) and abs(value) >= HUGE:
+        return f"{value:.4g}"
     return str(value)
 
 
@@ -93,7 +100,7 @@ def pm(value: float | None, se: float | None, digits: int = 2) -> str:
     places = digits
     while 0 < se < 10 ** -places and places < 4:
         places += 1
-    return f"{fmt(value, digits)} ± {se:.{places}f}"
+    return f"{fmt(value, digits)} ± {fmt(float(se), places) if abs(se) >= HUGE else f'{se:.{places}f}'}"
 
 
 def img(images: dict[str, Drawn], name: str, alt: str, caption: str, max_width: int | None = None) -> str:

@@ -338,7 +338,7 @@ def _traversal(model: TrainedModel, x: Tensor, c: Tensor | None, ev: EvaluationS
             z[r] = q.mean_given(z[r][:, None, :], layer_of(layers, dim))[:, 0, :]
     cs = None if c0 is None else c0.expand(len(dims) * len(values), -1)
     decoded = model.decode(z.reshape(-1, d), c=cs).mean.reshape(len(dims), len(values), *model.x_shape).cpu()
-    notes = [(f"= {unit_name(layers, i)} " if layers else "") + (f"({kl[i]:.2f} nats)" if kl else "") for i in dims]
+    notes = [(f"= {unit_name(layers, i)} " if layers else "") + (f"({fmt(float(kl[i]))} nats)" if kl else "") for i in dims]
     return dims, notes, decoded, values
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..plots import plain_text
 from ..training.checkpoint import atomic_write_text
 from .html import CSS, esc, fmt, section
 
@@ -42,7 +43,7 @@ def _history_figure(trials: Sequence[Any], objective: str) -> str:
                    marker="x", color="#9ca3af", label="pruned (last value)", zorder=2)
     ax.set_xlabel("trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"validation {objective} (nats)")
+    ax.set_ylabel(plain_text(f"validation {objective} (nats)"))
     ax.grid(alpha=0.3)
     if done or pruned:
         ax.legend(fontsize=8)
@@ -67,7 +68,7 @@ def _intermediate_figure(trials: Sequence[Any], objective: str) -> str:
             ax.plot(steps, values, linewidth=1.2, marker="o", markersize=3, label=f"trial {t.number}{failed}")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"validation {objective} (nats)")
+    ax.set_ylabel(plain_text(f"validation {objective} (nats)"))
     ax.grid(alpha=0.3)
     if 0 < sum(1 for t in trials if t.intermediate_values and t.state.name != "PRUNED") <= 12:
         ax.legend(fontsize=7, ncols=2)
@@ -78,7 +79,7 @@ def _importance_figure(importances: Mapping[str, float]) -> str:
     names = list(importances)[::-1]
     fig = Figure(figsize=(7.5, 0.5 * len(names) + 1.2), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    ax.barh(names, [importances[n] for n in names], color="#2563eb")
+    ax.barh([plain_text(n) for n in names], [importances[n] for n in names], color="#2563eb")
     ax.set_xlabel("importance (share of the objective's variance, Optuna's get_param_importances)")
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)

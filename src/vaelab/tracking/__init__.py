@@ -33,7 +33,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from ..config import LOGGERS, TrainConfig
-from ..errors import VaelabError
+from ..errors import VaelabError, printable
 from ..objectives import kl_weight
 from ..spec import ModelSpec
 
@@ -105,7 +105,7 @@ def epoch_record(record: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
 
 
 def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    print(f"warning: {printable(message)}", file=sys.stderr, flush=True)  # a tracker's error may hold any name
 
 
 def _first_line(error: BaseException) -> str:
