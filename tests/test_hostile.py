@@ -1275,3 +1275,10 @@ def test_ctrl_c_before_the_first_checkpoint_does_not_leave_the_name_taken(data_f
     assert list((tmp_path / "runs").iterdir()) == []  # the name was left taken by a run --resume cannot resume
     model, _ = vaelab.train(data=str(data_file), out=str(tmp_path / "runs"), name="r", **QUIET)
     assert (model.run_dir / "checkpoint.safetensors").exists()
+
+
+def test_an_epoch_count_past_a_billion_is_refused_before_anything_is_written(tmp_path: Path, refused) -> None:
+    # 99999999999999999999 (past int64) was accepted and stored in config.json
+    refused(["train", "--data", "digits", "--out", tmp_path / "runs", "--epochs", "99999999999999999999"],
+            "--epochs) 99999999999999999999", "1,000,000,000")
+    assert not (tmp_path / "runs").exists()

@@ -149,6 +149,9 @@ class TrainConfig:
         for key in positive:
             if int(getattr(self, key)) < 1:
                 raise VaelabError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if self.epochs > MAX_EPOCHS:  # (a count past int64 was stored in config.json and in every checkpoint)
+            raise VaelabError(f"epochs (--epochs) {self.epochs} is more than {MAX_EPOCHS:,}; give a smaller number "
+                              "(early stopping, --patience, ends a run when the validation ELBO stops improving)")
         if not 0 < self.lr < float("inf"):
             raise VaelabError(f"lr must be > 0 and finite, got {self.lr}")
         if self.threads < 0:
@@ -302,6 +305,9 @@ class TrainConfig:
 
 
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
+
+
+MAX_EPOCHS = 10**9  # a run of more epochs than this is a typo, and a count past int64 does not round-trip
 
 
 def check_given(given: Mapping[str, Any], config: "TrainConfig | None" = None) -> None:
