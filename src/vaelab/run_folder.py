@@ -165,7 +165,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             epoch = record.get("epoch")
             if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
                 raise VaelabError(f"'{path}:{i + 1}': epoch must be a whole number >= 1, got {epoch!r}; the file is "
-                                  "damaged: restore it from a backup, or 'vaelab train --resume' rewrites it")
+                                  "damaged: restore it from a backup (a resumed run rewrites it from its checkpoint; a finished "
+                                  "one only with a larger --epochs, training on)")
             records.append(record)
         elif i == last:  # cut off by a crash (other writers than vaelab's atomic one): the rest is good
             import warnings
@@ -173,8 +174,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             warnings.warn(f"'{path}': the last line ({i + 1}) is truncated; it was left out", RuntimeWarning,
                           stacklevel=2)
         else:
-            raise VaelabError(f"'{path}:{i + 1}' is not a JSON record; the file is damaged: restore it from a backup, "
-                              "or 'vaelab train --resume' rewrites it from the checkpoint")
+            raise VaelabError(f"'{path}:{i + 1}' is not a JSON record; the file is damaged: restore it from a backup "
+                              "(a resumed run rewrites it from its checkpoint; a finished one only with a larger --epochs, "
+                              "training on)")
     return records
 
 
