@@ -1281,3 +1281,28 @@ def test_an_epoch_count_past_a_billion_is_refused_before_anything_is_written(tmp
     refused(["train", "--data", "digits", "--out", tmp_path / "runs", "--epochs", "99999999999999999999"],
             "--epochs) 99999999999999999999", "1,000,000,000")
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_explorer_prints_a_hostile_run_name_escaped(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    import uvicorn
+
+    from vaelab.serve import serve
+
+    shutil.copytree(run, tmp_path / HOSTILE)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)  # the address printed, nothing served
+    capsys.readouterr()
+    serve(tmp_path / HOSTILE, port=0)
+    printed = capsys.readouterr().out
+    assert SHOWN in printed and not any(c in printed.replace("\n", "") for c in CONTROLS), repr(printed)
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path: Path, refused) -> None:
+    # features are matched by name at encode/eval time: a header "a,a,b" trained, then every
+    # reordered file was refused as "a name given twice"; said at training now, as the mixed table did
+    (tmp_path / "dup.csv").write_text("a,a,b\n" + "0.1,0.2,0.3\n" * 20)
+    refused(["train", "--data", tmp_path / "dup.csv", "--likelihood", "gaussian", "--out", tmp_path / "runs"],
+            "dup.csv", "'a' appear more than once", "its own name")
+    assert not (tmp_path / "runs").exists()

@@ -513,6 +513,10 @@ def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
     first = top[0]
     header = not all(_is_number(cell) for cell in first)
     lowered = [n.lower() for n in first] if header else []
+    twice = sorted({n for n in first if first.count(n) > 1}) if header else []
+    if twice:  # features are matched to a run's by name later: two columns of one name cannot be
+        raise VaelabError(f"{what}: column name(s) {', '.join(map(repr, twice))} appear more than once in the header; "
+                          "give every column its own name")
     label_col = lowered.index("label") if "label" in lowered else None
     cov_cols: dict[int, str] = {}
     for name in covariates:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import VaelabError
+from ..errors import VaelabError, printable
 from .guard import ip_of
 
 __all__ = ["serve", "bind", "LOOPBACK", "is_loopback", "allowed_hosts"]
@@ -96,18 +96,19 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765, out: TextI
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     if not loopback:
-        print(f"warning: listening on {host}, not only this computer: anyone who can reach it can use "
-              "the explorer (it has no login)", file=sys.stderr, flush=True)
+        print(printable(f"warning: listening on {host}, not only this computer: anyone who can reach it can use "
+                        "the explorer (it has no login)"), file=sys.stderr, flush=True)
     ex = app.state.explorer
     given = ""
     if ex.classifier is not None and ex.label is not None:
         given = f"; semi-supervised, {len(ex.label.names())} classes"
     elif ex.variables:
         given = f"; conditional on {', '.join(v.name for v in ex.variables)}"
-    print(f"exploring {ex.model.run_dir} ({ex.model.latent_dim}-D latent space, {len(ex.x)} test examples on the map{given})",
-          file=out)
+    print(printable(f"exploring {ex.model.run_dir} ({ex.model.latent_dim}-D latent space, {len(ex.x)} test examples "
+                    f"on the map{given})"), file=out)  # (a run or variable name with an escape sequence: shown escaped)
     here = f" (from this computer: http://127.0.0.1:{bound_port}/)" if host in ANY_ADDRESS else ""
-    print(f"open http://{shown}:{bound_port}/ in a browser{here} (Ctrl+C stops the server)", file=out, flush=True)
+    print(printable(f"open http://{shown}:{bound_port}/ in a browser{here} (Ctrl+C stops the server)"), file=out,
+          flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     try:
         uvicorn.Server(config).run(sockets=[sock])
