@@ -51,14 +51,15 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal, kl_divergence
+from torch.distributions import Distribution, kl_divergence
 
 from ..distributions import diagonal_gaussian
 from ..errors import VaelabError
 from ..inputs import check_data, check_whole, model_device
 from ..model import VAE
 from ..objectives import KLMethod
-from .likelihood import DecoderDensity, EncoderDraws, log_likelihood
+from .ais import _log_prob_and_grad
+from .likelihood import DecoderDensity, EncoderDraws, gaussian_parts, log_likelihood
 from .settings import DEFAULTS
 
 __all__ = ["InferenceGaps", "GapSummary", "GapSettings", "inference_gaps", "optimal_posterior", "gap_rows"]
@@ -189,9 +190,9 @@ class GapSummary:
 
 def _diagonal_parts(q: Distribution) -> tuple[Tensor, Tensor]:
     """(loc, scale) ``[B, D]`` of a diagonal Gaussian ``Independent(Normal, 1)``, else an error."""
-    if (isinstance(q, Independent) and isinstance(q.base_dist, Normal)
-            and q.reinterpreted_batch_ndims == 1):
-        return q.base_dist.loc, q.base_dist.scale
+    parts = gaussian_parts(q)
+    if parts is not None:
+        return parts
     raise ValueError(
         f"the gap split needs an encoder that returns a diagonal Gaussian (Independent(Normal)), "
         f"got {type(q).__name__}; the locally optimised family would not match the encoder's"
@@ -337,19 +338,8 @@ def _stl_diagonal(params: list[Tensor], density: DecoderDensity, prior: Distribu
     loc, scale = params[0].detach(), params[1].detach().exp()
     eps = torch.empty((samples, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()  # [S, B, D]
     z = loc + scale * eps
-    g = density.grad(z) + _grad_log_density(prior, z) + eps / scale  # [S, B, D]
+    g = density.grad(z) + _log_prob_and_grad(prior, z)[1] + eps / scale  # [S, B, D]
     return -g.sum(0) / samples, -(g * eps).sum(0) * scale / samples
-
-
-def _grad_log_density(d: Distribution, z: Tensor) -> Tensor:
-    """d/dz log d(z) ``[S, B, D]``: -(z - mu) / sigma^2 written out for a diagonal Gaussian, else autograd."""
-    base = d.base_dist if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1 else None
-    if type(base) is Normal:
-        return (base.loc - z) / base.scale.pow(2)
-    with torch.enable_grad():
-        leaf = z.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(d.log_prob(leaf).sum(), leaf)
-    return grad
 
 
 @torch.no_grad()

@@ -355,13 +355,14 @@ def _encoder_weights(model: VAE, density: DecoderDensity, q: Distribution, prior
         log_q = q.log_prob(z)
     log_lik = density.log_prob(z)  # [k, B]
     if store is not None and cols is not None:
-        loc, scale = _gaussian_parts(q)  # type: ignore[misc]
+        loc, scale = gaussian_parts(q)  # type: ignore[misc]
         store.append(((z[:, cols] - loc[cols]) / scale[cols], log_lik[:, cols]))  # eps [k, m, D], [k, m]
     return log_lik + prior.log_prob(z) - log_q  # [k, B]
 
 
-def _gaussian_parts(q: Distribution) -> tuple[Tensor, Tensor] | None:
-    """(loc, scale) ``[B, D]`` of a diagonal Gaussian ``Independent(Normal, 1)``, else None."""
+def gaussian_parts(q: Distribution) -> tuple[Tensor, Tensor] | None:
+    """(loc, scale) ``[B, D]`` of a diagonal Gaussian ``Independent(Normal, 1)``, else None (the
+    gap split's family check and encoder IS's kept draws read it)."""
     if (isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1):
         return q.base_dist.loc, q.base_dist.scale
     return None
@@ -436,11 +437,11 @@ def log_likelihood(
         if plain:  # the encoder and the prior once for the batch, not once per k_chunk samples
             q_enc, prior = model.encode(xb, cb), model.prior_distribution(cb)
             density = DecoderDensity(model, xb, cb, workspace)
-            if kept is not None and _gaussian_parts(q_enc) is not None:
+            if kept is not None and gaussian_parts(q_enc) is not None:
                 assert keep_rows is not None
                 mine = keep_rows[(keep_rows >= start) & (keep_rows < start + xb.shape[0])]
                 cols, passes = (mine - start).to(device), []
-                loc, scale = _gaussian_parts(q_enc)  # type: ignore[misc]
+                loc, scale = gaussian_parts(q_enc)  # type: ignore[misc]
                 kept.append((mine, loc[cols], scale[cols], passes))
         if kept is not None and passes is None:  # draws that are not a Gaussian encoder's: none are kept
             kept = None
