@@ -28,9 +28,11 @@ other's ``src``), then ``--table FILE`` prints the medians of the first two labe
 ``--optimisers`` compares the gap split's local optimisers on its 100 examples (the subset
 ``vaelab eval`` takes) with the final ELBOs' noise *paired* (the same 1,000 draws for every
 optimiser), so that differences of ELBO(q*) far below its Monte-Carlo error show, each
-optimiser run from two seeds (STEPS:GRADIENT[:SAMPLES[:LR]]):
+optimiser run from two seeds (STEPS:GRADIENT[:SAMPLES[:LR[:DRAWS]]], DRAWS ``anti``: antithetic
+pairs, the default, or ``iid``):
 
     python benchmarks/eval_speed.py runs/base --optimisers 300:closed,150:closed,150:stl,100:stl,60:stl
+    python benchmarks/eval_speed.py runs/base --optimisers 100:stl:16:0.05:iid,100:stl:8:0.05:iid,100:stl:8
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def _print_table(times: dict[str, dict[str, list[tuple[float, float]]]], labels:
 
 
 def compare_optimisers(model: Any, specs: str, seeds: int = 2) -> None:
-    """ELBO(q*) of the gap split's examples for each optimiser ``STEPS:GRADIENT[:SAMPLES[:LR]]``
+    """ELBO(q*) of the gap split's examples for each optimiser ``STEPS:GRADIENT[:SAMPLES[:LR[:DRAWS]]]``
     of ``specs`` (comma-separated), the final ELBOs from the same 1,000 draws for all."""
     from vaelab.evaluation.gaps import _paired_elbos, optimal_posterior
 
@@ -154,11 +156,13 @@ def compare_optimisers(model: Any, specs: str, seeds: int = 2) -> None:
         steps, gradient = int(parts[0]), parts[1]
         samples = int(parts[2]) if len(parts) > 2 else EvalSettings().gap_samples
         lr = float(parts[3]) if len(parts) > 3 else EvalSettings().gap_lr
+        antithetic = (parts[4] if len(parts) > 4 else "anti") != "iid"
         values, cpu = [], []
         for seed in range(seeds):
             torch.manual_seed(100 + seed)
             began = time.process_time()
-            q = optimal_posterior(model.vae, xb, steps=steps, lr=lr, samples=samples, gradient=gradient)
+            q = optimal_posterior(model.vae, xb, steps=steps, lr=lr, samples=samples, gradient=gradient,
+                                  antithetic=antithetic)
             cpu.append(time.process_time() - began)
             torch.manual_seed(12345)  # the same final draws for every optimiser
             values.append(float(_paired_elbos(model.vae, xb, q_enc, q, 1000, 20, "auto")[2].mean()))
