@@ -24,7 +24,7 @@ as this one does: :func:`require_anndata`, :func:`open_h5ad`, :func:`select_matr
 Bad input is a one-line :class:`~vaelab.errors.VaelabError`: a file that is not an ``.h5ad``,
 a layer or ``obs`` column that does not exist (the ones that do are listed), NaN or infinite
 values in the matrix (how many, and the first one's cell and gene), a missing value in an
-``obs`` column used as a covariate or stratum.
+``obs`` column used as a covariate or stratum, a gene name that ``var`` holds twice.
 
 >>> import anndata, numpy as np, pandas as pd, tempfile, pathlib  # doctest: +SKIP
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "cells.h5ad"  # doctest: +SKIP
@@ -60,6 +60,7 @@ __all__ = [
     "to_dense",
     "sparse_problem",
     "check_sparse",
+    "check_unique_genes",
     "obs_column",
     "categorical_codes",
     "obs_covariates",
@@ -118,6 +119,8 @@ def open_h5ad(path: str | os.PathLike[str], *, backed: bool = False) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", PendingDeprecationWarning)  # anndata's OldFormatWarning
+            # repeated gene names are refused in one line (check_unique_genes), not warned about first
+            warnings.filterwarnings("ignore", message="Variable names are not unique", category=UserWarning)
             return anndata.read_h5ad(path, backed="r" if backed else None)
     except MemoryError:
         raise
@@ -139,6 +142,26 @@ def select_matrix(adata: Any, layer: str | None, what: str) -> Any:
         raise VaelabError(f"--layer {layer}: {what} has no layer {layer!r} (layers: {_listed(layers)}); "
                           "leave --layer out to read X")
     return adata.layers[layer]
+
+
+def check_unique_genes(genes: Sequence[str], what: str) -> None:
+    """Refuse gene (``var``) names that are not unique, naming the first repeated one: a run
+    records its genes and later files (``encode``, ``eval --data``) are matched to them by
+    name, where two columns of one name cannot be told apart (a CSV header naming a column
+    twice is refused the same way)."""
+    names = np.asarray(genes).astype(str)
+    unique, first, counts = np.unique(names, return_index=True, return_counts=True)
+    if len(unique) == len(names):
+        return
+    repeated = counts > 1
+    culprit = int(np.argmin(np.where(repeated, first, len(names))))  # the repeated name that comes first
+    name = str(unique[culprit])
+    where = np.flatnonzero(names == name)[:3].tolist()
+    times = "twice" if counts[culprit] == 2 else f"{int(counts[culprit])} times"
+    raise VaelabError(f"{what} names gene {name!r} {times} (var_names, columns "
+                      f"{', '.join(map(str, where))}{', ...' if counts[culprit] > 3 else ''} from 0; "
+                      f"{int(repeated.sum())} name(s) repeated in all), and genes are matched by name; make them "
+                      "unique with adata.var_names_make_unique() and save it with adata.write_h5ad(...)")
 
 
 def _is_sparse(m: Any) -> bool:
@@ -362,6 +385,7 @@ def read_h5ad(
     matrix = select_matrix(adata, layer, what)
     part = what if layer in (None, "", "X") else f"{what}, layer {layer!r}"
     cells, genes = adata.obs_names.to_numpy().astype(str), adata.var_names.to_numpy().astype(str)
+    check_unique_genes(genes, what)  # a run records its genes; later files are matched to them by name
     if matrix.dtype.kind not in "biuf":
         raise VaelabError(f"{part} holds {matrix.dtype} values; the matrix must hold numbers")
     check_sparse(matrix, what, "X" if layer in (None, "", "X") else f"layers/{layer}")  # before scipy reads it

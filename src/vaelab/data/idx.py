@@ -157,7 +157,9 @@ def download(
 ) -> Path:
     """Download a file to ``dest`` and check its md5, trying mirrors in order.
 
-    A file already at ``dest`` with the right checksum is kept and nothing is fetched. Each
+    A file already at ``dest`` with the right checksum is kept and nothing is fetched; one with
+    another checksum (a damaged cache) is downloaded again, and when that fails the error says
+    the cached file does not match its checksum and names it to delete. Each
     attempt streams into a temporary file beside ``dest``, which replaces ``dest`` only once
     its checksum matches, so an interrupted or corrupt download never leaves a bad ``dest``.
     A mirror that fails (network error, HTTP error, wrong checksum) is skipped; when all fail,
@@ -171,7 +173,8 @@ def download(
     if not urls:
         raise VaelabError(f"download of '{dest.name}': no URL given")
     md5 = md5.lower()
-    if dest.is_file() and md5sum(dest) == md5:
+    stale = _cached_md5(dest)  # None: nothing there yet
+    if stale == md5:
         return dest
 
     failures: list[str] = []
@@ -214,6 +217,13 @@ def download(
         os.replace(tmp, dest)
         return dest
 
+    if stale is not None:  # a damaged cached file, and no good copy to replace it with: say so first
+        raise VaelabError(
+            f"cached file '{dest}' does not match its checksum (md5 {stale}, expected {md5}): it is damaged (an "
+            f"interrupted copy?) or another file; downloading it again failed ({'; '.join(failures)}); delete it "
+            f"(rm '{dest}') and run again with a network connection to download it, or place the right file there "
+            "by hand"
+        )
     if mismatch is not None and len(failures) == 1:
         raise VaelabError(
             f"download of '{dest.name}' from {urls[0]} failed its checksum ({mismatch}); the file "
@@ -225,3 +235,18 @@ def download(
         + f"; check the network, or download the file by hand and place it at '{dest}' "
         f"(md5 {md5})"
     )
+
+
+def _cached_md5(dest: Path) -> str | None:
+    """The md5 of the file already at ``dest`` (None when there is none); a path there that is
+    not a file, or a file that cannot be read, is a one-line error naming it."""
+    if not os.path.lexists(dest):
+        return None
+    if not dest.is_file():
+        raise VaelabError(f"cached file '{dest}' is not a regular file (a folder, or a broken link); remove it and run "
+                          "again to download it")
+    try:
+        return md5sum(dest)
+    except OSError as err:
+        raise VaelabError(f"cached file '{dest}' cannot be read ({err.strerror}); check its permissions, or delete it "
+                          "and run again to download it") from None

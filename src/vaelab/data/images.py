@@ -17,7 +17,9 @@ way); the aspect ratio is not kept (crop first to keep it). Pixels stay 8-bit
 (16-bit, 32-bit integer, float) are read at their grey level as the explorer reads uploads
 (16-bit values over 65535, float ones in [0, 1]), then rounded to 8 bits; Pillow's own
 conversion clips them to 0..255 (a 16-bit mid-grey came out white). An image of more pixels
-than Pillow decodes (its decompression-bomb guard) is refused, naming it and its size.
+than Pillow decodes (its decompression-bomb guard) is refused, naming it and its size. A vaelab
+run folder (``config.json`` beside the run's weights or records) or a folder of them (train's
+``--out``) is refused as such: its PNGs are the run's figures.
 
 >>> parse_resize("32x24")
 (32, 24)
@@ -72,6 +74,52 @@ def image_files(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+_RUN_FILES = ("model.safetensors", "checkpoint.safetensors", "model.json", "manifest.json", "metrics.jsonl")
+
+
+def _run_files(folder: Path) -> list[str]:
+    """The files that make ``folder`` a vaelab run folder (``config.json`` and one or more of the
+    run's records), or [] when it is not one."""
+    try:
+        if not (folder / "config.json").is_file():
+            return []
+        return ["config.json", *(name for name in _RUN_FILES if (folder / name).is_file())][:3]
+    except OSError:
+        return []
+
+
+def _trained_on(run: Path) -> str:
+    """' (it was trained on 'NAME')', the data its config.json names, or '' when unreadable."""
+    import json
+
+    try:
+        data = json.loads((run / "config.json").read_text(encoding="utf-8"))["config"]["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f" (it was trained on {data!r})" if isinstance(data, str) and data else ""
+
+
+def check_not_runs(folder: Path) -> None:
+    """Refuse, as such, a folder given as data that is a vaelab run folder or a folder of runs
+    (``--out``): their PNGs are the runs' figures, and reading them as an image data set
+    (of mixed sizes) said to pass --resize."""
+    found = _run_files(folder)
+    if len(found) > 1:
+        raise VaelabError(
+            f"data '{folder}' is a vaelab run folder ({', '.join(found)}), not a data folder: its images are the run's "
+            f"figures; pass --data the data set itself{_trained_on(folder)}, and give the run where a command takes "
+            f"a run (vaelab eval '{folder}', vaelab encode '{folder}' DATA)")
+    try:
+        runs = sorted(p for p in folder.iterdir() if p.is_dir() and len(_run_files(p)) > 1)
+    except OSError:
+        return  # the listing says what is wrong
+    if runs:
+        raise VaelabError(
+            f"data '{folder}' holds vaelab run folders ('{runs[0].name}'{', ...' if len(runs) > 1 else ''}) where an "
+            f"image folder holds class folders of images: pass --data the data set itself, not a folder of runs (list "
+            f"them with vaelab runs '{folder}'), or move the run folders out of the data")
+
+
 def _short(err: BaseException) -> str:
     return " ".join(str(err).split())[:200] or type(err).__name__
 
@@ -111,6 +159,7 @@ def read_image_folder(folder: str | Path, resize: tuple[int, int] | None = None)
     from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib
 
     folder = Path(folder)
+    check_not_runs(folder)  # a run folder's (or --out's) PNGs are figures, not a data set
     files, labels, class_names = _listing(folder)
     headers: list[tuple[str, tuple[int, int]]] = []  # (mode, (width, height)) per file
     for path in files:

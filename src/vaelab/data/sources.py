@@ -8,8 +8,10 @@
 * a ``.npz`` file or a mapping: keys ``train`` and optionally ``test``, ``train_labels``,
   ``test_labels``; or a single array under any key. Covariates asked for by name come from
   ``train_NAME`` (and ``test_NAME`` when there is a test part), one value per example;
-* a ``.csv`` (or ``.csv.gz``) file: comma-separated numbers (quoted or not; a file separated by
-  semicolons or tabs is refused, naming its separator), one example per row. A first row
+* a ``.csv`` (or ``.csv.gz``) file of UTF-8 text: comma-separated numbers in ASCII digits (quoted
+  or not; a file separated by semicolons or tabs is refused, naming its separator, as is a cell
+  that Python's ``float()`` reads and numpy does not, ``1_000`` or ``٣``, and a byte that is not
+  UTF-8, with its line), one example per row. A first row
   with any non-number is a header and is skipped; a header column named ``label`` holds
   class labels (whole numbers, or names such as ``cat``: ids in sorted name order);
   covariates asked for by name are header columns, taken out of the features;
@@ -35,9 +37,11 @@ validation part.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import warnings
 import gzip
+import math
 import io
 import itertools
 import os
@@ -57,6 +61,7 @@ from vaelab.data.images import IMAGE_SUFFIXES, parse_resize, read_image_folder
 from vaelab.data.paths import check_data_path
 from vaelab.data.singlecell import SINGLECELL_DATASETS, load_singlecell
 from vaelab.data.splits import DataSplits, make_splits, prepare_arrays
+from vaelab.data.tabular import _number, first_foreign, foreign_number, not_utf8, separator_problem
 from vaelab.errors import VaelabError
 
 __all__ = ["load_data", "DataSource", "NPZ_KEYS", "IMAGE_SUFFIXES"]
@@ -416,43 +421,66 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8-sig", newline="")  # -sig: a byte-order mark is not part of the first cell
 
 
-def check_text_fits(path: Path, what: str) -> None:
-    """Refuse a CSV file whose text alone is more than the memory a data file may take
-    (:func:`~vaelab.data.disk.data_memory`); a ``.gz`` one is decompressed a block at a time,
-    counting, and refused as soon as its text passes that (a small archive can inflate to
-    gigabytes), before any of it is parsed. Every number of the text takes 8 bytes or more
-    once read, so the text's size is a floor of what loading needs."""
+CSV_BYTES_PER_NUMBER = 16  # bytes loading a CSV takes per number, at least (measured: 20 on 20,000 x 200 numbers)
+# A .csv.gz whose text is more than GZ_MAX_RATIO times the compressed bytes read, once past GZ_RATIO_FROM bytes of
+# text, is refused. Measured with gzip -9: tables of whole numbers 4 to 1 dense, 12 at 90 % zeros, 70 at 99 %, 320 at
+# 99.9 %; "0,0,...": 480 to 1 in lines of 512 numbers, 1,030 (deflate's limit) in one line.
+GZ_MAX_RATIO = 400
+GZ_RATIO_FROM = 2**28
+
+
+def check_text_fits(path: Path, what: str, *, per_number: int = CSV_BYTES_PER_NUMBER, fix: str | None = None) -> None:
+    """Refuse a CSV file whose loading cannot fit in the memory a data file may take
+    (:func:`~vaelab.data.disk.data_memory`: the ``VAELAB_MEMORY_LIMIT`` cap, else the memory
+    available), before any of it is parsed: its text alone, or its numbers (commas and line
+    ends counted, a block at a time) at ``per_number`` bytes each once read. A ``.gz`` one is
+    decompressed a block at a time, counting, and refused as soon as it passes either (a small
+    archive can inflate to gigabytes); one whose text passes :data:`GZ_RATIO_FROM` bytes at more
+    than :data:`GZ_MAX_RATIO` times the compressed bytes read is refused there too, whatever
+    the memory (a decompression bomb: deflate's limit is about 1,030 to 1; on a machine of
+    a terabyte the memory rule alone would inflate hundreds of gigabytes first)."""
     from vaelab.data.disk import data_memory
     from vaelab.evaluation.memory import format_bytes
 
     room = data_memory()
-    if room is None:
-        return
-    limit, where = room
-    fix = "use a smaller file, or save the numbers with numpy.save and add --backed true to read them from disk"
-    if not path.name.lower().endswith(".gz"):
+    limit, where = room if room is not None else (math.inf, "")
+    fix = fix or "use a smaller file, or save the numbers with numpy.save and add --backed true to read them from disk"
+    gz = path.name.lower().endswith(".gz")
+    if not gz:
         size = path.stat().st_size
         if size > limit:
             raise VaelabError(f"{what} holds {format_bytes(size)} of text: loading it needs more than {where}; {fix}")
-        return
-    total = 0
+        if per_number * (size + 1) <= limit:  # even a number per byte would fit: no pass over the file
+            return
+    text = numbers = 0
     try:
-        with gzip.open(path, "rb") as f:
+        with open(path, "rb") as raw, (gzip.GzipFile(fileobj=raw, mode="rb") if gz
+                                       else contextlib.nullcontext(raw)) as f:
             while block := f.read(2**20):
-                total += len(block)
-                if total > limit:
+                text += len(block)
+                numbers += block.count(b",") + block.count(b"\n")
+                if gz and text > limit:
                     raise VaelabError(f"{what} decompresses to more than {format_bytes(limit)} of text (stopped "
                                       f"there): loading it needs more than {where}; {fix}")
+                if per_number * numbers > limit:
+                    stopped = (f"decompresses to {format_bytes(text)} of text holding {numbers:,} numbers or more "
+                               "(stopped there)" if gz else f"holds {numbers:,} numbers or more")
+                    raise VaelabError(f"{what} {stopped}: loading them needs at least "
+                                      f"{format_bytes(per_number * numbers)} ({per_number} bytes a number), more than "
+                                      f"{where}; {fix}")
+                if gz and text > GZ_RATIO_FROM and text > GZ_MAX_RATIO * raw.tell():
+                    raise VaelabError(f"{what} decompresses to more than {GZ_MAX_RATIO} times its compressed size "
+                                      f"({format_bytes(text)} of text from {format_bytes(raw.tell())}, stopped there): "
+                                      "a decompression bomb, or a table of almost nothing but one repeated value; "
+                                      f"if it is data, decompress it (gunzip -k '{path}') and pass the .csv file")
     except (OSError, EOFError, zlib.error):
         return  # a damaged archive: the reader names it
 
 
 def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
+    """Whether numpy's CSV reader reads the cell as a number (not '1_000' nor '٣', which
+    Python's float() reads: :func:`~vaelab.data.tabular.foreign_number`)."""
+    return _number(cell) is not None
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -483,6 +511,9 @@ def _explain_csv(path: Path, header: bool, *, nonfinite: bool = False, text_colu
             if col - 1 in text_columns:
                 continue
             finite = _is_number(cell) and np.isfinite(float(cell))
+            foreign = foreign_number(cell)
+            if foreign:
+                return f"line {line_no}, column {col} is {cell!r}, {foreign}"
             if col - 1 in names and (not cell or (nonfinite and not finite)):
                 return (f"covariate column '{names[col - 1]}' has a missing value ({cell or 'an empty cell'}) at line "
                         f"{line_no}; fill it in or drop that row")
@@ -494,6 +525,19 @@ def _explain_csv(path: Path, header: bool, *, nonfinite: bool = False, text_colu
     return "it could not be parsed as numbers"
 
 
+def _refuse_foreign_label(path: Path, what: str, labels: np.ndarray, header: bool, column: int) -> None:
+    """Refuse a label such as '1_000' or '٣' (a number to Python's float(), not to numpy),
+    naming its line: read as a number or as a class name, it would be wrong either way."""
+    found = first_foreign(labels.tolist())
+    if found is None:
+        return
+    row, how = found
+    lines = (n for n, _ in itertools.islice(_csv_rows(path), int(header), None))
+    line = next(itertools.islice(lines, row, None), None)
+    at = f"line {line}" if line is not None else f"data row {row + 1}"
+    raise VaelabError(f"{what}: {at}, column {column + 1} ('label') is {str(labels[row])!r}, {how}")
+
+
 def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
     what = f"data file '{path}'"
     check_text_fits(path, what)  # before a line is parsed
@@ -502,15 +546,16 @@ def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
             top = [[cell.strip() for cell in row] for row in itertools.islice(
                 (row for row in csv.reader(f) if any(c.strip() for c in row)), 2)]
     except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as err:
-        raise VaelabError(f"{what} is not a readable UTF-8 CSV file ({_short(err)})") from None
+        raise not_utf8(path, what, err) from None
     if not top:
         raise VaelabError(f"{what} is empty; put one example per row, numbers separated by commas")
-    from vaelab.data.tabular import separator_problem
-
     problem = separator_problem(what, path, top)
     if problem:
         raise VaelabError(problem)
     first = top[0]
+    foreign = first_foreign(first)
+    if foreign is not None and all(_is_number(c) or foreign_number(c) for c in first):  # data, not a header
+        raise VaelabError(f"{what}: line 1, column {foreign[0] + 1} is {first[foreign[0]]!r}, {foreign[1]}")
     header = not all(_is_number(cell) for cell in first)
     lowered = [n.lower() for n in first] if header else []
     twice = sorted({n for n in first if first.count(n) > 1}) if header else []
@@ -541,8 +586,14 @@ def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
                 usecols=[label_col], quotechar='"')
     except MemoryError:
         raise _no_memory(what, "use a smaller file, or save the numbers with numpy.save and add --backed true") from None
-    except (ValueError, OSError, EOFError, UnicodeDecodeError, zlib.error):
-        raise VaelabError(f"{what}: {_explain_csv(path, header, text_columns=text_columns, names=cov_cols)}") from None
+    except UnicodeDecodeError as err:  # a ValueError: before the explanation, which would read the text again
+        raise not_utf8(path, what, err) from None
+    except (ValueError, OSError, EOFError, zlib.error):
+        try:
+            explained = _explain_csv(path, header, text_columns=text_columns, names=cov_cols)
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise not_utf8(path, what, err) from None
+        raise VaelabError(f"{what}: {explained}") from None
     if table.size == 0:
         raise VaelabError(f"{what} has a header but no data rows")
     if header and len(numeric) != table.shape[1]:
@@ -554,6 +605,7 @@ def _read_csv(path: Path, covariates: tuple[str, ...] = ()) -> _Raw:
 
     if labels is not None:
         labels = np.char.strip(labels)
+        _refuse_foreign_label(path, what, labels, header, label_col)
         if all(_is_number(v) for v in labels):
             labels = labels.astype(np.float64)
     cov = None

@@ -464,7 +464,7 @@ def load_backed(source: Any, *, val_fraction: float = 0.1, test_fraction: float 
             raise VaelabError(f"data '{path}' cannot hold covariates ({', '.join(covariates)}); a .npy file holds x "
                               "only: condition on nothing, or use an .h5ad file with obs columns")
         return backed_splits(os.fspath(source), open_matrix(path), **options)
-    from vaelab.data.anndata import obs_covariates, obs_strata, open_h5ad, select_matrix
+    from vaelab.data.anndata import check_unique_genes, obs_covariates, obs_strata, open_h5ad, select_matrix
 
     what = f"data file '{path}'"
     adata = open_h5ad(path, backed=True)  # obs in memory, the matrix left on disk
@@ -473,6 +473,7 @@ def load_backed(source: Any, *, val_fraction: float = 0.1, test_fraction: float 
         cov, classes = obs_covariates(adata.obs, tuple(covariates), what)
         strata = obs_strata(adata.obs, stratify_by, what) if stratify_by else None
         genes = tuple(str(g) for g in adata.var_names)  # recorded by a run: later files are matched by name
+        check_unique_genes(genes, what)
     finally:
         adata.file.close()
     matrix = open_matrix(path, None if layer in (None, "", "X") else layer)

@@ -59,9 +59,13 @@ from vaelab.spec import ModelSpec, PartSpec
 __all__ = ["AUTO_LEVELS", "MISSING", "Table", "read_table", "load_table", "missing_cells", "missing_note",
            "decode_rows", "table_csv", "table_spec"]
 
+# bytes that reading a table takes per cell, at least: each cell is a Python string in lists first (8-byte
+# references to shared one-character strings, more for others), then float64 values (measured: 35 for one-digit
+# cells, 96 for decimals like 0.123456, on a table of 20,000 x 200)
+TABLE_BYTES_PER_NUMBER = 32
 AUTO_LEVELS = 10  # whole-number columns with at most this many distinct values are read as categorical
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "?"})  # cells that mark a missing value (any case)
-_WHOLE = re.compile(r"^[+-]?\d+$")
+_WHOLE = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits only: \d matches the digits of every script
 
 
 @dataclass
@@ -85,10 +89,108 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 
 def _number(cell: str) -> float | None:
+    """The number a cell holds, written as numpy's CSV reader reads numbers (ASCII digits, a
+    sign, a point, an exponent, ``inf``, ``nan``), else None. Python's ``float()`` also reads
+    ``1_000`` and other scripts' digits (``٣``), which numpy does not: see :func:`foreign_number`."""
+    if not cell.isascii() or "_" in cell:
+        return None
     try:
         return float(cell)
     except ValueError:
         return None
+
+
+def foreign_number(cell: str) -> str | None:
+    """How ``cell`` is written when Python's ``float()`` reads it as a number and vaelab does
+    not (``'1_000'``: with '_' between digits; ``'٣'``, ``'１２'``: with digits other than ASCII
+    0-9), with the number as vaelab would read it; None for any other cell. Such a cell is
+    refused, naming its line and column: it is a number to one reader and text (a header
+    name, a level) to another, so neither reading is safe to pick silently."""
+    if cell.isascii() and "_" not in cell:
+        return None
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    how = ["with '_' between digits"] if "_" in cell else []
+    odd = next((ch for ch in cell if not ch.isascii()), None)
+    if odd is not None:
+        how.append(f"with the non-ASCII digit {odd!r} (U+{ord(odd):04X})")
+    plain = str(int(value)) if abs(value) < 2**53 and value == int(value) else repr(value)  # 1000, 0.5, 1e+300
+    return (f"a number written {' and '.join(how)}, which vaelab does not read as a number; write it in ASCII "
+            f"digits 0-9 without separators, as {plain}")
+
+
+def first_foreign(cells: Sequence[str]) -> tuple[int, str] | None:
+    """The position of the first cell of ``cells`` that :func:`foreign_number` describes, and
+    its description; None when there is none (a fast pass: most cells are plain ASCII)."""
+    for i, cell in enumerate(cells):
+        if not cell.isascii() or "_" in cell:
+            how = foreign_number(cell)
+            if how is not None:
+                return i, how
+    return None
+
+
+def utf8_problem(path: Path, what: str) -> str | None:
+    """The message for a text file that is not UTF-8: the first byte that is not (its offset in
+    the text, decompressed for a ``.gz``, and its line), what it is in Latin-1 / Windows-1252
+    (the usual other encoding of a spreadsheet's CSV) and how to save the file as UTF-8; None
+    when the file reads as UTF-8 (or cannot be read at all: the caller says so)."""
+    gz = path.name.lower().endswith(".gz")
+    offset, line, carry = 0, 1, b""
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            while True:
+                block = f.read(2**20)
+                data = carry + block
+                if not data:
+                    return None
+                if offset == 0 and data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                    return (f"{what} is UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8; save it as "
+                            f"UTF-8, e.g. {_reencode(path, 'UTF-16')}")
+                try:
+                    data.decode("utf-8")
+                    good = len(data)
+                except UnicodeDecodeError as err:
+                    cut_short = err.reason == "unexpected end of data" and err.end == len(data)
+                    if not (cut_short and block):  # a bad byte (or a sequence cut short at the end of the file)
+                        bad = offset + err.start
+                        line += data[:err.start].count(b"\n")
+                        byte = data[err.start]
+                        where = "of its decompressed text " if gz else ""
+                        return (f"{what} is not UTF-8 text: byte 0x{byte:02x} at offset {bad:,} {where}(line {line}) "
+                                f"{_other_encoding(byte)}; save it as UTF-8, e.g. "
+                                f"{_reencode(path, 'WINDOWS-1252' if 0x80 <= byte < 0xA0 else 'LATIN1')}")
+                    good = err.start  # a character split between two blocks: read on
+                line += data[:good].count(b"\n")
+                offset += good
+                carry = data[good:]
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
+def _other_encoding(byte: int) -> str:
+    try:
+        char = bytes([byte]).decode("cp1252")
+    except UnicodeDecodeError:
+        return "is not a character of UTF-8 nor of Windows-1252"
+    return f"is {char!r} in Latin-1 / Windows-1252, so the file is probably in that encoding"
+
+
+def _reencode(path: Path, encoding: str) -> str:
+    if path.name.lower().endswith(".gz"):
+        stem = path.name[:-len(".csv.gz")] if path.name.lower().endswith(".csv.gz") else path.name[:-3]
+        return f"zcat '{path}' | iconv -f {encoding} -t UTF-8 | gzip > '{stem}-utf8.csv.gz'"
+    stem = path.name[:-4] if path.name.lower().endswith(".csv") else path.name
+    return f"iconv -f {encoding} -t UTF-8 '{path}' > '{stem}-utf8.csv' (or save it from the spreadsheet as CSV UTF-8)"
+
+
+def not_utf8(path: Path, what: str, err: BaseException) -> VaelabError:
+    """The error for a CSV file that failed to read: where it is not UTF-8 (:func:`utf8_problem`)
+    when a decoding error says so, else that it is not readable, with the reader's reason."""
+    problem = utf8_problem(path, what) if isinstance(err, UnicodeDecodeError) else None
+    return VaelabError(problem or f"{what} is not a readable UTF-8 CSV file ({' '.join(str(err).split())[:200]})")
 
 
 def _is_missing(cell: str) -> bool:
@@ -151,13 +253,16 @@ def _read_rows(path: Path, what: str) -> tuple[list[str], list[list[str]], list[
                     rows.append([cell.strip() for cell in row])
                     lines.append(reader.line_num)
     except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as err:
-        raise VaelabError(f"{what} is not a readable UTF-8 CSV file ({' '.join(str(err).split())[:200]})") from None
+        raise not_utf8(path, what, err) from None
     if not rows:
         raise VaelabError(f"{what} is empty; a table needs a header row naming its columns, then one row per example")
     problem = separator_problem(what, path, rows[:2])
     if problem:
         raise VaelabError(problem)
     header, rows, lines = rows[0], rows[1:], lines[1:]
+    foreign = first_foreign(header)
+    if foreign is not None and all(_number(c) is not None or foreign_number(c) for c in header):
+        raise VaelabError(f"{what}: line 1, column {foreign[0] + 1} is {header[foreign[0]]!r}, {foreign[1]}")
     if all(_number(c) is not None for c in header):
         raise VaelabError(f"{what} has no header row (its first row is all numbers); the mixed likelihood needs "
                           "the first row to name the columns")
@@ -258,7 +363,9 @@ def read_table(path: str | os.PathLike[str], *, column_types: str = "", covariat
         raise VaelabError(f"{what} not found; pass --data with an existing .csv file")
     from vaelab.data.sources import check_text_fits
 
-    check_text_fits(path, what)  # a .csv.gz that inflates past the memory cap: refused before parsing
+    # a table too large for memory (each cell a Python string first), a .csv.gz that inflates past it: refused unparsed
+    check_text_fits(path, what, per_number=TABLE_BYTES_PER_NUMBER,
+                    fix="use a smaller table (the mixed likelihood reads its table into memory)")
     header, rows, lines = _read_rows(path, what)
     cells_of = {h: [row[j] for row in rows] for j, h in enumerate(header)}
     label = next((h for h in header if h.lower() == "label"), None)
@@ -276,6 +383,9 @@ def read_table(path: str | os.PathLike[str], *, column_types: str = "", covariat
             role = " (it is the label column)" if col == label else " (it is a covariate)" if col in covariates else ""
             raise VaelabError(f"--column-types names column '{col}' but {what} has no feature column of that "
                               f"name{role}; its columns: {', '.join(features)}")
+    for h in header:  # '1_000', '٣': a number to Python's float(), not to numpy; refused, not read either way
+        if h not in features or (declared.get(h) or ("",))[0] != "categorical":
+            _refuse_foreign(cells_of[h], lines, what, header.index(h), h, h in features)
     values, columns = [], []
     for h in features:
         cells = cells_of[h]
@@ -295,6 +405,18 @@ def read_table(path: str | os.PathLike[str], *, column_types: str = "", covariat
         cov = np.stack([p[0] for p in parts], 1)
         classes = tuple(p[1] for p in parts)
     return Table(np.stack(values, 1), tuple(columns), labels, class_names, cov, classes, np.asarray(lines))
+
+
+def _refuse_foreign(cells: Sequence[str], lines: Sequence[int], what: str, index: int, name: str,
+                    feature: bool) -> None:
+    """Refuse the first cell of a column that :func:`foreign_number` describes, naming its line
+    and column (``index`` from 0); a feature column may instead be declared categorical."""
+    found = first_foreign(cells)
+    if found is not None:
+        i, how = found
+        other = (f"; or, if the column holds names, declare it categorical (--column-types {name}=categorical)"
+                 if feature else "")
+        raise VaelabError(f"{what}: line {lines[i]}, column {index + 1} ({name!r}) is {cells[i]!r}, {how}{other}")
 
 
 def _labels(cells: list[str], lines: list[int], what: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
