@@ -8,6 +8,7 @@ A face over the Python API, never imported by it. Its rooms:
     app.py        the JSON API and the page (``create_app(run_dir) -> Starlette``)
     guard.py      the front door: Host (DNS rebinding, IPv6 too), Origin and content-type checks
     server.py     bind the port, print the address, run uvicorn (``serve``)
+    connections.py  deadlines for a request's head and body (408), a cap on open connections
     static/       index.html, app.js, style.css: everything the page loads (works offline)
 
 Example::

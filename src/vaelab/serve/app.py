@@ -20,7 +20,8 @@ an upload under it too (log p(x|c)); M2 scores without it. /api/info lists the c
 unknown class is a 422 that names them all.
 
 Bad input is a 4xx answer ``{"error": "..."}`` (400 malformed or foreign Host, 403 cross-site,
-404 no such endpoint, 405 wrong method, with ``Allow``, 413 too large, 415 wrong content type,
+404 no such endpoint, 405 wrong method, with ``Allow``, 408 not sent in time (see
+:mod:`~vaelab.serve.connections`), 413 too large, 415 wrong content type,
 422 invalid values or files, 503 busy) and the server keeps serving; a bug is a 500 of the same
 form and one line on stderr, never a traceback (:class:`LastResort`, which also adds
 ``X-Content-Type-Options: nosniff`` to every answer). Requests pass

@@ -6,12 +6,13 @@ import socket
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..errors import VaelabError, printable
+from .connections import BACKLOG, BODY_TIMEOUT, HEAD_TIMEOUT, KEEP_ALIVE, timed_protocol
 from .guard import ip_of
 
-__all__ = ["serve", "bind", "LOOPBACK", "is_loopback", "allowed_hosts"]
+__all__ = ["serve", "bind", "server_for", "LOOPBACK", "is_loopback", "allowed_hosts"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOOPBACK_NETWORK = "127.0.0.0/8"  # every 127.x.y.z address is this computer
@@ -65,7 +66,7 @@ def bind(host: str, port: int) -> socket.socket:
         if sys.platform != "win32":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(64)
+        sock.listen(BACKLOG)
     except OSError as err:
         sock.close()
         if err.errno in (98, 48, 10048):  # EADDRINUSE on Linux, macOS, Windows
@@ -75,18 +76,34 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def server_for(app: Any, *, head_timeout: float = HEAD_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
+               max_connections: int | None = None) -> Any:
+    """The ``uvicorn.Server`` that runs ``app`` (call ``.run(sockets=[bind(...)])``): HTTP/1.1
+    through :class:`~vaelab.serve.connections.TimedH11Protocol`, so a request whose head does
+    not arrive within ``head_timeout`` seconds, or whose body within ``body_timeout``, is a 408
+    and a closed connection, idle keep-alive connections are closed after 5 s, and at most
+    ``max_connections`` are kept (None: what the file descriptor limit leaves room for)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", backlog=BACKLOG,
+                            http=timed_protocol(head_timeout, body_timeout, max_connections),
+                            timeout_keep_alive=KEEP_ALIVE)
+    return uvicorn.Server(config)
+
+
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765, out: TextIO | None = None,
-          allow_hosts: Iterable[str] = ()) -> None:
+          allow_hosts: Iterable[str] = (), *, head_timeout: float = HEAD_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
+          max_connections: int | None = None) -> None:
     """Serve the latent space explorer for ``run`` at ``http://host:port/`` until interrupted.
 
     The run is loaded (and checked) first, then the port is bound, then the address is
     printed: a bad run or a port in use is a :class:`VaelabError` before anything serves.
     Requests are answered only when their ``Host`` header names what :func:`allowed_hosts`
     allows (the DNS-rebinding guard); ``allow_hosts`` adds names (e.g. a DNS alias of this
-    computer that is not its own name).
+    computer that is not its own name). A request must arrive in time: its head within
+    ``head_timeout`` seconds, its body within ``body_timeout`` (else 408 and the connection is
+    closed), and at most ``max_connections`` are kept open (see :func:`server_for`).
     """
-    import uvicorn
-
     from .app import create_app
 
     out = out or sys.stdout
@@ -109,8 +126,8 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765, out: TextI
     here = f" (from this computer: http://127.0.0.1:{bound_port}/)" if host in ANY_ADDRESS else ""
     print(printable(f"open http://{shown}:{bound_port}/ in a browser{here} (Ctrl+C stops the server)"), file=out,
           flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = server_for(app, head_timeout=head_timeout, body_timeout=body_timeout, max_connections=max_connections)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         sock.close()
