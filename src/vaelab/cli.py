@@ -25,7 +25,7 @@ import sys
 import warnings
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import numpy as np
@@ -145,7 +145,7 @@ def train(config_file: str | None, resume: str | None, quiet: bool, **options: A
         model, result = run_train(resume=resume, progress=not quiet, log=log, evaluate=_after_training, **given)
     else:
         values = load_config_file(config_file) if config_file else {}
-        config = TrainConfig.from_mapping(values, source=config_file or "options")
+        config = TrainConfig.from_mapping(values, source=config_file or "options", typed=config_file is not None)
         config = config.replace(**given) if given else config
         check_given({**values, **given}, config)  # e.g. --latent-dim beside --latent-dims, --dispersion with bernoulli
         model, result = run_train(config, progress=not quiet, log=log, evaluate=_after_training)
@@ -781,29 +781,44 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     _echo(f"warning: {' '.join(str(message).split())}", err=True, keep="")
 
 
+def _fail(line: str, code: int, err: BaseException | None = None) -> NoReturn:
+    """Print ``line`` (an ``error: ...`` line) on stderr and exit with ``code``; under torchrun
+    only local rank 0 prints it (every process meets the same bad option or setting), while the
+    other processes wait for torchrun to end them, still a non-zero exit (see
+    :func:`vaelab.training.distributed.wait_for_local_rank_0`), and print it only if it does not."""
+    from .training.distributed import error_left_to_local_rank_0, wait_for_local_rank_0
+
+    rank = error_left_to_local_rank_0(err)
+    if rank is not None:
+        try:
+            wait_for_local_rank_0()
+        except KeyboardInterrupt:  # Ctrl-C while waiting: local rank 0 has it too
+            sys.exit(130)
+        line = f"{line} (rank {rank})"
+    _echo(line, err=True, keep="")  # one line, whatever a name holds
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning user errors into one line and exit status 2."""
+    """Entry point: run the CLI, turning user errors into one line and exit status 2 (under
+    torchrun, printed once, by local rank 0: :func:`_fail`)."""
     try:
         with warnings.catch_warnings():  # vaelab's own warnings (a truncated metrics line): one line each
             warnings.showwarning = _one_line_warning
             code = cli.main(args=argv, prog_name="vaelab", standalone_mode=False)
     except VaelabError as err:
-        _echo(f"error: {err}", err=True, keep="")  # one line, whatever a name holds
-        sys.exit(2)
+        _fail(f"error: {err}", 2, err)
     except click.UsageError as err:
         hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-        _echo(f"error: {err.format_message()}{hint}", err=True, keep="")
-        sys.exit(2)
+        _fail(f"error: {err.format_message()}{hint}", 2, err)
     except click.ClickException as err:
-        _echo(f"error: {err.format_message()}", err=True, keep="")
-        sys.exit(err.exit_code)
+        _fail(f"error: {err.format_message()}", err.exit_code, err)
     except OSError as err:  # a write that failed past the checks (a full disk): one line naming the file
         from .outputs import os_error
 
         line = (os_error(err, err.filename, "read or write") if err.filename
                 else f"{err.strerror or err} (reading or writing a file); check the paths and the free disk space")
-        _echo(f"error: {line}", err=True, keep="")
-        sys.exit(2)
+        _fail(f"error: {line}", 2, err)
     except (KeyboardInterrupt, click.Abort) as err:
         cause = err.__cause__ if isinstance(err, click.Abort) else err  # click wraps Ctrl-C in Abort
         msg = str(cause) if isinstance(cause, KeyboardInterrupt) and str(cause) else "interrupted"

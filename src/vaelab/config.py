@@ -23,7 +23,7 @@ from .errors import VaelabError
 from .inputs import MAX_SEED
 from .objectives import check_weights
 from .evaluation.settings import DEFAULTS
-from .spec import LADDER_OPTIONS, ModelSpec
+from .spec import LADDER_OPTIONS, ModelSpec, mistyped, type_error
 
 __all__ = ["TrainConfig", "load_config_file", "check_given", "CHOICES", "PART_KINDS", "LOGGERS", "choices"]
 
@@ -221,8 +221,21 @@ class TrainConfig:
                               "training; add it")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
-        """Build from a flat mapping; unknown keys and wrongly typed values are errors."""
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "config", *,
+                     typed: bool | None = None) -> "TrainConfig":
+        """Build from a flat mapping; unknown keys and wrongly typed values are errors.
+
+        ``typed``: the values were read from a file with types of its own (JSON or TOML: a run
+        folder's ``config.json``, a ``--config`` file), so a setting must have its type there:
+        ``"epochs": "3"`` (text for a number), ``"compile": "true"`` (text for true/false) or
+        ``"hidden": ["64"]`` is refused naming ``source``, the key, the value and the type, not
+        converted. A comma-separated text for a list (``"hidden": "64,32"``, the command line's
+        form) stays valid. Default (None): typed when ``source`` is the path of a ``.json`` or
+        ``.toml`` file, as the readers of run folders and config files give it; values given
+        in Python (``vaelab.train(threads="1")``) are converted from text.
+        """
+        if typed is None:
+            typed = source.lower().endswith((".json", ".toml"))
         known = {f.name: f for f in fields(cls) if f.name != "options"}
         part_options = registry.all_options()
         unknown = sorted(set(values) - set(known) - set(part_options))
@@ -230,10 +243,19 @@ class TrainConfig:
             raise VaelabError(
                 f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join([*known, *part_options])}"
             )
+        if typed:
+            for k, v in values.items():
+                _check_typed(k, v, str(known[k].type) if k in known else part_options[k].type_name, source)
         converted = {k: _convert(k, v, known[k].type, source) for k, v in values.items() if k in known}
         if isinstance(values.get("latent_dims"), str) and not converted["latent_dims"]:
             raise VaelabError(f"{source}: latent_dims is empty; give two or more layer sizes, bottom first, e.g. 64,32")
-        options = {k: part_options[k].convert(v, source) for k, v in values.items() if k in part_options}
+        options: dict[str, Any] = {}
+        for k, v in values.items():
+            if k in part_options:
+                try:
+                    options[k] = part_options[k].convert(v, source)
+                except OverflowError:  # an integer of 400 digits for a float: float() overflows
+                    raise VaelabError(type_error(k, v, part_options[k].type_name, source)) from None
         return cls(**converted, options=options)
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -378,11 +400,19 @@ def _convert(key: str, value: Any, type_name: Any, source: str) -> Any:
             if not isinstance(value, str):
                 raise TypeError
             return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (OverflowError: an integer of 400 digits for a float)
         pass
     else:
         return value
-    raise VaelabError(f"{source}: {key} must be of type {t}, got {value!r}")
+    raise VaelabError(type_error(key, value, t, source))
+
+
+def _check_typed(key: str, value: Any, t: str, source: str) -> None:
+    """Refuse a value read from a typed file (JSON, TOML) whose type is not the setting's own
+    (:func:`vaelab.spec.mistyped`): the conversions that :func:`_convert` makes of text given in
+    Python or on the command line do not apply there."""
+    if mistyped(value, t):
+        raise VaelabError(type_error(key, value, t, source))
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

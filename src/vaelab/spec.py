@@ -53,6 +53,56 @@ LADDER_OPTIONS: tuple[registry.Option, ...] = (
 )
 
 
+# what a value of each setting type is, as the fix of a wrongly typed one says it
+_EXPECTED = {
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "text in quotes",
+    "list[int]": "a list of whole numbers, e.g. [64, 32]",
+    "list[str]": 'a list of names, e.g. ["label"]',
+}
+
+
+def mistyped(value: Any, type_name: str) -> bool:
+    """Whether ``value``, read from a file with types of its own (JSON, TOML: ``config.json``,
+    ``model.json``, a ``--config`` file), lacks its setting's type ``type_name``: text for a
+    number or for true/false (``"3"``, ``"true"``), a fraction for a whole number (3.5), a
+    number or true/false for a text, a number for true/false, text, true/false or fractions
+    among the items of a list of whole numbers. The conversions of
+    text given in Python or on the command line do not apply to a file; a comma-separated
+    text for a list (``"64,32"``, the command line's form) stays valid."""
+    if type_name == "int":
+        return isinstance(value, (str, bool)) or (isinstance(value, float) and not _whole(value))
+    if type_name == "float":
+        return isinstance(value, (str, bool))
+    if type_name == "bool":
+        return not isinstance(value, bool)
+    if type_name == "str":
+        return not isinstance(value, str)
+    if type_name == "list[int]" and isinstance(value, (list, tuple)):
+        return any(isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and _whole(v)))
+                   for v in value)
+    return False
+
+
+def _whole(x: float) -> bool:
+    """A float that is a count (3.0, 1e3: what TOML and other JSON writers may give); 3.5 and
+    1e30 are not."""
+    return x.is_integer() and abs(x) <= 2**53
+
+
+def type_error(key: str, value: Any, type_name: str, source: str) -> str:
+    """The one line that refuses ``value`` for setting ``key`` of type ``type_name``: the source
+    (a file, the options), the key, the value, the type and what to write instead."""
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    unquoted = isinstance(value, str) and type_name in ("int", "float", "bool")
+    return (f"{source}: {key} must be of type {type_name}, got {shown}; give "
+            f"{_EXPECTED.get(type_name, f'a {type_name}')}{' without quotes' if unquoted else ''}")
+
+
 @dataclass(frozen=True)
 class PartSpec:
     """A registered part by name, with all of its options (defaults filled in)."""
@@ -228,6 +278,10 @@ class ModelSpec:
                 valid = ", ".join(o.name for o in part.options) or "none"
                 raise VaelabError(f"{source}: {kind} {entry['name']!r} has no option(s) {', '.join(extra)}; "
                                   f"its options: {valid}")
+            types = {o.name: o.type_name for o in part.options}
+            for key, value in options.items():  # "hidden": ["16"], "flow_steps": "2": not what vaelab writes
+                if mistyped(value, types[key]):
+                    raise VaelabError(type_error(f"{kind} {entry['name']!r}: {key}", value, types[key], source))
             parts[kind] = PartSpec(entry["name"], options)
         shape = d["x_shape"]
         if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):

@@ -28,6 +28,7 @@ Example (two processes on one machine, the CPU)::
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,8 @@ from torch import Tensor
 
 from ..errors import VaelabError
 
-__all__ = ["World", "setup", "teardown", "world", "launched", "is_main_process"]
+__all__ = ["World", "setup", "teardown", "world", "launched", "is_main_process", "error_left_to_local_rank_0",
+           "wait_for_local_rank_0", "ERROR_WAIT_S"]
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _JOINED = False  # whether setup() made the process group (and teardown() may end it)
@@ -113,6 +115,38 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+# how long a process other than local rank 0 waits, after an error, for the launcher to end it
+# (torchrun ends every process when one exits with an error) before it prints the error itself
+ERROR_WAIT_S = 30.0
+
+
+def error_left_to_local_rank_0(err: BaseException | None = None) -> int | None:
+    """This process's rank when it should leave an error's line to local rank 0, else None.
+
+    Under ``torchrun`` with several processes each one parses the same command line and reads
+    the same files, so a bad option or setting fails in every process at once: the line is
+    printed by local rank 0 only (once per machine; a multi-node run's other machines print it
+    on their own terminals). None alone (no launcher, one process, local rank 0), and for an
+    error of this process only (``err.this_rank_only``, e.g. a local rank without a GPU)."""
+    if getattr(err, "this_rank_only", False) or not launched():
+        return None
+    try:
+        rank, size, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    except ValueError:
+        return None
+    return rank if size > 1 and local > 0 else None
+
+
+def wait_for_local_rank_0(seconds: float | None = None) -> None:
+    """After an error left to local rank 0 (:func:`error_left_to_local_rank_0`): wait for it to
+    print the line and exit, upon which torchrun ends this process too (SIGTERM, a non-zero
+    exit). Exiting at once instead could get local rank 0 ended before it printed (torchrun
+    ends the others as soon as one process fails), and the line would be lost. Returns after
+    ``seconds`` (:data:`ERROR_WAIT_S`) if nothing ended this process: the error was not
+    everyone's (or the launcher ends no one), and the caller prints it itself."""
+    time.sleep(ERROR_WAIT_S if seconds is None else seconds)
+
+
 def setup(device: str | torch.device) -> tuple[World, torch.device]:
     """Join the process group torchrun describes, if any, and pick this process's device.
 
@@ -134,10 +168,12 @@ def setup(device: str | torch.device) -> tuple[World, torch.device]:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             if w.local_rank >= torch.cuda.device_count():
-                raise VaelabError(
+                err = VaelabError(
                     f"local rank {w.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
                     "start at most that many processes per node (--nproc_per_node)"
                 )
+                err.this_rank_only = True  # type: ignore[attr-defined]  # local rank 0 has one: printed here
+                raise err
             torch.cuda.set_device(w.local_rank)
         dist.init_process_group(backend=backend)
         _JOINED = True
