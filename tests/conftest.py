@@ -97,6 +97,24 @@ def refused(capsys):
 
 
 @pytest.fixture(scope="module")
+def binary_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 examples of 16 binary values (``x.npy``), independent fair coins."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("data") / "x.npy"
+    np.save(path, (np.random.default_rng(0).random((200, 16)) > 0.5).astype(np.float32))
+    return path
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file below ``folder``, by relative path: what a command must leave unchanged."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
 def grey_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """200 examples of 16 values in [0, 1], four noisy prototypes (trained with dynamic binarization)."""
     import numpy as np

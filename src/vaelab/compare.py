@@ -41,14 +41,15 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .errors import VaelabError
+from .errors import VaelabError, printable
 from .evaluation.settings import DEFAULTS
 from .evaluation.summary import EvaluationSummary
-from .run_folder import SWEEP, read_metrics
+from .run_folder import SWEEP, check_weights_fit, missing_record, read_metrics
 from .training.checkpoint import unreadable
 
 __all__ = ["RunInfo", "PairedDifference", "Comparison", "read_run", "list_runs", "compare", "format_runs",
-           "format_comparison", "compare_page", "write_compare_page", "curves_figure", "RUN_FILES"]
+           "format_comparison", "compare_page", "write_compare_page", "curves_figure", "RUN_FILES", "aligned",
+           "display_width"]
 
 RUN_FILES = ("config.json", "model.json", "metrics.jsonl", "model.safetensors", "checkpoint.safetensors", SWEEP)
 # the settings that decide which examples form the test set (besides the binarization)
@@ -176,10 +177,17 @@ def read_run(path: str | Path) -> RunInfo:
         if (p / "eval.json").is_file():
             evaluation = EvaluationSummary.from_dict(_json_file(p / "eval.json"), source="eval.json")
         if not (p / "model.safetensors").exists():
-            raise VaelabError("no trained weights (model.safetensors): no epoch finished")
+            raise VaelabError(missing_record(p, "model.safetensors", "no trained weights",
+                                             " (model.safetensors): no epoch finished"))
         weights_problem = unreadable(p / "model.safetensors")
         if weights_problem:
             raise VaelabError(f"model.safetensors {weights_problem}")
+        try:  # weights of another model copied over (another --hidden): named, not "ok"
+            check_weights_fit(p)
+        except (VaelabError, OSError, UnicodeDecodeError):
+            raise
+        except Exception as err:  # noqa: BLE001 - a model that cannot be built is a damaged run, not a crash
+            raise VaelabError(f"its model could not be built from model.json ({type(err).__name__}: {err})") from None
     except (VaelabError, OSError, UnicodeDecodeError) as err:
         status, problem = "damaged", str(err)
     if status == "ok" and (p / SWEEP).is_file():
@@ -204,6 +212,31 @@ def list_runs(folder: str | Path = "runs") -> list[RunInfo]:
     return [read_run(d) for d in subs if any((d / name).exists() for name in RUN_FILES)]
 
 
+def display_width(text: str) -> int:
+    """The columns ``text`` takes on a terminal: East Asian wide and full-width characters take
+    two, combining marks and zero-width characters none, every other character one."""
+    import unicodedata
+
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines of aligned columns, two spaces apart. Each cell is shown as the
+    terminal will show it (control characters escaped, :func:`~vaelab.errors.printable`: a run
+    folder named ``x\x1b[31m`` is 12 characters wide there, not 8) and padded by its width on
+    the terminal (:func:`display_width`), so a name with escapes or wide characters keeps the
+    columns after it in line."""
+    cells = [[printable(str(c)) for c in row] for row in rows]
+    n = max((len(row) for row in cells), default=0)
+    widths = [max((display_width(row[i]) for row in cells if i < len(row)), default=0) for i in range(n)]
+    return ["  ".join(c + " " * (w - display_width(c)) for c, w in zip(row, widths)).rstrip() for row in cells]
+
+
 def format_runs(runs: Sequence[RunInfo]) -> str:
     """``vaelab runs``: one line per run folder."""
     if not runs:
@@ -211,8 +244,7 @@ def format_runs(runs: Sequence[RunInfo]) -> str:
     head = ("run", "status", "data", "model", "epochs", "headline", "date")
     rows = [(r.name, r.status, r.data or "–", r.model or "–", str(r.epochs), r.headline(), r.created or "–")
             for r in runs]
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *rows]]
+    lines = aligned([head, *rows])
     for r in runs:
         if r.problem:
             lines.append(f"{r.name}: damaged: {r.problem}")
@@ -416,8 +448,7 @@ def format_comparison(comp: Comparison) -> str:
     from .report.html import fmt
 
     head, rows = _table(comp)
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *rows]]
+    lines = aligned([head, *rows])
     lines.append("(nats per example on each run's test set, ± standard error over its examples; time: the training "
                  "epochs' wall time)")
     if comp.pairs or comp.not_paired:

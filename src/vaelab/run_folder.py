@@ -22,11 +22,13 @@ from .data.splits import KINDS
 from .errors import VaelabError
 from .evaluation import Evaluation, EvaluationSummary
 from .spec import ModelSpec
-from .training.checkpoint import atomic_write_text, check_state, verify_file
+from .training.checkpoint import (atomic_write_text, check_state, misfit, read_metadata, shape_mismatch, stored_shapes,
+                                  verify_file)
 from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT
 
 __all__ = ["CONFIG", "SPEC", "EVAL", "SWEEP", "check_run", "check_run_files", "read_config", "read_run_config", "read_spec",
-           "read_metrics", "write_run_config", "write_eval"]
+           "read_metrics", "write_run_config", "write_eval", "epochs_shown", "missing_record", "described_model",
+           "check_weights_fit"]
 
 CONFIG = "config.json"
 SPEC = "model.json"
@@ -46,8 +48,103 @@ def check_run_files(run_dir: Path) -> dict[str, Any]:
             if name != BEST_WEIGHTS:
                 states[name] = check_state(meta, path)
     if CHECKPOINT not in states:
-        raise VaelabError(f"run '{run_dir}' has no checkpoint ({CHECKPOINT}): it did not finish an epoch")
+        raise VaelabError(missing_record(run_dir, CHECKPOINT, f"run '{run_dir}' has no checkpoint",
+                                         f" ({CHECKPOINT}): it did not finish an epoch"))
     return states[CHECKPOINT]
+
+
+# the records that show an epoch finished although the file named is missing: each is written after it
+# (the best weights, then the previous checkpoint kept, then the checkpoint, then metrics.jsonl's records;
+# so a kill -9 between the best weights and the first checkpoint leaves weights without a checkpoint)
+_WRITTEN_AFTER = {BEST_WEIGHTS: (CHECKPOINT, PREVIOUS_CHECKPOINT, METRICS), CHECKPOINT: (PREVIOUS_CHECKPOINT, METRICS)}
+
+
+def epochs_shown(run_dir: Path, missing: str) -> tuple[int, str] | None:
+    """The last epoch that the run's records written after the file ``missing`` show finished (a
+    checkpoint's epoch, the records of ``metrics.jsonl``), with the record that shows the most;
+    None when none shows one (a damaged record shows nothing): then no epoch finished, and a
+    missing file was never written."""
+    import warnings
+
+    shown: tuple[int, str] | None = None
+    for name in _WRITTEN_AFTER.get(missing, ()):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        try:
+            if name == METRICS:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    epoch = max((r.get("epoch") for r in read_metrics(Path(run_dir))), default=None)
+            else:
+                epoch = (read_metadata(path, "checkpoint").get("state") or {}).get("epoch")
+        except (VaelabError, OSError, AttributeError, TypeError):
+            continue
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1 and (shown is None or epoch > shown[0]):
+            shown = (epoch, name)
+    return shown
+
+
+def missing_record(run_dir: Path, name: str, head: str, unstarted: str) -> str:
+    """The message for a run's file ``name`` that is not there: ``head`` (what the run lacks),
+    then, when records written after that file show an epoch finished, that the file is missing
+    (deleted or moved), naming the record that says so, and the fix; otherwise ``unstarted``
+    (no epoch finished, the file was never written)."""
+    shown = epochs_shown(run_dir, name)
+    if shown is None:
+        return f"{head}{unstarted}"
+    epoch, source = shown
+    return (f"{head}: {name} is missing, though {source} shows epoch {epoch} finished (it was deleted or moved); "
+            "restore it from a backup, or train a new run")
+
+
+def described_model(run_dir: Path) -> str:
+    """The run's model as an error names it: ``this model (the run's model.json)``."""
+    return f"this model (the run's {SPEC if (Path(run_dir) / SPEC).exists() else CONFIG})"
+
+
+def check_weights_fit(run_dir: Path, names: tuple[str, ...] = (BEST_WEIGHTS, CHECKPOINT, PREVIOUS_CHECKPOINT)) -> None:
+    """Refuse, naming the file, the first of the run's weights files ``names`` (those there)
+    whose tensors do not fit the model that ``model.json`` (``config.json`` in a vaelab 0.1.0
+    run) describes: another tensor name or shape, e.g. the weights of a run with another
+    ``--hidden`` copied over; when none of them fits (and there are several), ``model.json`` is
+    named instead, as edited. Reads the files' headers only and builds the model on PyTorch's
+    ``meta`` device (shapes, nothing allocated; parts that cannot be built there: on the CPU)."""
+    import torch
+
+    from .build import build_model
+
+    run_dir = Path(run_dir)
+    present = [n for n in names if (run_dir / n).is_file()]
+    if not present:
+        return
+    config = read_config(run_dir)
+    shape = read_run_config(run_dir / CONFIG)["data"].get("shape")
+    spec = read_spec(run_dir, config, shape)
+    with torch.random.fork_rng(devices=[]):
+        try:
+            with torch.device("meta"):
+                model = build_model(spec)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):  # (an IAF, a VampPrior)
+            from .runs import _check_model_size
+
+            _check_model_size(config, spec, torch.device("cpu"), factor=2)  # an edited model.json: not without bound
+            model = build_model(spec)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    details = {}
+    for name in present:
+        what = "weights file" if name == BEST_WEIGHTS else "checkpoint"
+        details[name] = (what, shape_mismatch(expected, stored_shapes(run_dir / name, what,
+                                                                      "" if name == BEST_WEIGHTS else "model.")))
+    wrong = [name for name, (_, detail) in details.items() if detail is not None]
+    if len(present) > 1 and len(wrong) == len(present):  # every weights file, the same model: the description is off
+        source = SPEC if (run_dir / SPEC).exists() else CONFIG
+        raise VaelabError(f"run '{run_dir}': {source} describes another model than every one of its weights files "
+                          f"({', '.join(present)}: {details[present[0]][1]}); it was edited by hand: restore it from "
+                          "a backup, or train a new run")
+    if wrong:
+        what, detail = details[wrong[0]]
+        raise misfit(run_dir / wrong[0], what, detail, described_model(run_dir))
 
 
 def check_run(run: str | Path) -> Path:

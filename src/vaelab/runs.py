@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -55,8 +55,9 @@ from .training.loop import check_precision
 from .training import distributed
 from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, FitResult, fit
 from .training.recovery import EVENTS
-from .run_folder import (CONFIG, SPEC, check_run, check_run_files, read_config, read_metrics, read_run_config,
-                         read_spec, write_eval, write_run_config)
+from .run_folder import (CONFIG, EVAL, SPEC, check_run, check_run_files, described_model,
+                         missing_record, read_config, read_metrics, read_run_config, read_spec, write_eval,
+                         write_run_config)
 
 __all__ = ["train", "load", "TrainedModel", "TrainingStopped", "resolve_device", "read_metrics", "write_eval", "objective_from",
            "interpolate_latents"]
@@ -439,6 +440,12 @@ def train(
     evaluation it returns (``vaelab train`` computes and saves eval.json there) is what the
     experiment trackers of ``config.log`` (:mod:`vaelab.tracking`) log with the run's files. A
     ``log`` that is not callable is the ``log`` setting: ``vaelab.train(log=["tensorboard"])``.
+
+    ``resume`` of a run that finished its epochs is refused, unless it was interrupted after its
+    last checkpoint, while its end was written: then the outputs it lacks (``metrics.jsonl``'s
+    last records, the figures when ``figures``, ``eval.json`` when ``evaluate`` is given and
+    ``eval_k`` > 0) are made from the saved weights and checkpoint, nothing trained, nothing
+    else rewritten, and the model and the run's result are returned.
     """
     if not callable(log):  # the setting `log` (experiment trackers), not the function that prints
         overrides, log = {**overrides, "log": log}, print
@@ -447,8 +454,12 @@ def train(
         check_unlocked(run_dir)  # a run being trained (maybe before its first checkpoint) is named as such first
         config = read_config(run_dir).replace(**overrides) if overrides else read_config(run_dir)
         if not (run_dir / CHECKPOINT).exists():
-            raise VaelabError(f"run '{run_dir}' has no checkpoint to resume from; train it anew")
+            raise VaelabError(missing_record(run_dir, CHECKPOINT, f"run '{run_dir}' has no checkpoint to resume from",
+                                             "; train it anew"))
         state = check_run_files(run_dir)  # a damaged checkpoint fails before anything is written
+        if not (run_dir / BEST_WEIGHTS).exists():  # (a checkpoint is always written with them)
+            raise VaelabError(missing_record(run_dir, BEST_WEIGHTS, f"run '{run_dir}' has no trained weights",
+                                             f" ({BEST_WEIGHTS})"))
         _check_records(run_dir)  # manifest.json, and a folder where a record must be written: before any write
         _check_continues(run_dir, config, state)  # a seed or lr edited in config.json: not the run continued
     else:
@@ -487,11 +498,16 @@ def train(
     _check_model_size(config, spec, device)  # a huge latent_dim or width: refused with its estimate, nothing allocated
     torch.manual_seed(config.seed)
     vae = build_model(spec).to(device)
+    unfinished: list[str] = []  # a finished run's final outputs that are missing (made again, nothing trained)
     if resume is not None:  # a checkpoint of another model fails here, before anything is written
-        load_checkpoint(run_dir / CHECKPOINT, vae)
+        load_checkpoint(run_dir / CHECKPOINT, vae, described=described_model(run_dir))
+        _check_best_weights(run_dir, vae)  # weights of another model copied over: named now, not after training
         if state["epoch"] >= config.epochs and state.get("stopped") != "early-stopping":  # (once it is known to fit)
-            raise VaelabError(f"the run in '{run_dir}' already finished its {config.epochs} epochs; pass a larger "
-                              "--epochs to continue it")
+            unfinished = _missing_outputs(run_dir, vae, spec, config, state, figures=figures,
+                                          evaluates=evaluate is not None)  # (the same on every process)
+            if not unfinished:
+                raise VaelabError(f"the run in '{run_dir}' already finished its {config.epochs} epochs; pass a larger "
+                                  "--epochs to continue it")
     check_data(vae, data.train, what=f"training data '{config.data}'", store_rows=None)  # (--backed: block by block)
     for part in ("val", "test"):  # scored every epoch and at the end: a value the loss cannot take fails now
         if int(getattr(data, part).shape[0]):
@@ -515,6 +531,10 @@ def train(
         data_info["features"] = list(data.feature_names)
     if data.columns:  # a table: its missing cells per column, over all three splits
         data_info["missing"] = missing_cells(torch.cat([data.train, data.val, data.test]), data.columns)
+    if unfinished:  # interrupted after its last checkpoint, while its figures or eval.json were made
+        if world.is_main:
+            _lock_run(run_dir)
+        return _finish_outputs(run_dir, unfinished, state, data, spec, config, device, world, figures, log, evaluate)
     tracking = _tracking(config, world.is_main)  # an unreachable MLflow server fails here, before anything is written
     planned, made = run_dir, False  # made: the run folder is this process's own (removed if interrupted unstarted)
     if world.is_main:  # made exclusively (a default name gets a suffix if taken) and locked
@@ -564,30 +584,128 @@ def train(
         raise KeyboardInterrupt(result.message)
     model = load(run_dir, device=device)
     distributed.teardown()
-    if figures and world.is_main:
-        from .plots import latent_manifold, reconstruction_grid, image_grid, training_curves
-
-        test = model.test_batch(data)
-        torch.manual_seed(config.seed)
-        reconstruction_grid(test.x[:32], model.reconstruct(test.x[:32], None if test.c is None else test.c[:32]),
-                            run_dir / "reconstructions.png", title="test inputs and their reconstructions")
-        if spec.context:  # generation needs a context: the test set's own, in order
-            contexts = context_columns(data, spec.context, "test")[:64]
-            image_grid(model.sample(len(contexts), c=contexts), run_dir / "samples.png",
-                       title="decoded from z ~ p(z|c), c of the first test examples")
-        else:
-            image_grid(model.sample(64), run_dir / "samples.png", title="decoded from z ~ p(z)")
-        training_curves(result.metrics, run_dir / "curves.png")
-        if model.latent_dim == 2 and len(model.x_shape) == 3 and not spec.context:  # images, p(x|z) only
-            latent_manifold(model.vae, run_dir / "manifold.png")
+    try:
+        if figures and world.is_main:
+            _final_figures(model, data, result, run_dir)
+    except KeyboardInterrupt:  # Ctrl-C after the last checkpoint: --resume makes what is missing
+        tracking.close("KILLED")
+        raise KeyboardInterrupt(_interrupted_at_end(run_dir)) from None
     try:
         evaluation = evaluate(model, result) if evaluate is not None and world.is_main else None
     except BaseException as error:  # the model is trained and saved: the loggers get it, unevaluated
         if isinstance(error, Exception):
             _finish_tracking(tracking, model, result, None, data)
         tracking.close("KILLED")
+        if isinstance(error, KeyboardInterrupt):
+            raise KeyboardInterrupt(_interrupted_at_end(run_dir)) from None
         raise
     _finish_tracking(tracking, model, result, evaluation, data)
+    return model, result
+
+
+_FIGURES = ("reconstructions.png", "samples.png", "curves.png")  # drawn once training ends (and manifold.png)
+_MANIFOLD = "manifold.png"
+
+
+def _draws_manifold(vae: VAE, spec: ModelSpec) -> bool:
+    """Whether a run's figures include the latent manifold: images and a 2-D latent, p(x|z) only."""
+    return vae.latent_dim == 2 and len(vae.x_shape) == 3 and not spec.context
+
+
+def _final_figures(model: TrainedModel, data: DataSplits, result: FitResult, run_dir: Path,
+                   only: Sequence[str] | None = None) -> None:
+    """Draw the figures a finished run holds (all, or those named in ``only``): the same
+    pictures whichever are drawn, since every one is computed in the same order from the seed."""
+    from .plots import latent_manifold, reconstruction_grid, image_grid, training_curves
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
+    spec, seed = model.spec, model.config.seed
+    test = model.test_batch(data)
+    torch.manual_seed(seed)
+    recon = model.reconstruct(test.x[:32], None if test.c is None else test.c[:32])
+    if wanted("reconstructions.png"):
+        reconstruction_grid(test.x[:32], recon, run_dir / "reconstructions.png",
+                            title="test inputs and their reconstructions")
+    if spec.context:  # generation needs a context: the test set's own, in order
+        contexts = context_columns(data, spec.context, "test")[:64]
+        samples, title = model.sample(len(contexts), c=contexts), "decoded from z ~ p(z|c), c of the first test examples"
+    else:
+        samples, title = model.sample(64), "decoded from z ~ p(z)"
+    if wanted("samples.png"):
+        image_grid(samples, run_dir / "samples.png", title=title)
+    if wanted("curves.png"):
+        training_curves(result.metrics, run_dir / "curves.png")
+    if _draws_manifold(model.vae, spec) and wanted(_MANIFOLD):
+        latent_manifold(model.vae, run_dir / _MANIFOLD)
+
+
+def _interrupted_at_end(run_dir: Path) -> str:
+    """What an interruption after the last epoch's checkpoint, while the figures or the
+    evaluation were made, leaves, and how to finish the run."""
+    return (f"interrupted after the last epoch, while the final outputs of '{run_dir}' were made; its weights and "
+            f"checkpoint are saved: 'vaelab train --resume {run_dir}' makes the missing ones without training")
+
+
+def _check_best_weights(run_dir: Path, vae: VAE) -> None:
+    """Before a resume writes anything: the run's best weights (``model.safetensors``) fit its
+    model, as its checkpoint does (the weights of another run copied over are named now)."""
+    from .training.checkpoint import misfit, shape_mismatch, stored_shapes
+
+    path = run_dir / BEST_WEIGHTS
+    detail = shape_mismatch({k: tuple(v.shape) for k, v in vae.state_dict().items()},
+                            stored_shapes(path, "weights file"))
+    if detail is not None:
+        raise misfit(path, "weights file", detail, described_model(run_dir))
+
+
+def _missing_outputs(run_dir: Path, vae: VAE, spec: ModelSpec, config: TrainConfig, state: dict[str, Any], *,
+                     figures: bool, evaluates: bool) -> list[str]:
+    """What a finished run lacks of the outputs its end writes after the last checkpoint, in the
+    order they are written: ``metrics.jsonl`` (or its last records), the figures (when ``figures``)
+    and ``eval.json`` (when ``evaluates``: ``vaelab train`` evaluates a run with ``eval_k`` > 0).
+    A run interrupted (Ctrl-C, kill -9) while they were made lacks some; a complete run none."""
+    import warnings
+
+    missing = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (a last line cut short is a record missing)
+            behind = len(read_metrics(run_dir)) < len(state["metrics"])
+    except VaelabError:  # a damaged line: named by whoever reads it, not rewritten here
+        behind = False
+    if behind or not (run_dir / METRICS).exists():
+        missing.append(METRICS)
+    if figures:
+        missing += [n for n in (*_FIGURES, *[_MANIFOLD] * _draws_manifold(vae, spec)) if not (run_dir / n).exists()]
+    if evaluates and config.eval_k > 0 and not (run_dir / EVAL).exists():
+        missing.append(EVAL)
+    return missing
+
+
+def _finish_outputs(run_dir: Path, missing: list[str], state: dict[str, Any], data: DataSplits, spec: ModelSpec,
+                    config: TrainConfig, device: torch.device, world: Any, figures: bool, log: Any,
+                    evaluate: Callable[[TrainedModel, FitResult], EvaluationSummary | None] | None,
+                    ) -> tuple[TrainedModel, FitResult]:
+    """``--resume`` of a finished run that was interrupted after its last checkpoint, while its
+    final outputs were made: make the ``missing`` ones from the saved weights and checkpoint,
+    training nothing and rewriting nothing else (its settings, manifest and weights stay)."""
+    from .training.loop import _write_metrics
+
+    result = FitResult("completed", state["epoch"], state["best_epoch"], state["best_val_elbo"], state["metrics"])
+    named = ", ".join(missing)
+    log(f"the run in '{run_dir}' already finished its {state['epoch']} epochs, but {named} "
+        f"{'was' if len(missing) == 1 else 'were'} missing (interrupted at its end): made from its saved weights "
+        "and checkpoint, without training further")
+    if world.is_main and METRICS in missing:
+        _write_metrics(run_dir / METRICS, state["metrics"])
+    model = load(run_dir, device=device)
+    distributed.teardown()
+    if figures and world.is_main and any(n in missing for n in (*_FIGURES, _MANIFOLD)):
+        _final_figures(model, data, result, run_dir, only=missing)
+    if evaluate is not None and world.is_main and EVAL in missing:
+        evaluate(model, result)
     return model, result
 
 
@@ -793,9 +911,10 @@ def load(run: str | Path, device: str | torch.device | None = None) -> TrainedMo
     dev = resolve_device("auto" if device is None else str(device))
     weights = run_dir / BEST_WEIGHTS
     if not weights.exists():
-        raise VaelabError(f"run '{run_dir}' has no trained weights ({BEST_WEIGHTS}); it did not finish an epoch")
+        raise VaelabError(missing_record(run_dir, BEST_WEIGHTS, f"run '{run_dir}' has no trained weights",
+                                         f" ({BEST_WEIGHTS}); it did not finish an epoch"))
     _check_model_size(config, spec, dev, factor=2)  # an edited model.json cannot allocate without bound
     vae = build_model(spec)
-    load_weights(weights, vae, "weights file")
+    load_weights(weights, vae, "weights file", described_model(run_dir))
     vae.to(dev).eval()
     return TrainedModel(vae=vae, config=config, run_dir=run_dir, data_info=doc["data"], device=dev, spec=spec)

@@ -8,8 +8,10 @@ it copies the run's settings and the checkpoint of the epoch before the last (ke
 ``checkpoint.previous.safetensors``) into a temporary folder, trains the last epoch again
 there (with ``--checkpoint-every`` the checkpoints may lie several epochs apart: it trains
 them all again, or from the seed when only one was written), and compares every tensor of the new checkpoint (model weights ``model.*``, optimizer
-state ``optim.*``) and the epoch's metrics record with the run's own. A run of one epoch is
-trained again from its seed. The run folder is only read.
+state ``optim.*``) and the epoch's metrics record with the run's own; when the best epoch is
+among those trained again, the best weights (``model.safetensors``) too. A run of one epoch is
+trained again from its seed. The run folder is only read. Weights files whose tensors do not
+fit the run's model (another run's weights copied over) are refused first, as damaged files.
 
 The answer is "bit-identical", or the first tensor (in name order) that differs and the
 largest absolute difference in it: a different PyTorch, BLAS or thread count shows up here as
@@ -78,6 +80,26 @@ def compare_tensors(saved: dict[str, torch.Tensor], again: dict[str, torch.Tenso
     return None
 
 
+def _best_reference(run_dir: Path, again: Path, previous: Path | None,
+                    saved_state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """What the run's best weights (``model.safetensors``) must equal: the best weights trained
+    again (``again``), when their epoch was among those trained again from ``previous`` (None:
+    from the seed); else the weights of the run's checkpoint of their epoch, when it keeps one
+    (a checkpoint holds the same weights as the best weights written with it); else None."""
+    best = saved_state["best_epoch"]
+    since = 0 if previous is None else check_state(read_metadata(previous), previous)["epoch"]
+    if best > since:
+        return read_tensors(again / BEST_WEIGHTS, "weights file")
+    if previous is not None and since == best:  # (the run's checkpoint.previous.safetensors)
+        return {k[len("model."):]: v for k, v in read_tensors(previous).items() if k.startswith("model.")}
+    return None
+
+
+def _named(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The best weights' tensors, named as in the file they come from (``model.safetensors:encoder...``)."""
+    return {f"{BEST_WEIGHTS}:{k}": v for k, v in weights.items()}
+
+
 def _records_differ(saved: dict[str, Any], again: dict[str, Any]) -> str | None:
     for key in sorted(set(saved) | set(again)):
         if key in _TIMING:
@@ -91,13 +113,18 @@ def _records_differ(saved: dict[str, Any], again: dict[str, Any]) -> str | None:
 def verify(run: str | Path, device: str | None = None) -> Verification:
     """Train the last epoch of ``run`` again from the checkpoint before it, in a temporary
     folder, and compare the result bit for bit with the run's checkpoint (see the module)."""
-    from .run_folder import check_run, check_run_files, read_config
+    from .run_folder import check_run, check_run_files, check_weights_fit, missing_record, read_config
 
     run_dir = check_run(run)
     check_unlocked(run_dir, hold=True)  # a run being trained has files being rewritten: refused, not "differs"
     if not (run_dir / CHECKPOINT).exists():  # (a folder or an unreadable file there is named by check_run_files)
-        raise VaelabError(f"run '{run_dir}' has no checkpoint ({CHECKPOINT}): it did not finish an epoch")
+        raise VaelabError(missing_record(run_dir, CHECKPOINT, f"run '{run_dir}' has no checkpoint",
+                                         f" ({CHECKPOINT}): it did not finish an epoch"))
     check_run_files(run_dir)  # a damaged file is named as such, not as a difference
+    if not (run_dir / BEST_WEIGHTS).exists():  # (training writes them with every checkpoint)
+        raise VaelabError(missing_record(run_dir, BEST_WEIGHTS, f"run '{run_dir}' has no trained weights",
+                                         f" ({BEST_WEIGHTS})"))
+    check_weights_fit(run_dir)  # weights of another model copied over: named, not "bit-identical"
     saved_state = check_state(read_metadata(run_dir / CHECKPOINT), run_dir / CHECKPOINT)
     epoch = saved_state["epoch"]
     config = read_config(run_dir)
@@ -159,6 +186,11 @@ def _again(run_dir: Path, config: Any, epoch: int, previous: Path | None, saved_
         new_state = read_metadata(again / CHECKPOINT)["state"]
         found = compare_tensors(read_tensors(run_dir / CHECKPOINT), read_tensors(again / CHECKPOINT))
         compared = len(read_tensors(again / CHECKPOINT))
+        if found is None:  # the best weights: retrained, or as the run's own checkpoint of their epoch holds them
+            best = _best_reference(run_dir, again, previous, saved_state)
+            if best is not None:
+                found = compare_tensors(_named(read_tensors(run_dir / BEST_WEIGHTS, "weights file")), _named(best))
+                compared += len(best)
     result = Verification(run_dir, epoch, compared, identical=found is None)
     if found is not None:
         result.first_difference, result.max_difference, result.detail = found

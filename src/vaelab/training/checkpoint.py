@@ -44,6 +44,9 @@ __all__ = [
     "tensor_digest",
     "read_tensors",
     "keep_previous",
+    "shape_mismatch",
+    "stored_shapes",
+    "misfit",
 ]
 
 _META_KEY = "vaelab"
@@ -200,22 +203,63 @@ def check_state(meta: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]
     return state
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+def _shape(shape: Any) -> str:
+    return "[" + ", ".join(str(int(n)) for n in shape) + "]"
+
+
+def shape_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str | None:
+    """The first way the tensors ``found`` (name -> shape, a file's) do not fit ``expected``
+    (name -> shape, a model's ``state_dict``), in words, or None when every name and shape agree:
+    a tensor of another shape (the model's order), one the model has that the file lacks, one the
+    file holds that the model has no place for."""
+    for name, shape in expected.items():
+        if name not in found:
+            return f"the model's tensor '{name}' {_shape(shape)} is not in the file"
+        if tuple(found[name]) != tuple(shape):
+            return f"tensor '{name}' is {_shape(found[name])} in the file but {_shape(shape)} in the model"
+    extra = [name for name in found if name not in expected]
+    if extra:
+        return f"the file holds a tensor '{extra[0]}' {_shape(found[extra[0]])} that the model has no place for"
+    return None
+
+
+def stored_shapes(path: str | os.PathLike, what: str = "weights file", prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a safetensors file whose name starts with ``prefix`` (the
+    prefix removed), read from its header only (nothing loaded, the checksum not verified)."""
+    path = Path(path)
+    with _open(path, what) as f:
+        try:
+            return {k[len(prefix):]: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(prefix)}
+        except (SafetensorError, OSError, ValueError) as err:
+            raise VaelabError(f"{what} '{path}' is corrupt ({str(err).splitlines()[0]}); restore it or retrain") from None
+
+
+def misfit(path: Path, what: str, detail: str, model: str = "this model") -> VaelabError:
+    """The one-line error of a weights file or checkpoint whose tensors do not fit ``model``."""
+    return VaelabError(f"{what} '{path}' does not fit {model}: {detail}; it was written for another model (another "
+                       "--hidden, --latent-dim or part): restore the run's own file from a backup, or train a new run")
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str,
+                described: str = "this model") -> None:
+    detail = shape_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                            {k: tuple(v.shape) for k, v in state.items()})
+    if detail is not None:
+        raise misfit(path, what, detail, described)
     try:
         model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise VaelabError(
-            f"{what} '{path}' does not fit this model ({first}); was it written by another "
-            "configuration?"
-        ) from None
+    except RuntimeError as err:  # (names and shapes agree: what is left, in PyTorch's words, on one line)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise misfit(path, what, lines[-1] if lines else "PyTorch refused it", described) from None
 
 
-def load_weights(path: str | os.PathLike, model: nn.Module, what: str = "weights file") -> dict[str, Any]:
-    """Load weights saved by :func:`save_weights` into ``model``; returns the stored meta."""
+def load_weights(path: str | os.PathLike, model: nn.Module, what: str = "weights file",
+                 described: str = "this model") -> dict[str, Any]:
+    """Load weights saved by :func:`save_weights` into ``model``; returns the stored meta.
+    ``described`` names the model in the error when the tensors do not fit it."""
     path = Path(path)
     meta = read_metadata(path, what)
-    _load_state(model, _read_tensors(path, what), path, what)
+    _load_state(model, _read_tensors(path, what), path, what, described)
     return meta
 
 
@@ -267,14 +311,16 @@ def load_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
+    described: str = "this model",
 ) -> dict[str, Any]:
-    """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state`` dict."""
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state`` dict
+    (``described`` names the model in the error when its tensors do not fit it)."""
     path = Path(path)
     meta = read_metadata(path, "checkpoint")
     check_state(meta, path)
     tensors = _read_tensors(path, "checkpoint")
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    _load_state(model, model_state, path, "checkpoint")
+    _load_state(model, model_state, path, "checkpoint", described)
     if optimizer is not None:
         opt_state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
