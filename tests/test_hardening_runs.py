@@ -143,6 +143,15 @@ def test_weights_of_another_model_are_named_by_runs_and_verify(runs: Path, tmp_p
     assert digest(x) == before
 
 
+def test_resume_names_best_weights_of_another_model_before_writing(runs: Path, tmp_path: Path, refused) -> None:
+    x = copy(runs, tmp_path / "all")
+    shutil.copyfile(runs / "wide" / "model.safetensors", x / "model.safetensors")  # hidden 4 in a hidden-8 run
+    before = digest(x)
+    refused(["train", "--resume", x, "--epochs", 3, "--quiet"], str(x / "model.safetensors"), "does not fit",
+            "[4, 16]", "[8, 16]")
+    assert digest(x) == before  # nothing trained, nothing rewritten
+
+
 def test_an_edited_model_json_is_named_not_the_weights(runs: Path, tmp_path: Path, refused) -> None:
     x = copy(runs, tmp_path / "all")
     spec = json.loads((x / "model.json").read_text())

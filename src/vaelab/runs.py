@@ -55,7 +55,7 @@ from .training.loop import check_precision
 from .training import distributed
 from .training.loop import BEST_WEIGHTS, CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, FitResult, fit
 from .training.recovery import EVENTS
-from .run_folder import (CONFIG, EVAL, SPEC, check_run, check_run_files, described_model,
+from .run_folder import (CONFIG, EVAL, SPEC, check_run, check_run_files, check_weights_fit, described_model,
                          missing_record, read_config, read_metrics, read_run_config, read_spec, write_eval,
                          write_run_config)
 
@@ -501,7 +501,7 @@ def train(
     unfinished: list[str] = []  # a finished run's final outputs that are missing (made again, nothing trained)
     if resume is not None:  # a checkpoint of another model fails here, before anything is written
         load_checkpoint(run_dir / CHECKPOINT, vae, described=described_model(run_dir))
-        _check_best_weights(run_dir, vae)  # weights of another model copied over: named now, not after training
+        check_weights_fit(run_dir, (BEST_WEIGHTS,))  # weights of another model copied over: named now, not after training
         if state["epoch"] >= config.epochs and state.get("stopped") != "early-stopping":  # (once it is known to fit)
             unfinished = _missing_outputs(run_dir, vae, spec, config, state, figures=figures,
                                           evaluates=evaluate is not None)  # (the same on every process)
@@ -646,18 +646,6 @@ def _interrupted_at_end(run_dir: Path) -> str:
     evaluation were made, leaves, and how to finish the run."""
     return (f"interrupted after the last epoch, while the final outputs of '{run_dir}' were made; its weights and "
             f"checkpoint are saved: 'vaelab train --resume {run_dir}' makes the missing ones without training")
-
-
-def _check_best_weights(run_dir: Path, vae: VAE) -> None:
-    """Before a resume writes anything: the run's best weights (``model.safetensors``) fit its
-    model, as its checkpoint does (the weights of another run copied over are named now)."""
-    from .training.checkpoint import misfit, shape_mismatch, stored_shapes
-
-    path = run_dir / BEST_WEIGHTS
-    detail = shape_mismatch({k: tuple(v.shape) for k, v in vae.state_dict().items()},
-                            stored_shapes(path, "weights file"))
-    if detail is not None:
-        raise misfit(path, "weights file", detail, described_model(run_dir))
 
 
 def _missing_outputs(run_dir: Path, vae: VAE, spec: ModelSpec, config: TrainConfig, state: dict[str, Any], *,
