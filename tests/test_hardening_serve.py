@@ -325,3 +325,119 @@ def test_log_lines_about_closed_connections_are_throttled(caplog: pytest.LogCapt
     said = [r.getMessage() for r in caplog.records]
     assert said[:-1] == [f"line {i}" for i in range(connections.LINES_PER_SECOND)]
     assert said[-1] == "later (3 more such lines left out before this one)"
+
+
+# --- uploads held at once ------------------------------------------------------------------------
+# A slow upload holds what it has received (up to 5 MB) until its body deadline (30 s); with up to
+# 1000 connections, trickled uploads held gigabytes (50 of them: +356 MB of RSS). Each upload now
+# reserves its declared size before its body is read, from a budget of 64 MB, and gives it back
+# when it is answered, however it ends.
+from vaelab.serve.app import MAX_UPLOADS_HELD  # noqa: E402
+from vaelab.serve.uploads import MAX_UPLOAD_BYTES  # noqa: E402
+
+FULL_UPLOAD_HEAD = UPLOAD_HEAD.replace(b"1000", str(MAX_UPLOAD_BYTES).encode())
+
+
+def budget_app(app: Any, uploads: int = 2) -> Any:
+    """The module's model served with room for ``uploads`` uploads of the largest size at once."""
+    return create_app("unused", explorer=app.state.explorer, allowed_hosts=["127.0.0.1", "localhost"],
+                      upload_budget=uploads * MAX_UPLOAD_BYTES)
+
+
+def held_becomes(app: Any, size: int, count: int, limit: float = 5.0) -> None:
+    """Wait until the app's uploads hold ``size`` bytes in ``count`` uploads (fails after ``limit`` s)."""
+    budget = app.state.uploads
+    start = time.monotonic()
+    while (budget.held, budget.uploads) != (size, count):
+        if time.monotonic() - start > limit:
+            pytest.fail(f"the uploads hold {budget.held} bytes in {budget.uploads}, not {size} in {count}")
+        time.sleep(0.01)
+
+
+CHUNKED_UPLOAD_HEAD = UPLOAD_HEAD.replace(b"Content-Length: 1000", b"Transfer-Encoding: chunked")
+
+
+def npy_upload() -> bytes:
+    """A whole upload of a .npy example the model scores, on a connection closed after it."""
+    import io
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(4, dtype=np.float32))
+    body = buf.getvalue()
+    return (b"POST /api/upload?name=x.npy HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def test_uploads_held_at_once_are_bounded_and_one_over_is_a_503_before_its_body(app: Any) -> None:
+    assert MAX_UPLOADS_HELD == 64 * 1024 * 1024 and app.state.uploads.total == MAX_UPLOADS_HELD
+    with pytest.raises(ValueError, match="at least one upload"):
+        budget_app(app, 0)
+    small = budget_app(app)
+    with running(small, body_timeout=60) as port:
+        stalled = [connect(port, FULL_UPLOAD_HEAD + b"\x93NUMPY") for _ in range(2)]  # 5 MB declared, 6 bytes sent
+        held_becomes(small, 2 * MAX_UPLOAD_BYTES, 2)
+        # a third upload, even a small one, is answered at once, from its head alone: no body byte sent
+        for head in (FULL_UPLOAD_HEAD, UPLOAD_HEAD, CHUNKED_UPLOAD_HEAD):
+            s = connect(port, head)
+            start = time.monotonic()
+            status, headers, doc = one_answer(s)
+            assert status == 503 and time.monotonic() - start < 2, (status, doc)
+            assert headers["retry-after"] == "5" and headers["x-content-type-options"] == "nosniff"
+            assert set(doc) == {"error"} and "\n" not in doc["error"]
+            assert "receiving other uploads (2 holding 10 MB of the 10 MB it takes at once)" in doc["error"]
+        assert (small.state.uploads.held, small.state.uploads.uploads) == (2 * MAX_UPLOAD_BYTES, 2)
+        # what was refused before is refused as before: too big (413), wrong type (415), foreign Host (400)
+        status, _, doc = ask(port, FULL_UPLOAD_HEAD.replace(str(MAX_UPLOAD_BYTES).encode(), b"99999999")
+                             .replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert status == 413 and "5 MB" in doc["error"]
+        assert ask(port, FULL_UPLOAD_HEAD.replace(b"application/octet-stream", b"text/plain")
+                   .replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))[0] == 415
+        assert ask(port, npy_upload().replace(b"Host: 127.0.0.1", b"Host: evil.example"))[0] == 400
+        # the rest of the explorer is not held up: JSON bodies are not uploads
+        assert ask(port, get("/api/info"))[0] == 200
+        decode = b'{"z": [0, 0]}'
+        assert ask(port, b"POST /api/decode HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(decode), decode))[0] == 200
+        # one stalled upload gone (its client closed): its room is free again, and an upload is scored
+        stalled.pop().close()
+        held_becomes(small, MAX_UPLOAD_BYTES, 1)
+        status, _, doc = ask(port, npy_upload())
+        assert status == 200 and "elbo" in doc
+        held_becomes(small, MAX_UPLOAD_BYTES, 1)
+        stalled.pop().close()  # (the server, stopping, would wait for its answer)
+        held_becomes(small, 0, 0)
+
+
+def test_aborted_uploads_give_back_all_they_held(app: Any, caplog: pytest.LogCaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connections, "LINES_PER_SECOND", 1000)
+    caplog.set_level(logging.WARNING, LOGGER)
+    small = budget_app(app)
+    half = FULL_UPLOAD_HEAD.replace(str(MAX_UPLOAD_BYTES).encode(), str(MAX_UPLOAD_BYTES // 2).encode())
+    rounds = 3
+    with running(small, max_connections=16) as port:
+        for _ in range(rounds):
+            # closed by its client mid-body, reset by it (RST), timed out (408), a damaged file (422),
+            # a chunked one cut short: each at once with another, so that two are in flight
+            closed, reset = connect(port, half + b"\x93NUMPY"), connect(port, half + b"\x93NUMPY")
+            held_becomes(small, MAX_UPLOAD_BYTES, 2)
+            closed.close()
+            reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            reset.close()
+            timed_out = connect(port, FULL_UPLOAD_HEAD + b"\x93NUMPY")
+            chunked = connect(port, CHUNKED_UPLOAD_HEAD + b"6\r\n\x93NUMPY\r\n")
+            held_becomes(small, 2 * MAX_UPLOAD_BYTES, 2)
+            assert status_and_json(until_closed(timed_out))[0] == 408
+            chunked.close()
+            held_becomes(small, 0, 0)
+            damaged = npy_upload().replace(b"\x93NUMPY", b"\x93NUMPX")
+            assert ask(port, damaged)[0] == 422
+            assert ask(port, npy_upload())[0] == 200
+            held_becomes(small, 0, 0)
+        # the whole budget again: two uploads of the largest size are held, a third is refused
+        again = [connect(port, FULL_UPLOAD_HEAD + b"\x93NUMPY") for _ in range(2)]
+        held_becomes(small, 2 * MAX_UPLOAD_BYTES, 2)
+        assert one_answer(connect(port, FULL_UPLOAD_HEAD))[0] == 503
+        for s in again:
+            s.close()
+        held_becomes(small, 0, 0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]

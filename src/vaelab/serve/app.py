@@ -22,14 +22,19 @@ unknown class is a 422 that names them all.
 Bad input is a 4xx answer ``{"error": "..."}`` (400 malformed or foreign Host, 403 cross-site,
 404 no such endpoint, 405 wrong method, with ``Allow``, 408 not sent in time (see
 :mod:`~vaelab.serve.connections`), 413 too large, 415 wrong content type,
-422 invalid values or files, 503 busy) and the server keeps serving; a bug is a 500 of the same
+422 invalid values or files, 503 busy, with ``Retry-After`` when too many uploads are on their
+way) and the server keeps serving; a bug is a 500 of the same
 form and one line on stderr, never a traceback (:class:`LastResort`, which also adds
 ``X-Content-Type-Options: nosniff`` to every answer). Requests pass
 :class:`~vaelab.serve.guard.Guard` first: a ``Host`` it knows, a POST needs a non-simple
 content type (``application/json``; ``application/octet-stream`` for uploads) and no foreign
 ``Origin``, so no other web page can make the browser post to the explorer. All torch work runs one call at a
 time in a worker thread under ``torch.no_grad()``; a :class:`Gate` admits a few calls at
-once and answers 503 beyond that, so quick slider moves cannot queue unbounded work.
+once and answers 503 beyond that, so quick slider moves cannot queue unbounded work. Uploads
+hold their bytes while they arrive (a slow one up to 30 s, see
+:mod:`~vaelab.serve.connections`) and while they are scored: an :class:`UploadBudget` caps the
+bytes all of them may declare at once (64 MB, a dozen uploads of the largest size), and an
+upload beyond it is a 503 before its body is read.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -58,10 +64,16 @@ from .explorer import Explorer
 from .guard import ASGIApp, Guard, Receive, Scope, Send
 from .uploads import MAX_UPLOAD_BYTES, prepare_upload
 
-__all__ = ["create_app", "Gate", "ApiError", "LastResort"]
+__all__ = ["create_app", "Gate", "UploadBudget", "ApiError", "LastResort", "MAX_UPLOADS_HELD"]
 
 LOG = logging.getLogger("vaelab.serve")
 MAX_JSON_BYTES = 64 * 1024
+# bytes of uploads held at once (declared sizes, a chunked one counted at MAX_UPLOAD_BYTES), from
+# their head until they are answered: without a bound, 1000 connections each trickling a 5 MB
+# upload (the body deadline is 30 s) could hold 5 GB (50 stalled ones: 356 MB more than an idle
+# server; with the bound, 50 or 200 of them: 12 held, the rest a 503, about 125 MB)
+MAX_UPLOADS_HELD = 64 * 1024 * 1024
+RETRY_AFTER = 5  # seconds, in the 503 of an upload over that bound
 MAX_SAMPLES = 64
 ANY_METHOD = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MAX_STEPS = 50
@@ -156,6 +168,43 @@ class Gate:
             return fn(*args)
 
 
+class UploadBudget:
+    """The bytes uploads may hold at once: each upload reserves its declared size
+    (``Content-Length``; a chunked one, without it, the most an upload may be) when its head has
+    arrived, before its body is read, and gives it back when it is answered, whatever the end
+    (scored, refused, timed out, its client gone: :meth:`hold` is a context manager). An upload
+    that does not fit is a 503 with ``Retry-After``.
+
+    Only the event loop's thread touches it (the handlers), so the count needs no lock; there is
+    one all the same, for tests that look from another thread.
+    """
+
+    def __init__(self, total: int = MAX_UPLOADS_HELD) -> None:
+        if total < MAX_UPLOAD_BYTES:
+            raise ValueError(f"an upload budget must hold at least one upload of {MAX_UPLOAD_BYTES} bytes, got {total}")
+        self.total = total
+        self.held = 0  # bytes reserved now
+        self.uploads = 0  # uploads holding them
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        """Reserve ``size`` bytes for the ``with`` block, or raise a 503 :class:`ApiError`."""
+        with self._lock:
+            if self.held + size > self.total:
+                raise ApiError(503, f"the server is receiving other uploads ({self.uploads} holding "
+                                    f"{_size(self.held)} of the {_size(self.total)} it takes at once); "
+                                    f"try again in {RETRY_AFTER} s", headers={"Retry-After": str(RETRY_AFTER)})
+            self.held += size
+            self.uploads += 1
+        try:
+            yield
+        finally:  # any end: an answer, an ApiError, ClientDisconnect, a bug, cancellation
+            with self._lock:
+                self.held -= size
+                self.uploads -= 1
+
+
 # --- reading and checking requests -------------------------------------------------------------
 def _size(n: int) -> str:
     """A byte count for a message: ``64 KB``, ``5 MB``, ``1.5 MB``, ``900 bytes`` (K = 1024)."""
@@ -165,12 +214,24 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
+def _declared(request: Request, limit: int, what: str) -> int | None:
+    """The body's declared size (``Content-Length``; None: chunked), refused with 413 over ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is None or not declared.isdigit():  # (h11 refuses a malformed one before the app sees it)
+        return None
+    if int(declared) > limit:
+        raise _too_big(limit, what)
+    return int(declared)
+
+
+def _too_big(limit: int, what: str) -> ApiError:
+    return ApiError(413, f"{what} is larger than {_size(limit)}; send a smaller one")
+
+
 async def _body(request: Request, limit: int, what: str) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    too_big = ApiError(413, f"{what} is larger than {_size(limit)}; send a smaller one")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_big
+    too_big = _too_big(limit, what)
+    _declared(request, limit, what)
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
@@ -237,7 +298,8 @@ def _int(value: Any, lo: int, hi: int, what: str) -> int:
 
 
 def create_app(
-    run_dir: str | Path, *, capacity: int = 4, explorer: Explorer | None = None, allowed_hosts: list[str] | None = None
+    run_dir: str | Path, *, capacity: int = 4, explorer: Explorer | None = None, allowed_hosts: list[str] | None = None,
+    upload_budget: int = MAX_UPLOADS_HELD,
 ) -> Starlette:
     """The explorer's Starlette app for a run folder; the model is loaded once, here.
 
@@ -247,12 +309,15 @@ def create_app(
         explorer: an already loaded explorer (tests), instead of loading ``run_dir``.
         allowed_hosts: answer only requests whose Host header names one of these (guards a
             loopback server against DNS rebinding; IPv6 as ``::1``); None: any.
+        upload_budget: bytes all uploads may hold at once (see :class:`UploadBudget`; at
+            least ``MAX_UPLOAD_BYTES``); an upload beyond it is a 503 before its body is read.
 
     Raises:
         VaelabError: ``run_dir`` is not a loadable run.
     """
     ex = explorer or Explorer.from_run(run_dir)
     gate = Gate(capacity)
+    uploads = UploadBudget(upload_budget)
     d = ex.model.latent_dim
     info = ex.info()
     the_map = ex.map()
@@ -318,10 +383,15 @@ def create_app(
         label, context_of = request.query_params.get("label"), request.query_params.get("context_of")
         free = ex.classifier is not None and label is None and context_of is None  # M2 scores x without a class
         c = None if free else context(label, context_of, "scores an upload")
-        data = await _body(request, MAX_UPLOAD_BYTES, f"'{name}'")
-        # decoding is work like any other: under the gate (one at a time, a few admitted), so
-        # concurrent uploads of huge images cannot decode at once
-        return JSONResponse(await gate.run(score_upload, data, name, c))
+        declared = _declared(request, MAX_UPLOAD_BYTES, f"'{name}'")  # 413 first: too big is too big
+        # reserved before a byte of the body is read, given back when this upload is answered
+        with uploads.hold(MAX_UPLOAD_BYTES if declared is None else declared):
+            data = await _body(request, MAX_UPLOAD_BYTES, f"'{name}'")
+            # decoding is work like any other: under the gate (one at a time, a few admitted), so
+            # concurrent uploads of huge images cannot decode at once
+            result = await gate.run(score_upload, data, name, c)
+            del data
+        return JSONResponse(result)
 
     def score_upload(data: bytes, name: str, c: torch.Tensor | None) -> dict[str, Any]:
         prepared = prepare_upload(data, name, ex.shape, ex.background)
@@ -376,4 +446,5 @@ def create_app(
     app = Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)  # type: ignore[arg-type]
     app.state.explorer = ex
     app.state.gate = gate
+    app.state.uploads = uploads
     return app
