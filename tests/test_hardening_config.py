@@ -8,7 +8,8 @@
   vaelab wrote (0.1.0's in ``tests/data`` too) still loads.
 * under ``torchrun`` a bad option or setting fails in every process: local rank 0 prints the
   line, the others wait for torchrun to end them (still a non-zero exit), so the line is
-  printed once and never lost.
+  printed once and never lost; ``--help``, ``--version`` and vaelab's one-line warnings are
+  printed by local rank 0 alone too (the others exit quietly, status 0, or say nothing).
 """
 
 from __future__ import annotations
@@ -236,3 +237,67 @@ def test_an_error_of_one_rank_alone_is_printed_by_that_rank(monkeypatch: pytest.
     assert distributed.error_left_to_local_rank_0(err) is None
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.error_left_to_local_rank_0(VaelabError("alone")) is None
+
+
+# --- 3. under torchrun --help, --version and warnings are printed once --------------------------------
+
+
+def test_torchrun_prints_help_once(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "vaelab", "train", "--help"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=clean_env(), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Usage: vaelab train") == 1, done.stdout[-3000:]  # by local rank 0, not by each process
+
+
+def _warning_run(folder: Path) -> Path:
+    """A folder holding one run whose metrics.jsonl ends in a truncated line: ``vaelab runs`` warns."""
+    run = folder / "r"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"config": {}, "data": {}}))
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo')
+    return folder
+
+
+@pytest.mark.parametrize("rank,local_rank,shown", [
+    (None, None, True),  # no torchrun: as ever
+    ("2", "0", True),  # local rank 0 (of a second machine): prints for its machine
+    ("3", "1", False),  # another local rank: silent, local rank 0 printed the same
+])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "-h"], ["runs", "--help"], ["--version"]])
+def test_help_and_version_are_printed_by_local_rank_0_only(
+        torchrun_env: list[float], monkeypatch: pytest.MonkeyPatch, capsys: Any, argv: list[str], rank: str | None,
+        local_rank: str | None, shown: bool) -> None:
+    from vaelab.cli import main
+
+    if rank is None:
+        monkeypatch.delenv("WORLD_SIZE")
+    else:
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code in (0, None)  # a success on every process
+    out = capsys.readouterr()
+    assert out.err == "" and torchrun_env == []  # no wait: nothing can be lost
+    assert ("vaelab, version" if argv == ["--version"] else "Usage: vaelab") in out.out if shown else out.out == ""
+
+
+@pytest.mark.filterwarnings("default::RuntimeWarning")  # (the suite's "error" would raise it)
+@pytest.mark.parametrize("rank,local_rank,shown", [(None, None, True), ("2", "0", True), ("3", "1", False)])
+def test_warnings_are_printed_by_local_rank_0_only(torchrun_env: list[float], monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: Any, tmp_path: Path, rank: str | None,
+                                                   local_rank: str | None, shown: bool) -> None:
+    from vaelab.cli import main
+
+    if rank is None:
+        monkeypatch.delenv("WORLD_SIZE")
+    else:
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    with pytest.raises(SystemExit) as info:
+        main(["runs", str(_warning_run(tmp_path / "runs"))])
+    assert info.value.code in (0, None)
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    line = f"warning: '{tmp_path / 'runs/r/metrics.jsonl'}': the last line (2) is truncated; it was left out"
+    assert warned == ([line] if shown else []), warned

@@ -13,7 +13,10 @@
 * a state dict that does not fit is one sentence: the file, the first tensor with both shapes,
   the fix;
 * the tables of ``vaelab runs`` and ``vaelab compare`` stay aligned when a run's name holds
-  characters escaped for the terminal (or wide ones).
+  characters escaped for the terminal (or wide ones);
+* ``vaelab runs`` lists a run interrupted at its end as ``unfinished``, naming what is missing
+  and the resume that makes it (it was ``ok``), but not a run whose end never wrote it (the
+  Python API's ``figures=False``, no ``evaluate``, ``eval_k`` 0, a sweep's trial).
 """
 
 from __future__ import annotations
@@ -297,3 +300,115 @@ def test_tables_stay_aligned_with_escaped_or_wide_names(runs: Path, data_file: P
     assert set(rows) == {"plain", shown}, lines
     for name, line in rows.items():
         assert _columns(line, [name, str(data_file), "mlp[8]", " ± "])[:2] == header[:2], lines
+
+
+# --- 6. vaelab runs names a run interrupted at its end ------------------------------------------------
+CLI_ARGV = ["/usr/local/bin/vaelab", "train", "--data", "x.npy"]  # manifest.json's argv of `vaelab train`
+
+
+def trained_by(run: Path, argv: list[str]) -> None:
+    """Record ``argv`` as the command line of the run's last session, as ``vaelab train`` (run
+    in a terminal, not in-process as here) records its own."""
+    doc = json.loads((run / "manifest.json").read_text())
+    (doc["resumed"][-1] if doc["resumed"] else doc)["argv"] = argv
+    (run / "manifest.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("lost,said", [
+    (("curves.png",), "curves.png missing; 'vaelab train --resume {x}' makes it without training"),
+    (("metrics.jsonl:1",), "the last records of metrics.jsonl missing; 'vaelab train --resume {x}' makes it"),
+    (("eval.json",), "eval.json missing; 'vaelab train --resume {x}' makes it"),  # trained by `vaelab train`
+    (("reconstructions.png", "samples.png", "curves.png", "eval.json"),  # killed right after the last checkpoint
+     "reconstructions.png, samples.png, curves.png and eval.json missing; 'vaelab train --resume {x}' makes them"),
+])
+def test_runs_lists_a_run_interrupted_at_its_end_as_unfinished(runs: Path, tmp_path: Path, lost: tuple[str, ...],
+                                                               said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "all"
+    x = copy(runs, folder)
+    trained_by(x, CLI_ARGV)
+    for name in lost:
+        if name == "metrics.jsonl:1":  # killed between the last checkpoint and metrics.jsonl's last record
+            (x / "metrics.jsonl").write_text((runs / "ref" / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+        else:
+            (x / name).unlink()
+    before = digest(x)
+    info = {r.name: r for r in list_runs(folder)}["x"]
+    assert info.status == "unfinished"  # it was "ok"
+    assert said.format(x=x) in (info.problem or ""), info.problem
+    assert "interrupted after its last checkpoint" in (info.problem or "")
+    capsys.readouterr()
+    assert run_cli(["runs", folder]) == 0
+    out = capsys.readouterr().out
+    assert "x: unfinished: interrupted after its last checkpoint" in out and said.format(x=x) in out
+    assert out.splitlines()[1].split()[:2] == ["x", "unfinished"]
+    assert digest(x) == before  # listing changes nothing
+    if len(lost) == 4:  # the resume it names finishes the run: ok again
+        assert run_cli(["train", "--resume", x, "--quiet"]) == 0
+        assert {r.name: r for r in list_runs(folder)}["x"].status == "ok"
+
+
+@pytest.mark.parametrize("case", ["python", "figures=False", "eval_k=0", "sweep", "short of its epochs"])
+def test_runs_asks_for_no_output_a_run_never_wanted(runs: Path, tmp_path: Path, case: str) -> None:
+    folder = tmp_path / "all"
+    x = copy(runs, folder)
+    if case == "python":  # vaelab.train() without an evaluate: figures, no eval.json (here as in-process run_cli)
+        (x / "eval.json").unlink()
+    elif case == "figures=False":  # vaelab.train(figures=False): neither figures nor eval.json
+        for name in ("reconstructions.png", "samples.png", "curves.png", "eval.json"):
+            (x / name).unlink()
+    elif case == "eval_k=0":  # vaelab train --eval-k 0: no eval.json
+        trained_by(x, CLI_ARGV)
+        doc = json.loads((x / "config.json").read_text())
+        doc["config"]["eval_k"] = 0
+        (x / "config.json").write_text(json.dumps(doc))
+        (x / "eval.json").unlink()
+    elif case == "sweep":  # a sweep's trial: figures, no eval.json
+        trained_by(x, ["/usr/local/bin/vaelab", "sweep", "--trials", "2"])
+        (x / "eval.json").unlink()
+    else:  # interrupted in its training: --resume trains on, nothing of its end is due yet
+        trained_by(x, CLI_ARGV)
+        doc = json.loads((x / "config.json").read_text())
+        doc["config"]["epochs"] = 3
+        (x / "config.json").write_text(json.dumps(doc))
+        for name in ("curves.png", "eval.json"):
+            (x / name).unlink()
+    info = {r.name: r for r in list_runs(folder)}["x"]
+    assert (info.status, info.problem) == ("ok", None)
+
+
+def test_a_run_of_the_python_api_without_figures_is_ok(data_file: Path, tmp_path: Path) -> None:
+    model, _ = vaelab.train(data=str(data_file), out=str(tmp_path), name="py", hidden=[8], latent_dim=2, epochs=1,
+                            batch_size=50, device="cpu", eval_k=5, threads=1, figures=False, progress=False,
+                            log=lambda *a: None)
+    assert not list((tmp_path / "py").glob("*.png")) and not (tmp_path / "py" / "eval.json").exists()
+    info = {r.name: r for r in list_runs(tmp_path)}["py"]
+    assert (info.status, info.problem) == ("ok", None)
+
+
+@pytest.mark.parametrize("argv,cli", [
+    (["/usr/local/bin/vaelab", "train", "--data", "x.npy"], True),  # the console script
+    (["/site-packages/vaelab/__main__.py", "train"], True),  # python -m vaelab train, torchrun -m vaelab train
+    (["C:\\Python\\Scripts\\vaelab.exe", "train"], True),
+    (["/usr/local/bin/vaelab", "sweep", "--trials", "2"], False),
+    (["/usr/local/bin/vaelab", "--quiet"], False),
+    (["train.py", "train"], False),  # a script of the user's, calling vaelab.train
+    (["-c"], False),
+    ([], False),
+])
+def test_a_run_of_vaelab_train_is_known_by_its_manifest(runs: Path, tmp_path: Path, argv: list[str], cli: bool) -> None:
+    from pathlib import PureWindowsPath
+
+    from vaelab.compare import _trained_by_vaelab_train
+
+    x = copy(runs, tmp_path)
+    if argv and argv[0].startswith("C:"):  # (a Windows path read on this system: only its name counts)
+        argv = [PureWindowsPath(argv[0]).name, *argv[1:]]
+    trained_by(x, argv)
+    assert _trained_by_vaelab_train(x) is cli
+    doc = json.loads((x / "manifest.json").read_text())  # a resume's session decides: the last one
+    doc["resumed"].append({"argv": ["/usr/local/bin/vaelab", "train", "--resume", str(x)]})
+    (x / "manifest.json").write_text(json.dumps(doc))
+    assert _trained_by_vaelab_train(x) is True
+    doc["resumed"].append({"argv": ["notebook.py"]})
+    (x / "manifest.json").write_text(json.dumps(doc))
+    assert _trained_by_vaelab_train(x) is False

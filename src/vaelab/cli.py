@@ -97,7 +97,51 @@ def _part_option(opt: registry.Option) -> click.Option:
                         help=_help(f"{opt.help} (for {', '.join(users)})", opt.default))
 
 
-class _TrainCommand(click.Command):
+def _printed_once(callback: Any) -> Any:
+    """An eager option's callback that prints and exits (``--help``, ``--version``), printing
+    under ``torchrun`` in local rank 0 only: the other processes exit at once, silent (status
+    0, as local rank 0), so the text is shown once per machine, not once per process."""
+
+    def once(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        from .training.distributed import other_local_rank
+
+        if value and not ctx.resilient_parsing and other_local_rank() is not None:
+            ctx.exit()
+        return callback(ctx, param, value)
+
+    return once
+
+
+class _HelpOnce:
+    """A vaelab command or group whose ``--help`` is printed once under torchrun (:func:`_printed_once`)."""
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        option = super().get_help_option(ctx)  # type: ignore[misc]  # (made once and cached by click)
+        if option is not None and not getattr(option, "_printed_once", False):
+            option.callback = _printed_once(option.callback)
+            option._printed_once = True  # type: ignore[attr-defined]
+        return option
+
+
+class _Command(_HelpOnce, click.Command):
+    """A vaelab command."""
+
+
+class _Group(_HelpOnce, click.Group):
+    """``vaelab``: its commands are :class:`_Command`."""
+
+    command_class = _Command
+
+
+class _VersionOption(click.Option):
+    """``--version``, printed once under torchrun (:func:`_printed_once`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["callback"] = _printed_once(kwargs["callback"])
+        super().__init__(*args, **kwargs)
+
+
+class _TrainCommand(_Command):
     """``vaelab train``: its options are the TrainConfig fields and, read from the registry
     when the command runs, the options of every registered part."""
 
@@ -108,8 +152,8 @@ class _TrainCommand(click.Command):
         return params[:-1] + extra + params[-1:]  # --help stays last
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="vaelab")
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="vaelab", cls=_VersionOption)
 def cli() -> None:
     """vaelab: train, evaluate and use Variational Autoencoders.
 
@@ -706,8 +750,10 @@ def compare_cmd(runs: tuple[str, ...], output: str | None, as_json: bool, k: int
 def runs_cmd(folder: str, as_json: bool) -> None:
     """List the run folders in FOLDER [default: runs]: name, status, data, model, epochs, headline figure, date.
 
-    A folder that cannot be read is listed as damaged, with the reason; a sweep's trials show
-    their state (pruned, failed).
+    A folder that cannot be read is listed as damaged, with the reason; a run interrupted after
+    its last checkpoint, while its figures or eval.json were written, as unfinished, naming what
+    is missing ('vaelab train --resume RUN' makes it); a sweep's trials show their state (pruned,
+    failed).
     """
     from .compare import format_runs, list_runs
 
@@ -778,7 +824,12 @@ def sweep_cmd(trials: int, space_file: str, study: str, storage: str | None, obj
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                       file: Any = None, line: str | None = None) -> None:
-    _echo(f"warning: {' '.join(str(message).split())}", err=True, keep="")
+    """A warning as one line on stderr; under torchrun printed by local rank 0 only (every
+    process reads the same files and meets the same warning: once per machine, not per process)."""
+    from .training.distributed import other_local_rank
+
+    if other_local_rank() is None:
+        _echo(f"warning: {' '.join(str(message).split())}", err=True, keep="")
 
 
 def _fail(line: str, code: int, err: BaseException | None = None) -> NoReturn:

@@ -60,10 +60,12 @@ _TEST_SET_KEYS = ("data", "val_fraction", "test_fraction", "seed")
 class RunInfo:
     """What a run folder says about itself.
 
-    ``status`` is ``ok``, ``damaged`` (``problem`` says why), or a sweep trial's ``pruned``,
-    ``failed`` or ``running`` (from its ``sweep.json``). ``epochs`` is the number of epochs
-    trained, ``seconds`` their wall time (the sum over ``metrics.jsonl``), ``evaluation`` the
-    ``eval.json`` (None when there is none)."""
+    ``status`` is ``ok``, ``damaged`` (``problem`` says why), ``unfinished`` (a run that
+    trained its epochs but was interrupted after its last checkpoint, while its final outputs
+    were written: ``problem`` names those missing and ``vaelab train --resume RUN``, which makes
+    them), or a sweep trial's ``pruned``, ``failed`` or ``running`` (from its ``sweep.json``).
+    ``epochs`` is the number of epochs trained, ``seconds`` their wall time (the sum over
+    ``metrics.jsonl``), ``evaluation`` the ``eval.json`` (None when there is none)."""
 
     path: Path
     status: str = "ok"
@@ -197,8 +199,83 @@ def read_run(path: str | Path) -> RunInfo:
             state = None
         if state in ("pruned", "failed", "running"):
             status = state
+    if status == "ok":
+        missing = _unfinished_end(p)
+        if missing:
+            status = "unfinished"
+            problem = (f"interrupted after its last checkpoint, while its end was written: "
+                       f"{_missing_words(p, missing)}; 'vaelab train --resume {p}' makes "
+                       f"{'it' if len(missing) == 1 else 'them'} without training")
     return RunInfo(path=p, status=status, problem=problem, config=config, data_info=data_info, model=model,
                    metrics=tuple(metrics), evaluation=evaluation, created=created)
+
+
+def _trained_by_vaelab_train(run_dir: Path) -> bool:
+    """Whether the run's last training session was the command ``vaelab train`` (``python -m
+    vaelab train``, under torchrun too), as its ``manifest.json`` records the command line: a run
+    whose end writes every figure and, when ``eval_k`` > 0, ``eval.json``. A run of the Python
+    API (``vaelab.train``: figures unless ``figures=False``, ``eval.json`` only with an
+    ``evaluate``), of a sweep, or without a manifest (vaelab 0.1.0) is not known to want them."""
+    from .manifest import read_manifest
+
+    try:
+        doc = read_manifest(run_dir)
+    except VaelabError:
+        return False
+    if doc is None:
+        return False
+    sessions = [doc, *(s for s in doc.get("resumed", []) if isinstance(s, dict))]  # each resume adds its session
+    argv = sessions[-1].get("argv")
+    if not isinstance(argv, list) or len(argv) < 2 or not all(isinstance(a, str) for a in argv):
+        return False
+    program = Path(argv[0])
+    return argv[1] == "train" and (program.stem == "vaelab" or (program.name == "__main__.py"
+                                                                 and program.parent.name == "vaelab"))
+
+
+def _unfinished_end(run_dir: Path) -> list[str]:
+    """The final outputs a run that trained its epochs lacks (``metrics.jsonl`` or its last
+    records, figures, ``eval.json``): it was interrupted after its last checkpoint, while they were
+    written, and ``vaelab train --resume`` makes them (:func:`vaelab.runs._missing_outputs`, which
+    decides it there). Only what the run's end was to write is asked for: the figures when the
+    run drew any or was trained by ``vaelab train`` (the Python API's ``figures=False`` draws
+    none), ``eval.json`` when it was trained by ``vaelab train`` with ``eval_k`` > 0
+    (:func:`_trained_by_vaelab_train`). Empty for a run still short of its epochs, and when its
+    records cannot be read (a damaged one is named as such elsewhere)."""
+    from .build import build_model
+    from .run_folder import read_config, read_run_config, read_spec
+    from .runs import _FIGURES, _MANIFOLD, _check_model_size, _missing_outputs
+    from .training.checkpoint import check_state, read_metadata
+    from .training.loop import CHECKPOINT
+
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.is_file():
+        return []
+    try:
+        state = check_state(read_metadata(checkpoint, "checkpoint"), checkpoint)
+        config = read_config(run_dir)
+        if state["epoch"] < config.epochs and state.get("stopped") != "early-stopping":
+            return []  # not finished: --resume trains on
+        spec = read_spec(run_dir, config, read_run_config(run_dir / "config.json")["data"].get("shape"))
+        with torch.random.fork_rng(devices=[]):
+            try:
+                with torch.device("meta"):  # shapes only: whether the run draws the latent manifold
+                    vae = build_model(spec)
+            except (RuntimeError, NotImplementedError, TypeError, ValueError):  # (an IAF, a VampPrior)
+                _check_model_size(config, spec, torch.device("cpu"), factor=2)
+                vae = build_model(spec)
+        cli = _trained_by_vaelab_train(run_dir)
+        figures = cli or any((run_dir / name).exists() for name in (*_FIGURES, _MANIFOLD))
+        return _missing_outputs(run_dir, vae, spec, config, state, figures=figures, evaluates=cli)
+    except (VaelabError, OSError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        return []
+
+
+def _missing_words(run_dir: Path, missing: Sequence[str]) -> str:
+    """``curves.png and eval.json missing`` (``the last records of metrics.jsonl`` when it is there)."""
+    names = [f"the last records of {n}" if n == "metrics.jsonl" and (run_dir / n).exists() else n for n in missing]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"{listed} missing"
 
 
 def list_runs(folder: str | Path = "runs") -> list[RunInfo]:
@@ -247,7 +324,7 @@ def format_runs(runs: Sequence[RunInfo]) -> str:
     lines = aligned([head, *rows])
     for r in runs:
         if r.problem:
-            lines.append(f"{r.name}: damaged: {r.problem}")
+            lines.append(f"{r.name}: {r.status}: {r.problem}")
     return "\n".join(lines)
 
 

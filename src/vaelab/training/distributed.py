@@ -38,8 +38,8 @@ from torch import Tensor
 
 from ..errors import VaelabError
 
-__all__ = ["World", "setup", "teardown", "world", "launched", "is_main_process", "error_left_to_local_rank_0",
-           "wait_for_local_rank_0", "ERROR_WAIT_S"]
+__all__ = ["World", "setup", "teardown", "world", "launched", "is_main_process", "other_local_rank",
+           "error_left_to_local_rank_0", "wait_for_local_rank_0", "ERROR_WAIT_S"]
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _JOINED = False  # whether setup() made the process group (and teardown() may end it)
@@ -120,6 +120,24 @@ def is_main_process() -> bool:
 ERROR_WAIT_S = 30.0
 
 
+def other_local_rank() -> int | None:
+    """This process's rank when torchrun started it as one of several and it is not local rank 0,
+    else None (no launcher, one process, or local rank 0).
+
+    Every process torchrun starts parses the same command line and reads the same files, so the
+    lines they would print alike (``--help``, ``--version``, vaelab's one-line warnings, an error
+    in the settings) are printed by local rank 0 alone: once per machine (a multi-node run's
+    other machines print them on their own terminals). Read from the environment torchrun sets,
+    so it holds before the process group is joined."""
+    if not launched():
+        return None
+    try:
+        rank, size, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    except ValueError:
+        return None
+    return rank if size > 1 and local > 0 else None
+
+
 def error_left_to_local_rank_0(err: BaseException | None = None) -> int | None:
     """This process's rank when it should leave an error's line to local rank 0, else None.
 
@@ -128,13 +146,7 @@ def error_left_to_local_rank_0(err: BaseException | None = None) -> int | None:
     printed by local rank 0 only (once per machine; a multi-node run's other machines print it
     on their own terminals). None alone (no launcher, one process, local rank 0), and for an
     error of this process only (``err.this_rank_only``, e.g. a local rank without a GPU)."""
-    if getattr(err, "this_rank_only", False) or not launched():
-        return None
-    try:
-        rank, size, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    except ValueError:
-        return None
-    return rank if size > 1 and local > 0 else None
+    return None if getattr(err, "this_rank_only", False) else other_local_rank()
 
 
 def wait_for_local_rank_0(seconds: float | None = None) -> None:
