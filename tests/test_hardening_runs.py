@@ -125,6 +125,31 @@ def test_a_complete_finished_run_is_refused_as_before(runs: Path, tmp_path: Path
     assert digest(x) == before
 
 
+def test_a_run_that_stopped_early_gets_its_missing_end_and_nothing_else(data_file: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """An early-stopped run is never trained further: its resume makes what an interrupted end
+    left missing and, once complete, writes nothing (it had redrawn every figure, rewritten
+    eval.json and left a metrics.jsonl behind its checkpoint behind)."""
+    out = tmp_path / "runs"
+    assert run_cli(["train", "--data", data_file, *TRAIN[:4], "--epochs", 8, "--lr", 1e-12, "--patience", 1,
+                    *TRAIN[6:], "--out", out, "--name", "e"]) == 0
+    run = out / "e"
+    assert json.loads((run / "eval.json").read_text())  # a complete run, stopped early
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert 1 < len(lines) < 8
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # killed before the last record
+    (run / "curves.png").unlink()
+    kept = {k: v for k, v in digest(run).items() if k not in ("metrics.jsonl", "curves.png")}
+    capsys.readouterr()
+    assert run_cli(["train", "--resume", run]) == 0
+    assert "stopped early at epoch" in capsys.readouterr().err
+    after = digest(run)
+    assert {k: v for k, v in after.items() if k not in ("metrics.jsonl", "curves.png")} == kept  # nothing else
+    assert (run / "metrics.jsonl").read_text().splitlines() == lines and "curves.png" in after
+    assert run_cli(["train", "--resume", run, "--quiet"]) == 0  # complete: nothing to continue, nothing written
+    assert digest(run) == after
+
+
 # --- 2. weights of another model --------------------------------------------------------------------
 @pytest.mark.parametrize("swapped", ["model.safetensors", "checkpoint.safetensors", "checkpoint.previous.safetensors"])
 def test_weights_of_another_model_are_named_by_runs_and_verify(runs: Path, tmp_path: Path, refused, swapped: str,

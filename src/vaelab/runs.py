@@ -499,15 +499,18 @@ def train(
     torch.manual_seed(config.seed)
     vae = build_model(spec).to(device)
     unfinished: list[str] = []  # a finished run's final outputs that are missing (made again, nothing trained)
+    ended = False  # a resume of a run that finished its epochs or stopped early: nothing is trained
     if resume is not None:  # a checkpoint of another model fails here, before anything is written
         load_checkpoint(run_dir / CHECKPOINT, vae, described=described_model(run_dir))
         check_weights_fit(run_dir, (BEST_WEIGHTS,))  # weights of another model copied over: named now, not after training
-        if state["epoch"] >= config.epochs and state.get("stopped") != "early-stopping":  # (once it is known to fit)
+        stopped_early = state.get("stopped") == "early-stopping"  # (fit never continues such a run)
+        if state["epoch"] >= config.epochs or stopped_early:  # (once it is known to fit)
             unfinished = _missing_outputs(run_dir, vae, spec, config, state, figures=figures,
                                           evaluates=evaluate is not None)  # (the same on every process)
-            if not unfinished:
+            if not unfinished and not stopped_early:
                 raise VaelabError(f"the run in '{run_dir}' already finished its {config.epochs} epochs; pass a larger "
                                   "--epochs to continue it")
+            ended = True
     check_data(vae, data.train, what=f"training data '{config.data}'", store_rows=None)  # (--backed: block by block)
     for part in ("val", "test"):  # scored every epoch and at the end: a value the loss cannot take fails now
         if int(getattr(data, part).shape[0]):
@@ -531,8 +534,8 @@ def train(
         data_info["features"] = list(data.feature_names)
     if data.columns:  # a table: its missing cells per column, over all three splits
         data_info["missing"] = missing_cells(torch.cat([data.train, data.val, data.test]), data.columns)
-    if unfinished:  # interrupted after its last checkpoint, while its figures or eval.json were made
-        if world.is_main:
+    if ended:  # interrupted after its last checkpoint, while its figures or eval.json were made; or stopped early
+        if world.is_main and unfinished:
             _lock_run(run_dir)
         return _finish_outputs(run_dir, unfinished, state, data, spec, config, device, world, figures, log, evaluate)
     tracking = _tracking(config, world.is_main)  # an unreachable MLflow server fails here, before anything is written
@@ -678,12 +681,22 @@ def _finish_outputs(run_dir: Path, missing: list[str], state: dict[str, Any], da
                     ) -> tuple[TrainedModel, FitResult]:
     """``--resume`` of a finished run that was interrupted after its last checkpoint, while its
     final outputs were made: make the ``missing`` ones from the saved weights and checkpoint,
-    training nothing and rewriting nothing else (its settings, manifest and weights stay)."""
+    training nothing and rewriting nothing else (its settings, manifest and weights stay). A run
+    that stopped early is never trained further: with nothing missing, nothing is written."""
     from .training.loop import _write_metrics
 
-    result = FitResult("completed", state["epoch"], state["best_epoch"], state["best_val_elbo"], state["metrics"])
+    stopped = "early-stopping" if state.get("stopped") == "early-stopping" else "completed"
+    result = FitResult(stopped, state["epoch"], state["best_epoch"], state["best_val_elbo"], state["metrics"])
+    if not missing:  # (only a run that stopped early gets here with nothing missing)
+        log(f"the run in '{run_dir}' stopped early at epoch {state['epoch']} (its validation ELBO had not improved for "
+            f"{config.patience} epochs) and is complete: nothing to continue or to make; a new run with a larger "
+            "--patience trains longer")
+        model = load(run_dir, device=device)
+        distributed.teardown()
+        return model, result
     named = ", ".join(missing)
-    log(f"the run in '{run_dir}' already finished its {state['epoch']} epochs, but {named} "
+    how = "stopped early at epoch" if stopped == "early-stopping" else "already finished its"
+    log(f"the run in '{run_dir}' {how} {state['epoch']}{'' if stopped == 'early-stopping' else ' epochs'}, but {named} "
         f"{'was' if len(missing) == 1 else 'were'} missing (interrupted at its end): made from its saved weights "
         "and checkpoint, without training further")
     if world.is_main and METRICS in missing:
