@@ -79,7 +79,7 @@ class EvalSettings:
     # 100 sticking-the-landing steps reached the ELBO(q*) of 300 closed-form-KL steps on the default
     # mnist5k model (within 0.001 nats, paired noise; benchmarks/eval_speed.py, README "How long vaelab eval takes")
     gap_steps: int = _s(100, "Adam steps of the per-example posterior optimisation (sticking-the-landing gradient)", low=0)
-    gap_samples: int = _s(8, "samples per optimisation step (antithetic pairs: eps and -eps)", low=1)
+    gap_samples: int = _s(8, "samples per optimisation step, in antithetic pairs (eps and -eps; give an even number)", low=1)
     gap_lr: float = _s(0.05, "initial learning rate of the optimisation (cosine-decayed to 0)", low=0.0, low_open=True)
     gap_eval_samples: int = _s(1000, "samples for each ELBO of the gap split", low=1)
     seed: int = _s(0, "random seed of every draw", low=0, high=MAX_SEED)
