@@ -432,7 +432,8 @@ def test_nan_loss_keeps_the_last_good_checkpoint(files: dict[str, Path], tmp_pat
     assert run_cli(["eval", run_dir, "--k", "5"]) == 0  # the kept weights are usable
 
 
-def test_ctrl_c_exits_130_and_says_how_to_resume(files: dict[str, Path], tmp_path: Path,
+@pytest.mark.parametrize("quiet", [True, False])  # (without --quiet the line was printed twice)
+def test_ctrl_c_exits_130_and_says_how_to_resume(files: dict[str, Path], tmp_path: Path, quiet: bool,
                                                  capsys: pytest.CaptureFixture[str], adam_step_hook: Any) -> None:
     def ctrl_c(n: int, optimizer: torch.optim.Optimizer) -> None:
         if (tmp_path / "x" / "checkpoint.safetensors").exists():  # in epoch 2
@@ -440,11 +441,12 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(files: dict[str, Path], tmp_pat
 
     adam_step_hook(ctrl_c)
     argv = ["train", "--data", files["img"], *TINY, "--epochs", "3", "--eval-k", "0", "--out", tmp_path,
-            "--name", "x", "--quiet"]
+            "--name", "x", *(["--quiet"] * quiet)]
     assert run_cli(argv) == 130
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
+    assert (out + err).count("interrupted in epoch") == 1, out + err
+    lines = [line for line in err.splitlines() if "interrupted" in line or quiet and line.strip()]
     assert len(lines) == 1, err
     assert "interrupted in epoch 2; the checkpoint of epoch 1 is intact" in lines[0]
     assert f"--resume {tmp_path / 'x'}" in err

@@ -581,10 +581,10 @@ def train(
         distributed.teardown()
     if result.stopped == "nan":
         raise TrainingStopped(result.message)
+    if result.stopped == "interrupted":  # the caller says it (vaelab train's one line), not the log as well
+        raise KeyboardInterrupt(result.message)
     if result.message:
         log(result.message)
-    if result.stopped == "interrupted":
-        raise KeyboardInterrupt(result.message)
     model = load(run_dir, device=device)
     distributed.teardown()
     try:
