@@ -259,22 +259,30 @@ def _warning_run(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("rank,local_rank,shown", [
+RANKS = [
     (None, None, True),  # no torchrun: as ever
     ("2", "0", True),  # local rank 0 (of a second machine): prints for its machine
     ("3", "1", False),  # another local rank: silent, local rank 0 printed the same
-])
+]
+
+
+def _as_rank(monkeypatch: pytest.MonkeyPatch, rank: str | None, local_rank: str | None) -> None:
+    """This process as one of torchrun's (``torchrun_env``), or, with ``rank`` None, as no launcher's."""
+    if rank is None:
+        monkeypatch.delenv("WORLD_SIZE")
+    else:
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+
+
+@pytest.mark.parametrize("rank,local_rank,shown", RANKS)
 @pytest.mark.parametrize("argv", [["--help"], ["train", "-h"], ["runs", "--help"], ["--version"]])
 def test_help_and_version_are_printed_by_local_rank_0_only(
         torchrun_env: list[float], monkeypatch: pytest.MonkeyPatch, capsys: Any, argv: list[str], rank: str | None,
         local_rank: str | None, shown: bool) -> None:
     from vaelab.cli import main
 
-    if rank is None:
-        monkeypatch.delenv("WORLD_SIZE")
-    else:
-        monkeypatch.setenv("RANK", rank)
-        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    _as_rank(monkeypatch, rank, local_rank)
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code in (0, None)  # a success on every process
@@ -284,17 +292,13 @@ def test_help_and_version_are_printed_by_local_rank_0_only(
 
 
 @pytest.mark.filterwarnings("default::RuntimeWarning")  # (the suite's "error" would raise it)
-@pytest.mark.parametrize("rank,local_rank,shown", [(None, None, True), ("2", "0", True), ("3", "1", False)])
+@pytest.mark.parametrize("rank,local_rank,shown", RANKS)
 def test_warnings_are_printed_by_local_rank_0_only(torchrun_env: list[float], monkeypatch: pytest.MonkeyPatch,
                                                    capsys: Any, tmp_path: Path, rank: str | None,
                                                    local_rank: str | None, shown: bool) -> None:
     from vaelab.cli import main
 
-    if rank is None:
-        monkeypatch.delenv("WORLD_SIZE")
-    else:
-        monkeypatch.setenv("RANK", rank)
-        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    _as_rank(monkeypatch, rank, local_rank)
     with pytest.raises(SystemExit) as info:
         main(["runs", str(_warning_run(tmp_path / "runs"))])
     assert info.value.code in (0, None)
